@@ -1,1 +1,1 @@
-System.Console.WriteLine(DiffusionPrune.Probe.Run());
+System.Console.WriteLine("dprune");

@@ -1,0 +1,221 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using DiffusionPrune.Formats;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Models;
+
+/// <summary>
+/// Loads and saves models in Hugging Face diffusers layout: a folder with config.json and
+/// diffusion_pytorch_model[.variant].safetensors (or a sharded index), or a pipeline folder with
+/// model_index.json whose <c>unet</c> / <c>transformer</c> subfolder holds the denoiser.
+/// Loading is strict: every key must match in name and shape, so a model never runs with random weights.
+/// </summary>
+public static partial class DiffusersModelLoader
+{
+    public const string WeightsName = "diffusion_pytorch_model";
+    private static readonly string[] PickleExtensions = [".bin", ".ckpt", ".pt", ".pth", ".pkl"];
+
+    /// <summary>Finds the folder that holds the denoiser's config.json (itself, or a pipeline's unet/transformer subfolder).</summary>
+    public static string ResolveModelFolder(string path)
+    {
+        if (File.Exists(path) && Path.GetFileName(path) == "config.json")
+            path = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        if (!Directory.Exists(path))
+            throw new DirectoryNotFoundException($"No model folder at '{path}'. Give a diffusers model folder (config.json + safetensors) or a pipeline folder (model_index.json).");
+        if (File.Exists(Path.Combine(path, "config.json")))
+            return path;
+        if (File.Exists(Path.Combine(path, "model_index.json")))
+        {
+            foreach (var sub in new[] { "unet", "transformer" })
+                if (File.Exists(Path.Combine(path, sub, "config.json")))
+                    return Path.Combine(path, sub);
+            throw new ModelFormatException($"'{path}' is a pipeline (model_index.json) but has no unet/ or transformer/ subfolder with a config.json.");
+        }
+        throw new ModelFormatException($"'{path}' has no config.json (nor model_index.json). Give a diffusers model folder.");
+    }
+
+    /// <summary>The scheduler config that belongs with a model folder, if any (beside it, or in the pipeline's scheduler/).</summary>
+    public static string? FindSchedulerConfig(string modelPath)
+    {
+        string folder = ResolveModelFolder(modelPath);
+        string[] candidates =
+        [
+            Path.Combine(folder, "scheduler_config.json"),
+            Path.Combine(folder, "scheduler", "scheduler_config.json"),
+            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(folder))!, "scheduler", "scheduler_config.json"),
+            Path.Combine(Path.GetFullPath(modelPath), "scheduler", "scheduler_config.json"),
+        ];
+        return candidates.FirstOrDefault(File.Exists);
+    }
+
+    /// <summary>Builds the model a config describes, with fresh (random) weights.</summary>
+    public static DiffusionModel Create(ConfigJson config) => config.ClassName switch
+    {
+        UNet2DConfig.ClassName => new UNet2DModel(UNet2DConfig.FromJson(config)),
+        DiTConfig.ClassName => new DiTTransformer2DModel(DiTConfig.FromJson(config)),
+        null => throw new ModelFormatException($"{config.Source} has no _class_name; cannot tell which model it describes."),
+        var other => throw new ModelFormatException($"{config.Source}: model class '{other}' is not supported yet (supported: {UNet2DConfig.ClassName}, {DiTConfig.ClassName})."),
+    };
+
+    public static DiffusionModel Load(string path, string? variant = null, Device? device = null)
+    {
+        string folder = ResolveModelFolder(path);
+        var config = ConfigJson.Load(Path.Combine(folder, "config.json"));
+        var model = Create(config);
+        var weights = ReadWeights(folder, variant);
+        try
+        {
+            if (model is UNet2DModel)
+                RenameLegacyAttentionKeys(weights);
+            LoadStrict(model, weights, folder);
+        }
+        finally
+        {
+            foreach (var t in weights.Values) t.Dispose();
+        }
+        model.eval();
+        if (device is not null) model.to(device);
+        return model;
+    }
+
+    /// <summary>Reads every tensor of the model's weights as float32 (F16/BF16 variants are upcast).</summary>
+    public static Dictionary<string, Tensor> ReadWeights(string folder, string? variant = null)
+    {
+        var files = WeightFiles(folder, variant);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (file, keys) in files)
+        {
+            using var st = SafetensorsFile.Open(file);
+            foreach (var key in keys ?? st.Entries.Keys.ToList())
+            {
+                if (!st.Contains(key))
+                    throw new ModelFormatException($"The shard index says '{key}' is in '{Path.GetFileName(file)}', but that file does not hold it.");
+                if (tensors.ContainsKey(key))
+                    throw new ModelFormatException($"Tensor '{key}' appears in more than one weights file in '{folder}'.");
+                tensors[key] = st.ReadFloat(key);
+            }
+        }
+        return tensors;
+    }
+
+    private static List<(string file, List<string>? keys)> WeightFiles(string folder, string? variant)
+    {
+        string Name(string? v, string ext) => v is null ? $"{WeightsName}{ext}" : $"{WeightsName}.{v}{ext}";
+
+        var variants = variant is null ? new string?[] { null, "fp16", "bf16" } : [variant];
+        foreach (var v in variants)
+        {
+            string single = Path.Combine(folder, Name(v, ".safetensors"));
+            if (File.Exists(single)) return [(single, null)];
+            string index = Path.Combine(folder, Name(v, ".safetensors.index.json"));
+            if (File.Exists(index)) return ReadShardIndex(folder, index);
+        }
+        var pickles = Directory.EnumerateFiles(folder).Where(f => PickleExtensions.Contains(Path.GetExtension(f).ToLowerInvariant())).ToList();
+        if (pickles.Count > 0)
+            throw new ModelFormatException(
+                $"'{folder}' holds only pickle weights ({string.Join(", ", pickles.Select(Path.GetFileName))}). Pickle files can run arbitrary code when loaded, " +
+                "so they are refused. Convert them to safetensors first (in Python: model = ...from_pretrained(folder); model.save_pretrained(folder, safe_serialization=True)).");
+        throw new ModelFormatException($"'{folder}' has no {Name(variant, ".safetensors")} (nor a sharded .safetensors.index.json).");
+    }
+
+    private static List<(string, List<string>?)> ReadShardIndex(string folder, string indexPath)
+    {
+        JsonObject index;
+        try
+        {
+            index = JsonNode.Parse(File.ReadAllText(indexPath))?.AsObject() ?? throw new ModelFormatException($"{indexPath} is empty.");
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        {
+            throw new ModelFormatException($"{indexPath} is not a valid shard index: {e.Message}");
+        }
+        if (index["weight_map"] is not JsonObject map)
+            throw new ModelFormatException($"{indexPath} has no weight_map.");
+        var byFile = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        foreach (var (key, value) in map)
+        {
+            string file = value?.GetValue<string>() ?? throw new ModelFormatException($"{indexPath}: weight_map['{key}'] is not a file name.");
+            if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
+                throw new ModelFormatException($"{indexPath}: shard name '{file}' must be a plain file name in the same folder.");
+            if (!byFile.TryGetValue(file, out var keys)) byFile[file] = keys = [];
+            keys.Add(key);
+        }
+        var result = new List<(string, List<string>?)>();
+        foreach (var (file, keys) in byFile)
+        {
+            string full = Path.Combine(folder, file);
+            if (!File.Exists(full))
+                throw new ModelFormatException($"{indexPath} names shard '{file}', which is missing from '{folder}'.");
+            result.Add((full, keys));
+        }
+        return result;
+    }
+
+    [GeneratedRegex(@"^(.*attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")]
+    private static partial Regex LegacyAttentionKey();
+
+    /// <summary>Old UNet2DModel checkpoints name attention projections query/key/value/proj_attn; rename once, here.</summary>
+    public static int RenameLegacyAttentionKeys(Dictionary<string, Tensor> weights)
+    {
+        int renamed = 0;
+        foreach (var key in weights.Keys.ToList())
+        {
+            var match = LegacyAttentionKey().Match(key);
+            if (!match.Success) continue;
+            string newName = match.Groups[2].Value switch
+            {
+                "query" => "to_q",
+                "key" => "to_k",
+                "value" => "to_v",
+                _ => "to_out.0",
+            };
+            string target = $"{match.Groups[1].Value}.{newName}.{match.Groups[3].Value}";
+            if (weights.ContainsKey(target))
+                throw new ModelFormatException($"The weights hold both '{key}' and '{target}'.");
+            weights[target] = weights[key];
+            weights.Remove(key);
+            renamed++;
+        }
+        return renamed;
+    }
+
+    /// <summary>Copies weights into the model; any missing, unexpected or mis-shaped key is an error naming it.</summary>
+    public static void LoadStrict(nn.Module model, IReadOnlyDictionary<string, Tensor> weights, string source)
+    {
+        var expected = model.state_dict();
+        var missing = expected.Keys.Where(k => !weights.ContainsKey(k)).Order().ToList();
+        var unexpected = weights.Keys.Where(k => !expected.ContainsKey(k)).Order().ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+        {
+            static string List(List<string> keys) => string.Join(", ", keys.Take(8)) + (keys.Count > 8 ? $", ... ({keys.Count} in all)" : "");
+            var parts = new List<string>();
+            if (missing.Count > 0) parts.Add($"missing keys: {List(missing)}");
+            if (unexpected.Count > 0) parts.Add($"unexpected keys: {List(unexpected)}");
+            throw new ModelFormatException($"The weights in '{source}' do not match the model its config describes ({string.Join("; ", parts)}). " +
+                "Check that config.json belongs to these weights.");
+        }
+        using var noGrad = no_grad();
+        foreach (var (key, target) in expected)
+        {
+            var value = weights[key];
+            if (!target.shape.SequenceEqual(value.shape))
+                throw new ModelFormatException($"'{source}': tensor '{key}' has shape [{string.Join(", ", value.shape)}] but the config implies [{string.Join(", ", target.shape)}].");
+            target.copy_(value);
+        }
+    }
+
+    /// <summary>Saves a model in diffusers layout: config.json + diffusion_pytorch_model.safetensors.</summary>
+    public static void Save(DiffusionModel model, string folder, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        Directory.CreateDirectory(folder);
+        var config = model.ConfigToJson();
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        var meta = new Dictionary<string, string> { ["format"] = "pt" };
+        if (metadata is not null) foreach (var (k, v) in metadata) meta[k] = v;
+        var state = model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal);
+        SafetensorsWriter.Write(Path.Combine(folder, WeightsName + ".safetensors"), state, meta);
+    }
+}

@@ -1,0 +1,58 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Models;
+
+/// <summary>
+/// The one denoiser interface everything else uses: (sample, timestep, conditioning) -> prediction.
+/// Implemented by every model class we load; module fields are named as diffusers' state-dict keys.
+/// </summary>
+public abstract class DiffusionModel : nn.Module
+{
+    protected DiffusionModel(string name) : base(name) { }
+
+    /// <summary>diffusers class name written to config.json.</summary>
+    public abstract string ClassName { get; }
+    public abstract int InChannels { get; }
+
+    /// <summary>Channels the network outputs (2 x in for learned-sigma models).</summary>
+    public abstract int OutChannels { get; }
+
+    /// <summary>Height and width of the samples the model was built for.</summary>
+    public abstract int[] SampleSize { get; }
+
+    /// <summary>Number of real classes for class-conditional models (the null class is this index), else null.</summary>
+    public abstract int? NumClasses { get; }
+
+    /// <summary>Whether the extra output channels are a learned variance (DiT with learned sigma).</summary>
+    public bool LearnedSigma => OutChannels == 2 * InChannels;
+
+    public abstract ModelStructure Structure { get; }
+
+    /// <summary>The model's config as diffusers writes it (plus our pruned widths, if any).</summary>
+    public abstract JsonObject ConfigToJson();
+
+    /// <summary>Raw network output [B, OutChannels, H, W].</summary>
+    public abstract Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null);
+
+    /// <summary>The prediction a scheduler consumes: the first InChannels of the output (drops learned sigma).</summary>
+    public Tensor Predict(Tensor sample, Tensor timestep, Tensor? classLabels = null)
+    {
+        var output = Forward(sample, timestep, classLabels);
+        return LearnedSigma ? output[.., ..InChannels] : output;
+    }
+
+    public long ParameterCount() => parameters().Sum(p => p.numel());
+
+    /// <summary>Expands a scalar or [1] timestep to one per batch element, as diffusers does.</summary>
+    protected static Tensor BatchTimesteps(Tensor timestep, long batch, Device device)
+    {
+        var t = timestep.dim() == 0 ? timestep.unsqueeze(0) : timestep;
+        t = t.to(device);
+        if (t.shape[0] == batch) return t;
+        if (t.shape[0] != 1)
+            throw new ArgumentException($"timestep has {t.shape[0]} entries but the batch has {batch}.");
+        return t.expand(batch);
+    }
+}

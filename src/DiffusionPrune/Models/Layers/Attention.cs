@@ -1,0 +1,89 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Models;
+
+/// <summary>
+/// diffusers' <c>Attention</c> with <c>AttnProcessor2_0</c>, self-attention only: optional GroupNorm on
+/// the input (U-Net attention blocks), q/k/v projections of <c>heads * dimHead</c>, scaled dot-product
+/// attention, <c>to_out.0</c>, optional residual connection and output rescaling. Accepts
+/// [B, C, H, W] (U-Net) or [B, N, C] (transformer) inputs.
+/// </summary>
+public sealed class Attention : nn.Module<Tensor, Tensor>
+{
+    private readonly GroupNorm? group_norm;
+    private readonly Linear to_q;
+    private readonly Linear to_k;
+    private readonly Linear to_v;
+    private readonly ModuleList<nn.Module<Tensor, Tensor>> to_out;
+
+    private readonly bool _residualConnection;
+    private readonly double _rescaleOutputFactor;
+
+    public int QueryDim { get; }
+    public int Heads { get; }
+    public int DimHead { get; }
+    public int? NormGroups { get; }
+
+    /// <summary>Optional gate per head (shape [heads]) multiplying each head's output before to_out.</summary>
+    public Tensor? HeadGate { get; set; }
+
+    public Attention(int queryDim, int heads, int dimHead, bool bias = true, bool outBias = true, int? normNumGroups = null,
+        double eps = 1e-5, bool residualConnection = false, double rescaleOutputFactor = 1.0, double dropout = 0.0) : base(nameof(Attention))
+    {
+        QueryDim = queryDim;
+        Heads = heads;
+        DimHead = dimHead;
+        NormGroups = normNumGroups;
+        int inner = heads * dimHead;
+        if (normNumGroups is int groups)
+            group_norm = LayerFactory.GroupNorm(groups, queryDim, eps);
+        to_q = nn.Linear(queryDim, inner, bias);
+        to_k = nn.Linear(queryDim, inner, bias);
+        to_v = nn.Linear(queryDim, inner, bias);
+        to_out = new ModuleList<nn.Module<Tensor, Tensor>>(nn.Linear(inner, queryDim, outBias), nn.Dropout(dropout));
+        _residualConnection = residualConnection;
+        _rescaleOutputFactor = rescaleOutputFactor;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor hiddenStates)
+    {
+        var residual = hiddenStates;
+        long batch = hiddenStates.shape[0];
+        bool spatial = hiddenStates.dim() == 4;
+        long channels = 0, height = 0, width = 0;
+        if (spatial)
+        {
+            channels = hiddenStates.shape[1];
+            height = hiddenStates.shape[2];
+            width = hiddenStates.shape[3];
+            hiddenStates = hiddenStates.view(batch, channels, height * width).transpose(1, 2);
+        }
+        if (group_norm is not null)
+            hiddenStates = group_norm.forward(hiddenStates.transpose(1, 2)).transpose(1, 2);
+
+        // [B, N, heads * dimHead] -> [B, heads, N, dimHead]
+        var query = to_q.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var key = to_k.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var value = to_v.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var attended = nn.functional.scaled_dot_product_attention(query, key, value);
+        if (HeadGate is not null)
+            attended = attended * HeadGate.view(1, -1, 1, 1);
+        hiddenStates = attended.transpose(1, 2).reshape(batch, -1, Heads * DimHead);
+        hiddenStates = to_out[1].forward(to_out[0].forward(hiddenStates));
+
+        if (spatial)
+            hiddenStates = hiddenStates.transpose(-1, -2).reshape(batch, channels, height, width);
+        if (_residualConnection)
+            hiddenStates = hiddenStates + residual;
+        return _rescaleOutputFactor == 1.0 ? hiddenStates : hiddenStates / _rescaleOutputFactor;
+    }
+
+    public GroupNorm? GroupNormModule => group_norm;
+    public Linear ToQ => to_q;
+    public Linear ToK => to_k;
+    public Linear ToV => to_v;
+    public Linear ToOut => (Linear)to_out[0];
+}

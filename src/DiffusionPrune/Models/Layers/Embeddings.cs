@@ -1,0 +1,69 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Models;
+
+/// <summary>Sinusoidal timestep features, as diffusers' <c>get_timestep_embedding</c> (float32 throughout).</summary>
+public static class TimestepFeatures
+{
+    public static Tensor Sinusoidal(Tensor timesteps, int embeddingDim, bool flipSinToCos, double downscaleFreqShift, double scale = 1, double maxPeriod = 10000)
+    {
+        // timesteps: [N] of any numeric dtype -> [N, embeddingDim]
+        int halfDim = embeddingDim / 2;
+        using var scope = NewDisposeScope();
+        var exponent = arange(0, halfDim, dtype: ScalarType.Float32, device: timesteps.device) * (float)(-Math.Log(maxPeriod));
+        exponent = exponent / (float)(halfDim - downscaleFreqShift);
+        var frequencies = exp(exponent);
+        var emb = timesteps.to_type(ScalarType.Float32).unsqueeze(1) * frequencies.unsqueeze(0);
+        if (scale != 1) emb = emb * (float)scale;
+        emb = cat([sin(emb), cos(emb)], -1);
+        if (flipSinToCos)
+            emb = cat([emb[.., halfDim..], emb[.., ..halfDim]], -1);
+        if (embeddingDim % 2 == 1)
+            emb = nn.functional.pad(emb, [0, 1, 0, 0]);
+        return emb.MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>diffusers' <c>TimestepEmbedding</c>: linear_1, activation, linear_2.</summary>
+public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear linear_1;
+    private readonly Linear linear_2;
+    private readonly string _act;
+
+    public TimestepEmbedding(int inChannels, int timeEmbedDim, string act = "silu") : base(nameof(TimestepEmbedding))
+    {
+        linear_1 = nn.Linear(inChannels, timeEmbedDim);
+        linear_2 = nn.Linear(timeEmbedDim, timeEmbedDim);
+        _act = act;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor sample) => linear_2.forward(Activations.Apply(_act, linear_1.forward(sample)));
+}
+
+/// <summary>diffusers' <c>GaussianFourierProjection</c> as UNet2DModel builds it (log=True, flip_sin_to_cos=False).</summary>
+public sealed class GaussianFourierProjection : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter weight;
+    private readonly bool _log;
+    private readonly bool _flipSinToCos;
+
+    public GaussianFourierProjection(int embeddingSize, double scale = 16, bool log = true, bool flipSinToCos = false) : base(nameof(GaussianFourierProjection))
+    {
+        weight = new Parameter(randn(embeddingSize) * (float)scale, requires_grad: false);
+        _log = log;
+        _flipSinToCos = flipSinToCos;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var t = x.to_type(ScalarType.Float32);
+        if (_log) t = torch.log(t);
+        var projection = t.unsqueeze(1) * weight.unsqueeze(0) * (float)(2 * Math.PI);
+        return _flipSinToCos ? cat([cos(projection), sin(projection)], -1) : cat([sin(projection), cos(projection)], -1);
+    }
+}
