@@ -1,1 +1,9 @@
-System.Console.WriteLine("dprune");
+using System.CommandLine;
+using DiffusionPrune.Cli.Commands;
+
+var root = new RootCommand("dprune — load, prune, evaluate and export diffusion models (diffusers layout).")
+{
+    ForwardCommand.Create(),
+    InfoCommand.Create(),
+};
+return root.Parse(args).Invoke();

@@ -45,7 +45,7 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor latent)
     {
-        var x = proj.forward(latent).flatten(2).transpose(1, 2); // BCHW -> BNC
+        var x = proj.call(latent).flatten(2).transpose(1, 2); // BCHW -> BNC
         var position = _posEmbed[0].device == x.device ? _posEmbed[0] : (_posEmbed[0] = _posEmbed[0].to(x.device));
         return x + position;
     }
@@ -64,7 +64,7 @@ public sealed class LabelEmbedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor labels) => embedding_table.forward(labels.to_type(ScalarType.Int64));
+    public override Tensor forward(Tensor labels) => embedding_table.call(labels.to_type(ScalarType.Int64));
 }
 
 /// <summary>diffusers' <c>CombinedTimestepLabelEmbeddings</c>: 256 sinusoidal features (shift 1) -> MLP, plus the label embedding.</summary>
@@ -83,7 +83,7 @@ public sealed class CombinedTimestepLabelEmbeddings : nn.Module<Tensor, Tensor, 
     public override Tensor forward(Tensor timestep, Tensor classLabels)
     {
         var timestepsProj = TimestepFeatures.Sinusoidal(timestep, 256, flipSinToCos: true, downscaleFreqShift: 1);
-        return timestep_embedder.forward(timestepsProj) + class_embedder.forward(classLabels);
+        return timestep_embedder.call(timestepsProj) + class_embedder.call(classLabels);
     }
 }
 
@@ -107,7 +107,7 @@ public sealed class AdaLayerNormZero : nn.Module
     /// <returns>normed x, gate_msa, shift_mlp, scale_mlp, gate_mlp</returns>
     public (Tensor x, Tensor gateMsa, Tensor shiftMlp, Tensor scaleMlp, Tensor gateMlp) Forward(Tensor x, Tensor timestep, Tensor classLabels)
     {
-        var e = linear.forward(nn.functional.silu(emb.forward(timestep, classLabels)));
+        var e = linear.call(nn.functional.silu(emb.call(timestep, classLabels)));
         var chunks = e.chunk(6, 1); // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
         var normed = nn.functional.layer_norm(x, [_dim], null, null, 1e-6);
         normed = normed * (chunks[1].unsqueeze(1) + 1) + chunks[0].unsqueeze(1);
@@ -131,7 +131,7 @@ public sealed class GeluProjection : nn.Module<Tensor, Tensor>
     public Linear Proj => proj;
 
     public override Tensor forward(Tensor x) =>
-        nn.functional.gelu(proj.forward(x), _tanh ? GELU.Approximate.tanh : GELU.Approximate.none);
+        nn.functional.gelu(proj.call(x), _tanh ? GELU.Approximate.tanh : GELU.Approximate.none);
 }
 
 /// <summary>diffusers' <c>FeedForward</c>: net.0 (GELU projection), net.1 (dropout), net.2 (linear).</summary>
@@ -156,9 +156,9 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var hidden = net[1].forward(net[0].forward(x));
+        var hidden = net[1].call(net[0].call(x));
         if (NeuronGate is not null) hidden = hidden * NeuronGate;
-        return net[2].forward(hidden);
+        return net[2].call(hidden);
     }
 }
 
@@ -167,15 +167,18 @@ public sealed class DiTBlock : nn.Module
 {
     private readonly AdaLayerNormZero norm1;
     private readonly Attention attn1;
+    private readonly LayerNorm? norm3; // only with norm_elementwise_affine; otherwise a plain LayerNorm without weights
     private readonly FeedForward ff;
     private readonly int _dim;
     private readonly double _normEps;
 
-    public DiTBlock(int dim, int heads, int headDim, int ffInner, int numEmbedsAdaNorm, bool attentionBias, bool approximateTanh, double normEps, double dropout)
+    public DiTBlock(int dim, int heads, int headDim, int ffInner, int numEmbedsAdaNorm, bool attentionBias, bool approximateTanh, double normEps, double dropout,
+        bool normElementwiseAffine = false)
         : base(nameof(DiTBlock))
     {
         norm1 = new AdaLayerNormZero(dim, numEmbedsAdaNorm);
         attn1 = new Attention(dim, heads, headDim, bias: attentionBias, outBias: true, dropout: dropout);
+        if (normElementwiseAffine) norm3 = nn.LayerNorm(dim, normEps, elementwise_affine: true);
         ff = new FeedForward(dim, ffInner, approximateTanh, dropout);
         _dim = dim;
         _normEps = normEps;
@@ -189,13 +192,12 @@ public sealed class DiTBlock : nn.Module
     public Tensor Forward(Tensor hiddenStates, Tensor timestep, Tensor classLabels)
     {
         var (normHiddenStates, gateMsa, shiftMlp, scaleMlp, gateMlp) = norm1.Forward(hiddenStates, timestep, classLabels);
-        var attnOutput = attn1.forward(normHiddenStates);
+        var attnOutput = attn1.call(normHiddenStates);
         hiddenStates = gateMsa.unsqueeze(1) * attnOutput + hiddenStates;
 
-        // norm3: LayerNorm without affine (norm_elementwise_affine false)
-        normHiddenStates = nn.functional.layer_norm(hiddenStates, [_dim], null, null, _normEps);
+        normHiddenStates = norm3 is not null ? norm3.call(hiddenStates) : nn.functional.layer_norm(hiddenStates, [_dim], null, null, _normEps);
         normHiddenStates = normHiddenStates * (scaleMlp.unsqueeze(1) + 1) + shiftMlp.unsqueeze(1);
-        var ffOutput = ff.forward(normHiddenStates);
+        var ffOutput = ff.call(normHiddenStates);
         return gateMlp.unsqueeze(1) * ffOutput + hiddenStates;
     }
 }
@@ -260,7 +262,7 @@ public sealed class DiTTransformer2DModel : DiffusionModel
             int heads = c.Structure.Heads($"{path}.attn1", c.NumAttentionHeads);
             int ffInner = c.Structure.FeedForward($"{path}.ff", dim * 4);
             transformer_blocks.Add(new DiTBlock(dim, heads, c.AttentionHeadDim, ffInner, c.NumEmbedsAdaNorm!.Value, c.AttentionBias,
-                c.ActivationFn == "gelu-approximate", c.NormEps, c.Dropout));
+                c.ActivationFn == "gelu-approximate", c.NormEps, c.Dropout, c.NormElementwiseAffine));
         }
         proj_out_1 = nn.Linear(dim, 2 * dim);
         proj_out_2 = nn.Linear(dim, c.PatchSize * c.PatchSize * c.ResolvedOutChannels);
@@ -288,7 +290,7 @@ public sealed class DiTTransformer2DModel : DiffusionModel
         var labels = classLabels.dim() == 0 ? classLabels.unsqueeze(0).expand(batch) : classLabels;
 
         // 1. input
-        var hiddenStates = pos_embed.forward(sample);
+        var hiddenStates = pos_embed.call(sample);
 
         // 2. blocks
         foreach (var block in transformer_blocks)
@@ -298,11 +300,11 @@ public sealed class DiTTransformer2DModel : DiffusionModel
         }
 
         // 3. output: modulated LayerNorm, projection, unpatchify
-        var conditioning = FirstBlockEmbedding.forward(timesteps, labels);
-        var chunks = proj_out_1.forward(nn.functional.silu(conditioning)).chunk(2, 1);
+        var conditioning = FirstBlockEmbedding.call(timesteps, labels);
+        var chunks = proj_out_1.call(nn.functional.silu(conditioning)).chunk(2, 1);
         var (shift, scale) = (chunks[0], chunks[1]);
         hiddenStates = nn.functional.layer_norm(hiddenStates, [c.InnerDim], null, null, 1e-6) * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1);
-        hiddenStates = proj_out_2.forward(hiddenStates);
+        hiddenStates = proj_out_2.call(hiddenStates);
         long side = (long)Math.Round(Math.Sqrt(hiddenStates.shape[1]));
         int outChannels = c.ResolvedOutChannels;
         hiddenStates = hiddenStates.reshape(-1, side, side, p, p, outChannels);

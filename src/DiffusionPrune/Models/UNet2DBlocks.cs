@@ -79,15 +79,15 @@ public sealed class DownBlock2D : nn.Module
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            hiddenStates = resnets[i].forward(hiddenStates, temb);
-            if (attentions is not null) hiddenStates = attentions[i].forward(hiddenStates);
+            hiddenStates = resnets[i].call(hiddenStates, temb);
+            if (attentions is not null) hiddenStates = attentions[i].call(hiddenStates);
             outputStates.Add(hiddenStates);
         }
         if (downsamplers is not null)
         {
             hiddenStates = _resnetDownsample
-                ? ((nn.Module<Tensor, Tensor?, Tensor>)downsamplers[0]).forward(hiddenStates, temb)
-                : ((nn.Module<Tensor, Tensor>)downsamplers[0]).forward(hiddenStates);
+                ? ((nn.Module<Tensor, Tensor?, Tensor>)downsamplers[0]).call(hiddenStates, temb)
+                : ((nn.Module<Tensor, Tensor>)downsamplers[0]).call(hiddenStates);
             outputStates.Add(hiddenStates);
         }
         return hiddenStates;
@@ -142,14 +142,14 @@ public sealed class UpBlock2D : nn.Module
             var resHiddenStates = resSamples[^1];
             resSamples.RemoveAt(resSamples.Count - 1);
             hiddenStates = cat([hiddenStates, resHiddenStates], 1);
-            hiddenStates = resnets[i].forward(hiddenStates, temb);
-            if (attentions is not null) hiddenStates = attentions[i].forward(hiddenStates);
+            hiddenStates = resnets[i].call(hiddenStates, temb);
+            if (attentions is not null) hiddenStates = attentions[i].call(hiddenStates);
         }
         if (upsamplers is not null)
         {
             hiddenStates = _resnetUpsample
-                ? ((nn.Module<Tensor, Tensor?, Tensor>)upsamplers[0]).forward(hiddenStates, temb)
-                : ((nn.Module<Tensor, Tensor>)upsamplers[0]).forward(hiddenStates);
+                ? ((nn.Module<Tensor, Tensor?, Tensor>)upsamplers[0]).call(hiddenStates, temb)
+                : ((nn.Module<Tensor, Tensor>)upsamplers[0]).call(hiddenStates);
         }
         return hiddenStates;
     }
@@ -182,11 +182,11 @@ public sealed class UNetMidBlock2D : nn.Module
 
     public Tensor Forward(Tensor hiddenStates, Tensor temb)
     {
-        hiddenStates = resnets[0].forward(hiddenStates, temb);
+        hiddenStates = resnets[0].call(hiddenStates, temb);
         for (int i = 1; i < resnets.Count; i++)
         {
-            if (attentions is not null) hiddenStates = attentions[i - 1].forward(hiddenStates);
-            hiddenStates = resnets[i].forward(hiddenStates, temb);
+            if (attentions is not null) hiddenStates = attentions[i - 1].call(hiddenStates);
+            hiddenStates = resnets[i].call(hiddenStates, temb);
         }
         return hiddenStates;
     }

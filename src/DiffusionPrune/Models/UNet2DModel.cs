@@ -117,14 +117,14 @@ public sealed class UNet2DModel : DiffusionModel
         // 1. time
         var timesteps = BatchTimesteps(timestep, sample.shape[0], sample.device);
         var tEmb = TimeProjection(timesteps);
-        var emb = time_embedding.forward(tEmb);
+        var emb = time_embedding.call(tEmb);
 
         if (class_embedding is not null)
         {
             if (classLabels is null)
                 throw new ArgumentException("This UNet2DModel is class-conditional: class_labels are required.");
             var labels = c.ClassEmbedType == "timestep" ? TimeProjection(classLabels) : classLabels;
-            emb = emb + class_embedding.forward(labels);
+            emb = emb + class_embedding.call(labels);
         }
         else if (classLabels is not null)
         {
@@ -132,7 +132,7 @@ public sealed class UNet2DModel : DiffusionModel
         }
 
         // 2. pre-process
-        sample = conv_in.forward(sample);
+        sample = conv_in.call(sample);
 
         // 3. down
         var downBlockResSamples = new List<Tensor> { sample };
@@ -148,7 +148,7 @@ public sealed class UNet2DModel : DiffusionModel
             sample = block.Forward(sample, downBlockResSamples, emb);
 
         // 6. post-process
-        sample = conv_out.forward(nn.functional.silu(conv_norm_out.forward(sample)));
+        sample = conv_out.call(nn.functional.silu(conv_norm_out.call(sample)));
         if (c.TimeEmbeddingType == "fourier")
             sample = sample / timesteps.to_type(sample.dtype).view(-1, 1, 1, 1);
         return sample;
@@ -157,7 +157,7 @@ public sealed class UNet2DModel : DiffusionModel
     private Tensor TimeProjection(Tensor timesteps) => Config.TimeEmbeddingType switch
     {
         "positional" => TimestepFeatures.Sinusoidal(timesteps, Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift),
-        "learned" => time_proj!.forward(timesteps.to_type(ScalarType.Int64)),
-        _ => time_proj!.forward(timesteps),
+        "learned" => time_proj!.call(timesteps.to_type(ScalarType.Int64)),
+        _ => time_proj!.call(timesteps),
     };
 }

@@ -62,17 +62,17 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
             hiddenStates = hiddenStates.view(batch, channels, height * width).transpose(1, 2);
         }
         if (group_norm is not null)
-            hiddenStates = group_norm.forward(hiddenStates.transpose(1, 2)).transpose(1, 2);
+            hiddenStates = group_norm.call(hiddenStates.transpose(1, 2)).transpose(1, 2);
 
         // [B, N, heads * dimHead] -> [B, heads, N, dimHead]
-        var query = to_q.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
-        var key = to_k.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
-        var value = to_v.forward(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var query = to_q.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var key = to_k.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var value = to_v.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
         var attended = nn.functional.scaled_dot_product_attention(query, key, value);
         if (HeadGate is not null)
             attended = attended * HeadGate.view(1, -1, 1, 1);
         hiddenStates = attended.transpose(1, 2).reshape(batch, -1, Heads * DimHead);
-        hiddenStates = to_out[1].forward(to_out[0].forward(hiddenStates));
+        hiddenStates = to_out[1].call(to_out[0].call(hiddenStates));
 
         if (spatial)
             hiddenStates = hiddenStates.transpose(-1, -2).reshape(batch, channels, height, width);

@@ -41,7 +41,7 @@ public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor sample) => linear_2.forward(Activations.Apply(_act, linear_1.forward(sample)));
+    public override Tensor forward(Tensor sample) => linear_2.call(Activations.Apply(_act, linear_1.call(sample)));
 }
 
 /// <summary>diffusers' <c>GaussianFourierProjection</c> as UNet2DModel builds it (log=True, flip_sin_to_cos=False).</summary>

@@ -28,7 +28,7 @@ public sealed class Downsample2D : nn.Module<Tensor, Tensor>
         // diffusers pads right and bottom by one when padding is 0, so odd sizes round the same way.
         if (_padding == 0)
             hiddenStates = nn.functional.pad(hiddenStates, [0, 1, 0, 1], PaddingModes.Constant, 0);
-        return conv.forward(hiddenStates);
+        return conv.call(hiddenStates);
     }
 }
 
@@ -43,5 +43,5 @@ public sealed class Upsample2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor hiddenStates) => conv.forward(Resampling.Nearest2x(hiddenStates));
+    public override Tensor forward(Tensor hiddenStates) => conv.call(Resampling.Nearest2x(hiddenStates));
 }

@@ -70,7 +70,7 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor inputTensor, Tensor? temb)
     {
-        var hiddenStates = Activations.Apply(_act, norm1.forward(inputTensor));
+        var hiddenStates = Activations.Apply(_act, norm1.call(inputTensor));
         if (_up)
         {
             inputTensor = Resampling.Nearest2x(inputTensor);
@@ -82,10 +82,10 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
             hiddenStates = nn.functional.avg_pool2d(hiddenStates, 2, 2);
         }
 
-        hiddenStates = conv1.forward(hiddenStates);
+        hiddenStates = conv1.call(hiddenStates);
         Tensor? projected = null;
         if (time_emb_proj is not null && temb is not null)
-            projected = time_emb_proj.forward(Activations.Apply(_act, temb)).unsqueeze(-1).unsqueeze(-1);
+            projected = time_emb_proj.call(Activations.Apply(_act, temb)).unsqueeze(-1).unsqueeze(-1);
 
         if (_timeEmbeddingNorm == "scale_shift")
         {
@@ -103,15 +103,15 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
             hiddenStates = hiddenStates * ChannelGate.view(1, -1, 1, 1);
         if (_dropout > 0 && training)
             hiddenStates = nn.functional.dropout(hiddenStates, _dropout, training);
-        hiddenStates = conv2.forward(hiddenStates);
+        hiddenStates = conv2.call(hiddenStates);
 
         if (conv_shortcut is not null)
-            inputTensor = conv_shortcut.forward(inputTensor);
+            inputTensor = conv_shortcut.call(inputTensor);
         var output = inputTensor + hiddenStates;
         return _outputScaleFactor == 1.0 ? output : output / _outputScaleFactor;
     }
 
-    private Tensor Norm2(Tensor x) => ChannelGate is null ? norm2.forward(x) : GatedGroupNorm.Apply(x, ChannelGate, Groups, norm2.weight!, norm2.bias!, Eps);
+    private Tensor Norm2(Tensor x) => ChannelGate is null ? norm2.call(x) : GatedGroupNorm.Apply(x, ChannelGate, Groups, norm2.weight!, norm2.bias!, Eps);
 
     public GroupNorm Norm1Module => norm1;
     public Conv2d Conv1Module => conv1;

@@ -1,0 +1,49 @@
+using System.CommandLine;
+using DiffusionPrune.Formats;
+using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
+using TorchSharp;
+
+namespace DiffusionPrune.Cli.Commands;
+
+/// <summary>Options and error handling shared by every command.</summary>
+public static class CliCommon
+{
+    public static Option<string> ModelOption() => new("--model")
+    {
+        Description = "A diffusers model folder (config.json + safetensors) or a pipeline folder (model_index.json).",
+        Required = true,
+    };
+
+    public static Option<string> DeviceOption() => new("--device")
+    {
+        Description = "auto | cpu | cuda (falls back to the CPU with a message when CUDA is absent).",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    public static torch.Device ResolveDevice(string choice) =>
+        DeviceSelector.Resolve(choice, message => Console.Error.WriteLine("note: " + message));
+
+    /// <summary>
+    /// Runs a command body; errors a user can cause (bad path, corrupt file, wrong arguments) print one
+    /// line to stderr and return exit code 2, anything else prints the exception and returns 1.
+    /// </summary>
+    public static int Run(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception e) when (e is ModelFormatException or SafetensorsFormatException or FileNotFoundException
+            or DirectoryNotFoundException or ArgumentException or KeyNotFoundException or NotSupportedException or InvalidDataException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"error: unexpected failure: {e}");
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,100 @@
+using DiffusionPrune.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Analysis;
+
+/// <summary>Parameters and multiply-accumulates of one named part of a model.</summary>
+public sealed record PartCost(string Name, long Parameters, long Macs);
+
+/// <summary>Cost of a model at one input size: MACs are counted from layer shapes seen in a real forward pass.</summary>
+public sealed record ModelCostReport(long Parameters, long Macs, int[] SampleSize, IReadOnlyList<PartCost> Parts);
+
+/// <summary>
+/// Counts parameters and MACs. MACs come from forward hooks on every convolution and linear layer
+/// (output elements x inputs per output) plus the two attention matmuls (2 x heads x N^2 x head width),
+/// for one sample at the model's native size. Norms and activations are not counted (as thop/fvcore do).
+/// </summary>
+public static class ModelCost
+{
+    public static ModelCostReport Measure(DiffusionModel model, int[]? sampleSize = null)
+    {
+        var size = sampleSize ?? model.SampleSize;
+        var macsByModule = new Dictionary<nn.Module, long>(ReferenceEqualityComparer.Instance);
+        var removers = new List<Action>();
+        var names = new Dictionary<nn.Module, string>(ReferenceEqualityComparer.Instance);
+        foreach (var (name, module) in model.named_modules())
+        {
+            names[module] = name;
+            switch (module)
+            {
+                case Conv2d conv:
+                    var remover_conv = (conv.register_forward_hook((m, input, output) =>
+                    {
+                        var w = conv.weight!;
+                        long perOutput = w.shape[1] * w.shape[2] * w.shape[3];
+                        macsByModule[m] = macsByModule.GetValueOrDefault(m) + output.numel() / output.shape[0] * perOutput;
+                        return output;
+                    }));
+                    removers.Add(() => remover_conv.remove());
+                    break;
+                case Linear linear:
+                    var remover_linear = (linear.register_forward_hook((m, input, output) =>
+                    {
+                        long batch = output.shape[0];
+                        macsByModule[m] = macsByModule.GetValueOrDefault(m) + output.numel() / batch * linear.weight!.shape[1];
+                        return output;
+                    }));
+                    removers.Add(() => remover_linear.remove());
+                    break;
+                case Attention attention:
+                    var remover_attention = (attention.register_forward_hook((m, input, output) =>
+                    {
+                        long tokens = input.dim() == 4 ? input.shape[2] * input.shape[3] : input.shape[1];
+                        macsByModule[m] = macsByModule.GetValueOrDefault(m) + 2L * attention.Heads * tokens * tokens * attention.DimHead;
+                        return output;
+                    }));
+                    removers.Add(() => remover_attention.remove());
+                    break;
+            }
+        }
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var device = model.parameters().FirstOrDefault()?.device ?? CPU;
+            var sample = zeros([1, model.InChannels, size[0], size[1]], device: device);
+            var timestep = tensor(500L, device: device);
+            Tensor? labels = model.NumClasses is null ? null : zeros([1], ScalarType.Int64, device);
+            model.Forward(sample, timestep, labels);
+        }
+        finally
+        {
+            foreach (var remove in removers) remove();
+        }
+
+        // Group by the first two path components (e.g. "down_blocks.1", "transformer_blocks.3", "conv_in").
+        static string Part(string name)
+        {
+            var pieces = name.Split('.');
+            return pieces.Length >= 2 && int.TryParse(pieces[1], out _) ? $"{pieces[0]}.{pieces[1]}" : pieces[0];
+        }
+        var parts = new Dictionary<string, (long parameters, long macs)>();
+        var order = new List<string>();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            string part = Part(name);
+            if (!parts.ContainsKey(part)) { parts[part] = (0, 0); order.Add(part); }
+            parts[part] = (parts[part].parameters + p.numel(), parts[part].macs);
+        }
+        foreach (var (module, macs) in macsByModule)
+        {
+            string part = Part(names[module]);
+            if (!parts.ContainsKey(part)) { parts[part] = (0, 0); order.Add(part); }
+            parts[part] = (parts[part].parameters, parts[part].macs + macs);
+        }
+        var list = order.Select(p => new PartCost(p, parts[p].parameters, parts[p].macs)).ToList();
+        return new ModelCostReport(model.ParameterCount(), macsByModule.Values.Sum(), size, list);
+    }
+}
