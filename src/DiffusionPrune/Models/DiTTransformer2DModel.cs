@@ -274,6 +274,7 @@ public sealed class DiTTransformer2DModel : DiffusionModel
     public override int OutChannels => Config.ResolvedOutChannels;
     public override int[] SampleSize => [Config.SampleSize, Config.SampleSize];
     public override int? NumClasses => Config.NumEmbedsAdaNorm;
+    public override int? NullClass => Config.NumEmbedsAdaNorm;
     public override ModelStructure Structure => Config.Structure;
     public override JsonObject ConfigToJson() => Config.ToJson();
 

@@ -101,6 +101,13 @@ public static partial class DiffusersModelLoader
         return tensors;
     }
 
+    /// <summary>Reads every tensor of one safetensors file as float32.</summary>
+    public static Dictionary<string, Tensor> ReadSafetensors(string path)
+    {
+        using var st = SafetensorsFile.Open(path);
+        return st.Entries.Keys.ToDictionary(k => k, k => st.ReadFloat(k), StringComparer.Ordinal);
+    }
+
     private static List<(string file, List<string>? keys)> WeightFiles(string folder, string? variant)
     {
         string Name(string? v, string ext) => v is null ? $"{WeightsName}{ext}" : $"{WeightsName}.{v}{ext}";

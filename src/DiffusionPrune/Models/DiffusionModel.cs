@@ -22,8 +22,11 @@ public abstract class DiffusionModel : nn.Module
     /// <summary>Height and width of the samples the model was built for.</summary>
     public abstract int[] SampleSize { get; }
 
-    /// <summary>Number of real classes for class-conditional models (the null class is this index), else null.</summary>
+    /// <summary>Number of real classes for class-conditional models, else null.</summary>
     public abstract int? NumClasses { get; }
+
+    /// <summary>The label that means "no class" (classifier-free guidance), when the model has one.</summary>
+    public virtual int? NullClass => null;
 
     /// <summary>Whether the extra output channels are a learned variance (DiT with learned sigma).</summary>
     public bool LearnedSigma => OutChannels == 2 * InChannels;

@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Data;
+using DiffusionPrune.Formats;
+using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Training;
+
+/// <summary>Training settings; every random draw derives from <see cref="Seed"/> and the step number.</summary>
+public sealed record TrainOptions
+{
+    public int Steps { get; init; } = 1000;
+    public int BatchSize { get; init; } = 64;
+    public double LearningRate { get; init; } = 5e-4;
+    public int WarmupSteps { get; init; } = 200;
+    /// <summary>The learning rate decays by a cosine to this fraction of its peak at the last step.</summary>
+    public double FinalLearningRateFraction { get; init; } = 0.1;
+    public double EmaDecay { get; init; } = 0.999;
+    public double GradClip { get; init; } = 1.0;
+    public double WeightDecay { get; init; } = 0.0;
+    /// <summary>Probability of replacing a label by the null class (classifier-free guidance training).</summary>
+    public double ClassDropout { get; init; } = 0.1;
+    public long Seed { get; init; } = 0;
+    public int CheckpointEvery { get; init; } = 250;
+
+    public double LearningRateAt(int step)
+    {
+        if (step < WarmupSteps) return LearningRate * (step + 1) / WarmupSteps;
+        double progress = Steps <= WarmupSteps ? 1 : (step - WarmupSteps) / (double)(Steps - WarmupSteps);
+        double cosine = 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1, progress)));
+        return LearningRate * (FinalLearningRateFraction + (1 - FinalLearningRateFraction) * cosine);
+    }
+}
+
+/// <summary>What the trainer reports after each step.</summary>
+public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double ImagesPerSecond, TimeSpan Eta, long? ResidentBytes);
+
+public sealed record TrainResult(int Steps, double FinalLoss, TimeSpan WallTime, string OutputFolder);
+
+/// <summary>
+/// Trains a denoiser with the DDPM epsilon objective: AdamW with warm-up and cosine decay, EMA weights,
+/// global gradient clipping, class dropout for classifier-free guidance. Checkpoints (weights, EMA,
+/// optimizer moments, step) are written atomically every K steps; <c>resume</c> continues from the last
+/// one and produces exactly the run an uninterrupted training would have produced.
+/// </summary>
+public sealed class DiffusionTrainer
+{
+    public const string CheckpointFolder = "checkpoint";
+
+    /// <summary>The noise schedule the defaults are trained with: diffusers' DDPMScheduler defaults.</summary>
+    public const string DefaultSchedulerJson = """
+        {
+          "_class_name": "DDPMScheduler",
+          "num_train_timesteps": 1000,
+          "beta_start": 0.0001,
+          "beta_end": 0.02,
+          "beta_schedule": "linear",
+          "clip_sample": true,
+          "clip_sample_range": 1.0,
+          "prediction_type": "epsilon",
+          "variance_type": "fixed_small",
+          "timestep_spacing": "leading",
+          "steps_offset": 0
+        }
+        """;
+
+    private readonly DiffusionModel _model;
+    private readonly MnistSplit _data;
+    private readonly TrainOptions _options;
+    private readonly string _output;
+
+    public DiffusionTrainer(DiffusionModel model, MnistSplit data, TrainOptions options, string outputFolder)
+    {
+        if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1.");
+        if (options.BatchSize < 1) throw new ArgumentException("--batch must be at least 1.");
+        _model = model;
+        _data = data;
+        _options = options;
+        _output = outputFolder;
+    }
+
+    public TrainResult Train(bool resume, Action<TrainProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        var o = _options;
+        Directory.CreateDirectory(_output);
+        var schedulerConfig = SchedulerConfig.Parse(DefaultSchedulerJson, "default DDPM schedule");
+        using var betas = NoiseSchedule.Betas(schedulerConfig);
+        using var alphasCumprod = NoiseSchedule.AlphasCumprod(betas);
+        int numTrainTimesteps = (int)alphasCumprod.shape[0];
+
+        _model.train();
+        var named = _model.named_parameters().ToList();
+        using var optimizer = new AdamW(named) { WeightDecay = o.WeightDecay };
+        var ema = named.ToDictionary(p => p.name, p => p.parameter.detach().clone().DetachFromDisposeScope(), StringComparer.Ordinal);
+
+        int startStep = 0;
+        string checkpoint = Path.Combine(_output, CheckpointFolder);
+        if (resume)
+        {
+            if (!File.Exists(Path.Combine(checkpoint, "state.json")))
+                throw new FileNotFoundException($"--resume was given but '{checkpoint}' holds no checkpoint. Start without --resume.");
+            startStep = LoadCheckpoint(checkpoint, optimizer, ema);
+        }
+
+        var device = named.First().parameter.device;
+        var stopwatch = Stopwatch.StartNew();
+        double lastLoss = double.NaN;
+        int step = startStep;
+        for (; step < o.Steps; step++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            using (var scope = NewDisposeScope())
+            {
+                // Every draw of this step comes from a generator seeded by (seed, step): resumable exactly.
+                var generator = new Generator((ulong)(o.Seed * 1_000_003L + step + 1), device);
+                var indices = randint(0, _data.Count, [o.BatchSize], ScalarType.Int64, generator: generator).data<long>().Select(i => (int)i).ToArray();
+                var images = _data.Images(indices).to(device);
+                Tensor? labels = null;
+                if (_model.NumClasses is not null)
+                {
+                    labels = _data.Labels(indices).to(device);
+                    if (_model.NullClass is int nullClass && o.ClassDropout > 0)
+                    {
+                        var drop = rand([o.BatchSize], generator: generator, device: device) < o.ClassDropout;
+                        labels = where(drop, full_like(labels, nullClass), labels);
+                    }
+                }
+                var noise = randn(images.shape, generator: generator, device: device);
+                var timesteps = randint(0, numTrainTimesteps, [o.BatchSize], ScalarType.Int64, generator: generator, device: device);
+                var noisy = NoiseSchedule.AddNoise(alphasCumprod.to(device), images, noise, timesteps);
+
+                optimizer.ZeroGrad();
+                var prediction = _model.Predict(noisy, timesteps, labels);
+                var loss = nn.functional.mse_loss(prediction, noise);
+                loss.backward();
+                optimizer.ClipGradNorm(o.GradClip);
+                optimizer.Step(o.LearningRateAt(step));
+                UpdateEma(named, ema, step);
+                lastLoss = loss.item<float>();
+            }
+            NativeMemory.Trim();
+
+            int done = step + 1 - startStep;
+            double seconds = stopwatch.Elapsed.TotalSeconds;
+            double imagesPerSecond = done * o.BatchSize / Math.Max(seconds, 1e-9);
+            var eta = TimeSpan.FromSeconds(seconds / done * (o.Steps - step - 1));
+            progress?.Invoke(new TrainProgress(step + 1, o.Steps, lastLoss, imagesPerSecond, eta, NativeMemory.ResidentBytes()));
+
+            if ((step + 1) % o.CheckpointEvery == 0 && step + 1 < o.Steps)
+                SaveCheckpoint(checkpoint, step + 1, optimizer, ema);
+        }
+
+        // The released model is the EMA of the weights, in diffusers layout.
+        var finalModel = WithWeights(ema);
+        SaveReleased(finalModel, schedulerConfig, step, lastLoss, stopwatch.Elapsed, startStep);
+        SaveCheckpoint(checkpoint, step, optimizer, ema);
+        foreach (var t in ema.Values) t.Dispose();
+        _model.eval();
+        return new TrainResult(step, lastLoss, stopwatch.Elapsed, _output);
+    }
+
+    private void UpdateEma(List<(string name, TorchSharp.Modules.Parameter parameter)> named, Dictionary<string, Tensor> ema, int step)
+    {
+        // Warm-up of the decay, as in common EMA implementations: early weights are not over-averaged.
+        double decay = Math.Min(_options.EmaDecay, (1.0 + step) / (10.0 + step));
+        using var noGrad = no_grad();
+        foreach (var (name, p) in named)
+            ema[name].mul_(decay).add_(p, alpha: 1 - decay);
+    }
+
+    private DiffusionModel WithWeights(Dictionary<string, Tensor> weights)
+    {
+        using var noGrad = no_grad();
+        var state = _model.state_dict();
+        var backup = state.ToDictionary(kv => kv.Key, kv => kv.Value.clone(), StringComparer.Ordinal);
+        foreach (var (name, value) in weights) state[name].copy_(value);
+        _restore = backup;
+        return _model;
+    }
+
+    private Dictionary<string, Tensor>? _restore;
+
+    private void SaveReleased(DiffusionModel model, SchedulerConfig schedulerConfig, int steps, double loss, TimeSpan wall, int startStep)
+    {
+        DiffusersModelLoader.Save(model, _output, new Dictionary<string, string> { ["dprune_train_steps"] = steps.ToString() });
+        File.WriteAllText(Path.Combine(_output, "scheduler_config.json"), DefaultSchedulerJson.Trim() + "\n");
+        var args = new JsonObject
+        {
+            ["steps"] = steps,
+            ["batch_size"] = _options.BatchSize,
+            ["learning_rate"] = _options.LearningRate,
+            ["warmup_steps"] = _options.WarmupSteps,
+            ["ema_decay"] = _options.EmaDecay,
+            ["grad_clip"] = _options.GradClip,
+            ["class_dropout"] = _options.ClassDropout,
+            ["seed"] = _options.Seed,
+            ["final_loss"] = loss,
+            ["wall_seconds_this_run"] = Math.Round(wall.TotalSeconds, 1),
+            ["resumed_from_step"] = startStep,
+            ["images_seen"] = (long)steps * _options.BatchSize,
+        };
+        File.WriteAllText(Path.Combine(_output, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        // Put the live (non-EMA) weights back so training could continue in this process.
+        if (_restore is not null)
+        {
+            using var noGrad = no_grad();
+            var state = _model.state_dict();
+            foreach (var (name, value) in _restore) { state[name].copy_(value); value.Dispose(); }
+            _restore = null;
+        }
+    }
+
+    private void SaveCheckpoint(string folder, int step, AdamW optimizer, Dictionary<string, Tensor> ema)
+    {
+        // Write into a fresh folder, then swap, so a crash mid-write never leaves a half checkpoint.
+        string staging = folder + ".new";
+        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        Directory.CreateDirectory(staging);
+        SafetensorsWriter.Write(Path.Combine(staging, "model.safetensors"), _model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        SafetensorsWriter.Write(Path.Combine(staging, "ema.safetensors"), ema.OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        SafetensorsWriter.Write(Path.Combine(staging, "optimizer.safetensors"), optimizer.StateTensors().OrderBy(kv => kv.Key, StringComparer.Ordinal));
+        File.WriteAllText(Path.Combine(staging, "config.json"), _model.ConfigToJson().ToJsonString());
+        File.WriteAllText(Path.Combine(staging, "state.json"), new JsonObject { ["step"] = step, ["total_steps"] = _options.Steps, ["seed"] = _options.Seed }.ToJsonString());
+        string old = folder + ".old";
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(folder)) Directory.Move(folder, old);
+        Directory.Move(staging, folder);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    private int LoadCheckpoint(string folder, AdamW optimizer, Dictionary<string, Tensor> ema)
+    {
+        var state = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "state.json")))!.AsObject();
+        int step = state["step"]!.GetValue<int>();
+        if (state["seed"]!.GetValue<long>() != _options.Seed)
+            throw new ArgumentException($"The checkpoint in '{folder}' was trained with seed {state["seed"]}, not {_options.Seed}; resume with the same settings.");
+        var weights = DiffusersModelLoader.ReadSafetensors(Path.Combine(folder, "model.safetensors"));
+        DiffusersModelLoader.LoadStrict(_model, weights, folder);
+        var emaWeights = DiffusersModelLoader.ReadSafetensors(Path.Combine(folder, "ema.safetensors"));
+        using (no_grad())
+            foreach (var (name, value) in ema) value.copy_(emaWeights[name]);
+        using (var st = SafetensorsFile.Open(Path.Combine(folder, "optimizer.safetensors")))
+        {
+            var tensors = st.Entries.Keys.ToDictionary(k => k, k => st.Read(k), StringComparer.Ordinal);
+            optimizer.LoadState(tensors);
+            foreach (var t in tensors.Values) t.Dispose();
+        }
+        foreach (var t in weights.Values.Concat(emaWeights.Values)) t.Dispose();
+        return step;
+    }
+}
