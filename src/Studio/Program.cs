@@ -1,4 +1,42 @@
-var builder = WebApplication.CreateBuilder(args);
+using DiffusionPrune.Studio;
+using DiffusionPrune.Studio.Components;
+using DiffusionPrune.Studio.Hosting;
+using MudBlazor.Services;
+
+// The web root is the repository-root wwwroot/ (shared with the rest of the repo), not src/Studio/wwwroot;
+// it must be chosen before the builder exists. --webroot still overrides it.
+// The content root is the build output (appsettings.json is copied there), so settings load the same
+// whichever directory the Studio is started from.
+var repositoryRoot = RepositoryLayout.FindRoot();
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions
+{
+    Args = args,
+    ContentRootPath = AppContext.BaseDirectory,
+    WebRootPath = RepositoryLayout.ResolveWebRoot(args, repositoryRoot),
+});
+
+// Serve packages' static web assets (_content/MudBlazor/...) in every environment, not just
+// Development: run from the build output they are found through <app>.staticwebassets.runtime.json.
+builder.WebHost.UseStaticWebAssets();
+
+builder.Services.AddStudioServices(builder.Configuration);
+builder.Services.AddMudServices();
+builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+
 var app = builder.Build();
-app.MapGet("/", () => "DiffusionPrune Studio");
+
+if (!app.Environment.IsDevelopment())
+    app.UseExceptionHandler("/Error", createScopeForErrors: true);
+app.UseStatusCodePagesWithReExecute("/not-found", createScopeForStatusCodePages: true);
+
+// Two kinds of static files: the repo-root wwwroot (app.css), which no build manifest lists, is served
+// by StaticFiles from that folder alone, before routing; everything in the build manifest
+// (_framework/blazor.web.js, _content/MudBlazor/*) is served, fingerprinted and compressed, by MapStaticAssets.
+app.UseRepositoryWebRoot();
+app.UseRouting();
+app.UseAntiforgery();
+
+app.MapStaticAssets();
+app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
+
 app.Run();

@@ -1,0 +1,80 @@
+using System.Text.Json;
+
+namespace DiffusionPrune.Studio.Catalog;
+
+/// <summary>
+/// Reads model folders laid out the diffusers way (<c>config.json</c> beside
+/// <c>diffusion_pytorch_model.safetensors</c>). Only <c>_class_name</c> is read, with
+/// System.Text.Json, so the Studio does not depend on the core library's model configs yet.
+/// </summary>
+public sealed class FileSystemModelCatalog : IModelCatalog
+{
+    private const string ConfigFileName = "config.json";
+    private const string ClassNameKey = "_class_name";
+
+    /// <summary>Creates a catalog over <paramref name="samplesRoot"/><c>/models</c>.</summary>
+    public FileSystemModelCatalog(string samplesRoot)
+    {
+        ModelsRoot = Path.Combine(Path.GetFullPath(samplesRoot), "models");
+    }
+
+    /// <inheritdoc />
+    public string ModelsRoot { get; }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<ModelSummary>> ListModelsAsync(CancellationToken cancellationToken = default)
+    {
+        if (!Directory.Exists(ModelsRoot))
+            return [];
+
+        var models = new List<ModelSummary>();
+        foreach (var folder in Directory.EnumerateDirectories(ModelsRoot).Order(StringComparer.Ordinal))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            models.Add(await ReadFolderAsync(folder, cancellationToken));
+        }
+        return models;
+    }
+
+    private static async Task<ModelSummary> ReadFolderAsync(string folder, CancellationToken cancellationToken)
+    {
+        var name = Path.GetFileName(folder);
+        var safetensorsBytes = Directory.EnumerateFiles(folder, "*.safetensors")
+            .Sum(file => new FileInfo(file).Length);
+        var (className, problem) = await ReadClassNameAsync(Path.Combine(folder, ConfigFileName), cancellationToken);
+        if (problem is null && safetensorsBytes == 0)
+            problem = $"No .safetensors file in {folder}; add the weights beside config.json.";
+        return new ModelSummary(name, folder, className, safetensorsBytes, problem);
+    }
+
+    private static async Task<(string? ClassName, string? Problem)> ReadClassNameAsync(
+        string configPath, CancellationToken cancellationToken)
+    {
+        if (!File.Exists(configPath))
+            return (null, $"{configPath} is missing; a model folder needs its diffusers config.json.");
+        try
+        {
+            await using var stream = File.OpenRead(configPath);
+            using var document = await JsonDocument.ParseAsync(stream, cancellationToken: cancellationToken);
+            if (document.RootElement.ValueKind == JsonValueKind.Object
+                && document.RootElement.TryGetProperty(ClassNameKey, out var className)
+                && className.ValueKind == JsonValueKind.String)
+            {
+                return (className.GetString(), null);
+            }
+            return (null, $"{configPath} has no string \"{ClassNameKey}\"; add the diffusers class, e.g. \"UNet2DModel\".");
+        }
+        catch (JsonException ex)
+        {
+            return (null, $"{configPath} is not valid JSON ({ex.Message}); re-export the model or fix the file.");
+        }
+        catch (IOException ex)
+        {
+            return (null, $"{configPath} could not be read ({ex.Message}).");
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            return (null, $"{configPath} could not be read ({ex.Message}); check its permissions.");
+        }
+    }
+}

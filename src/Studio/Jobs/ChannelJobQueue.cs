@@ -1,0 +1,76 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>
+/// <see cref="IJobQueue"/> backed by an unbounded <see cref="Channel{T}"/> and drained by this
+/// <see cref="BackgroundService"/>, one job at a time. Registered once and exposed both as the
+/// queue and as the hosted service, so enqueuers and the runner share one channel.
+/// </summary>
+public sealed class ChannelJobQueue : BackgroundService, IJobQueue
+{
+    private readonly Channel<StudioJob> _channel =
+        Channel.CreateUnbounded<StudioJob>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly JobStateService _state;
+    private readonly ILogger<ChannelJobQueue> _logger;
+
+    /// <summary>Creates the queue; it runs jobs once started as a hosted service.</summary>
+    public ChannelJobQueue(JobStateService state, ILogger<ChannelJobQueue> logger)
+    {
+        _state = state;
+        _logger = logger;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<JobSnapshot> EnqueueAsync(StudioJob job, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        var snapshot = _state.Track(job);
+        await _channel.Writer.WriteAsync(job, cancellationToken);
+        return snapshot;
+    }
+
+    /// <inheritdoc />
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await foreach (var job in _channel.Reader.ReadAllAsync(stoppingToken))
+                await RunAsync(job, stoppingToken);
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Shutting down: jobs still queued stay Queued; the process is going away with them.
+        }
+    }
+
+    private async Task RunAsync(StudioJob job, CancellationToken stoppingToken)
+    {
+        _state.MarkRunning(job.Id);
+        try
+        {
+            await job.RunAsync(new StateProgress(_state, job.Id), stoppingToken);
+            _state.MarkSucceeded(job.Id);
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            _state.MarkCanceled(job.Id);
+            throw;
+        }
+        catch (Exception ex)
+        {
+            // A failing job must not stop the queue: record why, and go on to the next one.
+            _logger.LogError(ex, "Job {JobName} ({JobId}) failed", job.Name, job.Id);
+            _state.MarkFailed(job.Id, ex.Message);
+        }
+    }
+
+    // Reports straight into the state service, in order. (Progress<T> would post each report to
+    // the thread pool, where they can arrive out of order.)
+    private sealed class StateProgress(JobStateService state, Guid id) : IProgress<JobProgress>
+    {
+        public void Report(JobProgress value) => state.ReportProgress(id, value);
+    }
+}

@@ -1,0 +1,91 @@
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>
+/// The one place that knows every job's state. The queue writes it from a background thread;
+/// pages read <see cref="Jobs"/> and subscribe to <see cref="Changed"/> (marshalling to their
+/// renderer with <c>InvokeAsync</c>) and unsubscribe when disposed.
+/// </summary>
+public sealed class JobStateService
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<Guid, JobSnapshot> _jobs = [];
+    private readonly TimeProvider _time;
+
+    /// <summary>Creates the service; <paramref name="time"/> defaults to the system clock.</summary>
+    public JobStateService(TimeProvider? time = null)
+    {
+        _time = time ?? TimeProvider.System;
+    }
+
+    /// <summary>
+    /// Raised after any job changes, on the thread that changed it. Handlers must be quick and must
+    /// not throw; read <see cref="Jobs"/> for the new state.
+    /// </summary>
+    public event Action? Changed;
+
+    /// <summary>How many handlers <see cref="Changed"/> has; lets tests prove pages unsubscribe.</summary>
+    internal int SubscriberCount => Changed?.GetInvocationList().Length ?? 0;
+
+    /// <summary>Every known job, oldest first.</summary>
+    public IReadOnlyList<JobSnapshot> Jobs
+    {
+        get
+        {
+            lock (_gate)
+                return _jobs.Values.OrderBy(job => job.EnqueuedAt).ThenBy(job => job.Id).ToArray();
+        }
+    }
+
+    /// <summary>The job with <paramref name="id"/>, or null when there is none.</summary>
+    public JobSnapshot? Find(Guid id)
+    {
+        lock (_gate)
+            return _jobs.GetValueOrDefault(id);
+    }
+
+    /// <summary>Records <paramref name="job"/> as queued.</summary>
+    public JobSnapshot Track(StudioJob job) =>
+        Set(new JobSnapshot(job.Id, job.Name, JobStatus.Queued, 0, "Waiting to start", _time.GetUtcNow()));
+
+    /// <summary>Marks the job running.</summary>
+    public JobSnapshot MarkRunning(Guid id) =>
+        Update(id, job => job with { Status = JobStatus.Running, Message = "Started", StartedAt = _time.GetUtcNow() });
+
+    /// <summary>Records a progress report; the fraction is clamped to 0..1.</summary>
+    public JobSnapshot ReportProgress(Guid id, JobProgress progress) =>
+        Update(id, job => job with { Progress = Math.Clamp(progress.Fraction, 0, 1), Message = progress.Message });
+
+    /// <summary>Marks the job succeeded, at full progress.</summary>
+    public JobSnapshot MarkSucceeded(Guid id) =>
+        Update(id, job => job with { Status = JobStatus.Succeeded, Progress = 1, Message = "Done", FinishedAt = _time.GetUtcNow() });
+
+    /// <summary>Marks the job failed with <paramref name="error"/>.</summary>
+    public JobSnapshot MarkFailed(Guid id, string error) =>
+        Update(id, job => job with { Status = JobStatus.Failed, Message = "Failed", Error = error, FinishedAt = _time.GetUtcNow() });
+
+    /// <summary>Marks the job canceled (the Studio is shutting down).</summary>
+    public JobSnapshot MarkCanceled(Guid id) =>
+        Update(id, job => job with { Status = JobStatus.Canceled, Message = "Canceled", FinishedAt = _time.GetUtcNow() });
+
+    private JobSnapshot Update(Guid id, Func<JobSnapshot, JobSnapshot> change)
+    {
+        JobSnapshot updated;
+        lock (_gate)
+        {
+            if (!_jobs.TryGetValue(id, out var current))
+                throw new InvalidOperationException($"No job {id} is tracked; call Track before updating it.");
+            updated = change(current);
+            _jobs[id] = updated;
+        }
+        Changed?.Invoke(); // outside the lock: handlers may read Jobs
+        return updated;
+    }
+
+    private JobSnapshot Set(JobSnapshot snapshot)
+    {
+        lock (_gate)
+            _jobs[snapshot.Id] = snapshot;
+        Changed?.Invoke();
+        return snapshot;
+    }
+}

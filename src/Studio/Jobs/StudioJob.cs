@@ -1,0 +1,18 @@
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>
+/// A unit of long work run by <see cref="IJobQueue"/> on a background thread, never on a
+/// component's render thread. Report progress through the given <see cref="IProgress{T}"/>;
+/// it updates <see cref="JobStateService"/> synchronously, in order.
+/// </summary>
+public abstract class StudioJob
+{
+    /// <summary>The job's identity, shared with its <see cref="JobSnapshot"/>.</summary>
+    public Guid Id { get; } = Guid.NewGuid();
+
+    /// <summary>What the job does, for people.</summary>
+    public abstract string Name { get; }
+
+    /// <summary>Does the work. Throwing marks the job failed with the exception's message.</summary>
+    public abstract Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken);
+}

@@ -1,0 +1,15 @@
+namespace DiffusionPrune.Studio;
+
+/// <summary>Settings bound from the <c>Studio</c> configuration section.</summary>
+public sealed class StudioOptions
+{
+    /// <summary>The configuration section these options are bound from.</summary>
+    public const string SectionName = "Studio";
+
+    /// <summary>
+    /// Folder that holds <c>models/&lt;name&gt;/</c>. Empty (the default) means the repository's
+    /// <c>samples/</c>; a relative path is taken from the repository root when one is found,
+    /// otherwise from the current directory.
+    /// </summary>
+    public string SamplesRoot { get; set; } = "";
+}

@@ -1,0 +1,32 @@
+using DiffusionPrune.Studio.Catalog;
+using DiffusionPrune.Studio.Hosting;
+using DiffusionPrune.Studio.Jobs;
+using Microsoft.Extensions.Options;
+
+namespace DiffusionPrune.Studio;
+
+/// <summary>Every service the Studio registers, in one place, with its lifetime stated.</summary>
+public static class StudioServiceCollectionExtensions
+{
+    /// <summary>Adds the Studio's options, model catalog, job state and background job queue.</summary>
+    public static IServiceCollection AddStudioServices(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<StudioOptions>().Bind(configuration.GetSection(StudioOptions.SectionName));
+
+        // Singleton: stateless; it reads the disk on every call, so new models show up on refresh.
+        services.AddSingleton<IModelCatalog>(provider => new FileSystemModelCatalog(
+            RepositoryLayout.ResolveSamplesRoot(
+                provider.GetRequiredService<IOptions<StudioOptions>>().Value.SamplesRoot,
+                RepositoryLayout.FindRoot())));
+
+        // Singleton: jobs outlive any one circuit; every open page sees the same list.
+        services.AddSingleton<JobStateService>();
+
+        // Singleton, exposed twice: the queue pages write to is the hosted service that drains it.
+        services.AddSingleton<ChannelJobQueue>();
+        services.AddSingleton<IJobQueue>(provider => provider.GetRequiredService<ChannelJobQueue>());
+        services.AddHostedService(provider => provider.GetRequiredService<ChannelJobQueue>());
+
+        return services;
+    }
+}
