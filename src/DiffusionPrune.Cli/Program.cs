@@ -5,5 +5,7 @@ var root = new RootCommand("dprune — load, prune, evaluate and export diffusio
 {
     ForwardCommand.Create(),
     InfoCommand.Create(),
+    SampleCommand.Create(),
+    TrainCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -1,0 +1,75 @@
+using System.CommandLine;
+using DiffusionPrune.Data;
+using DiffusionPrune.Models;
+using DiffusionPrune.Training;
+
+namespace DiffusionPrune.Cli.Commands;
+
+/// <summary><c>dprune train --arch unet|dit --config FILE --data mnist --steps N --batch B --output DIR [--resume]</c></summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var arch = new Option<string>("--arch") { Description = "unet | dit (must match the config's _class_name).", Required = true };
+        var config = new Option<string>("--config") { Description = "A diffusers config.json for the model to train.", Required = true };
+        var data = new Option<string>("--data") { Description = "Training data: mnist (samples/data), or a path to an mnist.bin.gz file.", DefaultValueFactory = _ => "mnist" };
+        var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
+        var batch = new Option<int>("--batch") { Description = "Batch size.", DefaultValueFactory = _ => 64 };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 5e-4 };
+        var warmup = new Option<int>("--warmup") { Description = "Warm-up steps.", DefaultValueFactory = _ => 200 };
+        var ema = new Option<double>("--ema") { Description = "EMA decay.", DefaultValueFactory = _ => 0.999 };
+        var classDropout = new Option<double>("--class-dropout") { Description = "Label dropout for classifier-free guidance (models with a null class).", DefaultValueFactory = _ => 0.1 };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Steps between checkpoints.", DefaultValueFactory = _ => 250 };
+        var output = new Option<string>("--output") { Description = "Output folder (diffusers layout + checkpoint/).", Required = true };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the checkpoint in --output." };
+        var device = CliCommon.DeviceOption();
+        var command = new Command("train", "Train a denoiser on MNIST with the DDPM epsilon objective.")
+        {
+            arch, config, data, steps, batch, lr, warmup, ema, classDropout, seed, checkpointEvery, output, resume, device,
+        };
+        command.SetAction(parse => CliCommon.Run(() =>
+        {
+            var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
+            var configJson = ConfigJson.Load(parse.GetValue(config)!);
+            string expected = parse.GetValue(arch) switch
+            {
+                "unet" => UNet2DConfig.ClassName,
+                "dit" => DiTConfig.ClassName,
+                var other => throw new ArgumentException($"--arch must be unet or dit, not '{other}'."),
+            };
+            if (configJson.ClassName != expected)
+                throw new ArgumentException($"--arch {parse.GetValue(arch)} needs a {expected} config, but '{parse.GetValue(config)}' describes {configJson.ClassName ?? "no _class_name"}.");
+            string dataArg = parse.GetValue(data)!;
+            var dataset = MnistDataset.Load(dataArg == "mnist" ? null : dataArg);
+            TorchSharp.torch.manual_seed(parse.GetValue(seed));
+            using var model = DiffusersModelLoader.Create(configJson);
+            model.to(dev);
+            var options = new TrainOptions
+            {
+                Steps = parse.GetValue(steps),
+                BatchSize = parse.GetValue(batch),
+                LearningRate = parse.GetValue(lr),
+                WarmupSteps = parse.GetValue(warmup),
+                EmaDecay = parse.GetValue(ema),
+                ClassDropout = parse.GetValue(classDropout),
+                Seed = parse.GetValue(seed),
+                CheckpointEvery = parse.GetValue(checkpointEvery),
+            };
+            Console.WriteLine($"training {model.ClassName}: {model.ParameterCount():N0} parameters, {dataset.Train.Count} images, {options.Steps} steps x {options.BatchSize}");
+            var trainer = new DiffusionTrainer(model, dataset.Train, options, parse.GetValue(output)!);
+            double smoothed = double.NaN;
+            var result = trainer.Train(parse.GetValue(resume), p =>
+            {
+                smoothed = double.IsNaN(smoothed) ? p.Loss : 0.98 * smoothed + 0.02 * p.Loss;
+                int width = 30, filled = (int)(width * (double)p.Step / p.TotalSteps);
+                string rss = p.ResidentBytes is long b ? $" rss {b / (1 << 20)} MB" : "";
+                Console.Error.Write($"\r[{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {smoothed:F4} {p.ImagesPerSecond:F0} img/s eta {p.Eta:hh\\:mm\\:ss}{rss}   ");
+            });
+            Console.Error.WriteLine();
+            Console.WriteLine($"done: {result.Steps} steps, final loss {result.FinalLoss:F4}, {result.WallTime:hh\\:mm\\:ss}; model in {result.OutputFolder}");
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,87 @@
+using DiffusionPrune.Formats;
+using DiffusionPrune.Imaging;
+using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Inference;
+
+/// <summary>Everything <c>dprune sample</c> needs, independent of the command line.</summary>
+public sealed record SampleRequest
+{
+    public required string ModelPath { get; init; }
+    public string? SchedulerConfigPath { get; init; }
+    /// <summary>Override of the scheduler class: ddpm | ddim | dpm++2m (betas still come from the config).</summary>
+    public string? SchedulerName { get; init; }
+    public int Steps { get; init; } = 25;
+    public double Eta { get; init; }
+    public string? NoisePath { get; init; }
+    public string NoiseKey { get; init; } = "noise";
+    public long Seed { get; init; }
+    public int Count { get; init; } = 16;
+    public int[]? Labels { get; init; }
+    public double GuidanceScale { get; init; } = 1.0;
+    public required string OutputPath { get; init; }
+}
+
+/// <summary>Runs a sampling request and writes the trajectory (safetensors) or an image grid (PNG).</summary>
+public static class SampleRunner
+{
+    public static SampleResult Run(SampleRequest request, Device device, Action<int, int>? progress = null)
+    {
+        using var model = DiffusersModelLoader.Load(request.ModelPath, device: device);
+        string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
+            ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json beside it; pass --scheduler-config FILE.");
+        using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
+
+        var noise = LoadOrDrawNoise(request, model, device);
+        Tensor? labels = null;
+        if (model.NumClasses is int classes)
+        {
+            labels = request.Labels is { Length: > 0 } given
+                ? tensor(Enumerable.Range(0, (int)noise.shape[0]).Select(i => (long)given[i % given.Length]).ToArray(), device: device)
+                : DiffusionSampler.CyclicLabels((int)noise.shape[0], classes, device);
+            long max = labels.max().item<long>();
+            if (labels.min().item<long>() < 0 || max > (model.NullClass ?? classes - 1))
+                throw new ArgumentException($"Labels must be between 0 and {classes - 1} (or {model.NullClass} for the null class).");
+        }
+        else if (request.Labels is { Length: > 0 })
+        {
+            throw new ArgumentException($"{model.ClassName} at '{request.ModelPath}' is not class-conditional; drop --labels.");
+        }
+
+        var generator = new Generator((ulong)request.Seed + 0x5EED, device);
+        bool png = request.OutputPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase);
+        var result = DiffusionSampler.Sample(model, scheduler, noise, labels,
+            new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png), generator, progress);
+        if (png)
+            ImageGrid.Save(request.OutputPath, result.Final, scale: 2);
+        else
+            SafetensorsWriter.Write(request.OutputPath, new Dictionary<string, Tensor>
+            {
+                ["trajectory"] = result.Trajectory!.cpu(),
+                ["final"] = result.Final.cpu(),
+                ["timesteps"] = tensor(result.Timesteps),
+            });
+        return result;
+    }
+
+    private static Tensor LoadOrDrawNoise(SampleRequest request, DiffusionModel model, Device device)
+    {
+        if (request.NoisePath is not null)
+        {
+            using var file = SafetensorsFile.Open(request.NoisePath);
+            if (!file.Contains(request.NoiseKey))
+                throw new ArgumentException($"'{request.NoisePath}' has no tensor '{request.NoiseKey}' (it has: {string.Join(", ", file.Entries.Keys)}). Use --noise-key.");
+            var noise = file.ReadFloat(request.NoiseKey);
+            if (noise.dim() != 4 || noise.shape[1] != model.InChannels)
+                throw new ArgumentException($"Noise '{request.NoiseKey}' has shape [{string.Join(", ", noise.shape)}]; the model needs [B, {model.InChannels}, H, W].");
+            return noise.to(device);
+        }
+        if (request.Count < 1) throw new ArgumentException("--count must be at least 1.");
+        var generator = new Generator((ulong)request.Seed, CPU);
+        // Drawn on the CPU so the same seed gives the same noise on every device.
+        return randn([request.Count, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator).to(device);
+    }
+}
