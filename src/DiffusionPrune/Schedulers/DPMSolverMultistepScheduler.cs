@@ -157,11 +157,9 @@ public sealed class DPMSolverMultistepScheduler : IDiffusionScheduler
 
         using var scope = torch.NewDisposeScope();
 
-        // 1. which order this step may use
+        // 1. which order this step may use (diffusers' lower_order_second only concerns third order, not implemented)
         bool lowerOrderFinal = stepIndex == count - 1
                                && (Config.EulerAtFinal || (Config.LowerOrderFinal && count < 15) || Config.FinalSigmasType == "zero");
-        bool lowerOrderSecond = stepIndex == count - 2 && Config.LowerOrderFinal && count < 15;
-        _ = lowerOrderSecond; // only matters for third order, which is not implemented
 
         // 2. model output -> x0 prediction, pushed into the history
         var x0Pred = ConvertModelOutput(modelOutput, sample, stepIndex);

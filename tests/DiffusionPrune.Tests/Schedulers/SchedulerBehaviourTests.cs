@@ -336,6 +336,54 @@ public sealed class SchedulerBehaviourTests(SchedulerFixture fixture) : IClassFi
         TensorAssert.Close(torch.full_like(x0, expected), x0.grad!, "d add_noise / d x0");
     }
 
+    [Fact]
+    public void ZeroTerminalSnrRescaleEndsAtAlphaBarZeroAndKeepsTheFirst()
+    {
+        using var plain = new DDIMScheduler(Ddim("trailing", prediction: "v_prediction"));
+        using var rescaled = new DDIMScheduler(Ddim("trailing", prediction: "v_prediction") with { RescaleBetasZeroSnr = true });
+        using var dpm = new DPMSolverMultistepScheduler(Dpm("trailing") with { RescaleBetasZeroSnr = true, PredictionType = "v_prediction" });
+
+        // The last sqrt(ᾱ) is shifted to exactly 0: β_T = 1 and ᾱ_T = 0; ᾱ_0 is scaled back to (nearly) its old value.
+        Assert.Equal(1f, rescaled.Betas[-1].item<float>());
+        Assert.Equal(0f, rescaled.AlphasCumprod[-1].item<float>());
+        Assert.Equal(plain.AlphasCumprod[0].item<float>(), rescaled.AlphasCumprod[0].item<float>(), 1e-6f);
+        // DPM-Solver replaces ᾱ_T = 0 by 2^-24 so that σ_T stays finite.
+        Assert.Equal(MathF.Pow(2, -24), dpm.AlphasCumprod[-1].item<float>());
+        dpm.SetTimesteps(10);
+        Assert.True(float.IsFinite(dpm.Sigmas[0]));
+
+        // A v-prediction step from pure noise at t = 999 is finite (x0 = −v there).
+        rescaled.SetTimesteps(10);
+        using var scope = torch.NewDisposeScope();
+        var v = fixture.Float("step_model_output");
+        var result = rescaled.Step(v, 999, fixture.Float("step_sample"));
+        Assert.True(TensorAssert.BitExact(-v, result.PredOriginalSample));
+        Assert.False(result.PrevSample.isnan().any().item<bool>());
+    }
+
+    [Fact]
+    public void DpmSolverAddNoiseUsesTheScheduleSigmas()
+    {
+        using var scheduler = new DPMSolverMultistepScheduler(Dpm());
+        scheduler.SetTimesteps(10);
+        using var scope = torch.NewDisposeScope();
+        var x0 = fixture.Float("step_sample");
+        var noise = fixture.Float("step_model_output");
+
+        var noisy = scheduler.AddNoise(x0, noise, torch.tensor(new long[] { 999, 500, 100 }));
+
+        float[] sigmas = scheduler.Sigmas;
+        int[] positions = [0, 5, 9];
+        for (int b = 0; b < 3; b++)
+        {
+            double sigma = sigmas[positions[b]];
+            double alpha = 1 / Math.Sqrt(sigma * sigma + 1);
+            TensorAssert.Close(x0[b] * alpha + noise[b] * (sigma * alpha), noisy[b], $"DPM add_noise row {b}");
+        }
+        var error = Assert.Throws<ArgumentException>(() => scheduler.AddNoise(x0, noise, torch.tensor(new long[] { 999, 998, 100 })));
+        Assert.Contains("998", error.Message);
+    }
+
     // ---- DPM-Solver state -----------------------------------------------------------------------------------
 
     private static Tensor Run(IDiffusionScheduler scheduler, Tensor start)
