@@ -1,11 +1,1 @@
-using System.CommandLine;
-using DiffusionPrune.Cli.Commands;
-
-var root = new RootCommand("dprune — load, prune, evaluate and export diffusion models (diffusers layout).")
-{
-    ForwardCommand.Create(),
-    InfoCommand.Create(),
-    SampleCommand.Create(),
-    TrainCommand.Create(),
-};
-return root.Parse(args).Invoke();
+return DiffusionPrune.Cli.DprunCli.Run(args);

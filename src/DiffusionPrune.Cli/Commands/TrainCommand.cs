@@ -2,6 +2,7 @@ using System.CommandLine;
 using DiffusionPrune.Data;
 using DiffusionPrune.Models;
 using DiffusionPrune.Training;
+using TorchSharp;
 
 namespace DiffusionPrune.Cli.Commands;
 

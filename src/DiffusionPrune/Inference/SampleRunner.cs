@@ -35,6 +35,9 @@ public static class SampleRunner
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json beside it; pass --scheduler-config FILE.");
         using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
 
+        bool png = request.OutputPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase);
+        if (png && model.InChannels is not (1 or 3))
+            throw new ArgumentException($"{model.ClassName} samples have {model.InChannels} channels (latents), which cannot be shown as an image; write a .safetensors output instead.");
         var noise = LoadOrDrawNoise(request, model, device);
         Tensor? labels = null;
         if (model.NumClasses is int classes)
@@ -52,7 +55,6 @@ public static class SampleRunner
         }
 
         var generator = new Generator((ulong)request.Seed + 0x5EED, device);
-        bool png = request.OutputPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase);
         var result = DiffusionSampler.Sample(model, scheduler, noise, labels,
             new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png), generator, progress);
         if (png)

@@ -1,0 +1,104 @@
+using System.Diagnostics;
+using DiffusionPrune.Formats;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Tests.Cli;
+
+/// <summary>The dprune contract, exercised through the real executable (as batch tooling uses it).</summary>
+public class CliTests
+{
+    private static (int exitCode, string stdout, string stderr) Dprune(params string[] args)
+    {
+        string dll = Path.Combine(AppContext.BaseDirectory, "dprune.dll");
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.ArgumentList.Add(dll);
+        foreach (var a in args) info.ArgumentList.Add(a);
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(3))) { process.Kill(true); throw new TimeoutException("dprune did not finish"); }
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Fact]
+    public void Forward_writes_the_diffusers_output_for_the_dit_fixture()
+    {
+        using var temp = Fixtures.Temp();
+        var (code, _, stderr) = Dprune("forward", "--model", Fixtures.Diffusers("dit-small", "model"),
+            "--input", Fixtures.Diffusers("dit-small", "io.safetensors"), "--output", temp.File("out.safetensors"), "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        using var output = SafetensorsFile.Open(temp.File("out.safetensors"));
+        using var io = SafetensorsFile.Open(Fixtures.Diffusers("dit-small", "io.safetensors"));
+        Assert.Equal(SafetensorsDType.F32, output.Entries["output"].DType);
+        using var actual = output.Read("output");
+        using var expected = io.ReadFloat("output");
+        Assert.True(Fixtures.RelativeError(actual, expected) <= 1e-4);
+    }
+
+    [Fact]
+    public void Sample_with_given_noise_reproduces_the_ddim_trajectory()
+    {
+        using var temp = Fixtures.Temp();
+        var (code, _, stderr) = Dprune("sample", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), "--steps", "10",
+            "--noise", Fixtures.Diffusers("unet2d-small", "io.safetensors"), "--noise-key", "ddim_noise",
+            "--output", temp.File("traj.safetensors"));
+        Assert.True(code == 0, stderr);
+        using var output = SafetensorsFile.Open(temp.File("traj.safetensors"));
+        using var io = SafetensorsFile.Open(Fixtures.Diffusers("unet2d-small", "io.safetensors"));
+        using var trajectory = output.Read("trajectory");
+        using var expected = io.ReadFloat("ddim_trajectory");
+        Assert.Equal(new long[] { 10, 2, 1, 32, 32 }, trajectory.shape);
+        Assert.True(Fixtures.RelativeError(trajectory, expected) <= 1e-3);
+        using var final = output.Read("final");
+        using var last = trajectory[-1];
+        Assert.True(Fixtures.RelativeError(final, last) == 0);
+    }
+
+    [Fact]
+    public void Sample_to_png_writes_an_image_grid_from_seeded_noise()
+    {
+        using var temp = Fixtures.Temp();
+        var (code, _, stderr) = Dprune("sample", "--model", Fixtures.Diffusers("dit-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), "--steps", "2",
+            "--seed", "1", "--count", "3", "--labels", "1,2", "--guidance-scale", "2", "--output", temp.File("grid.png"));
+        // dit-small has 4 channels: not an image; the command must say so rather than write garbage.
+        Assert.Equal(2, code);
+        Assert.Contains("channels", stderr);
+
+        (code, _, stderr) = Dprune("sample", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), "--steps", "2",
+            "--seed", "1", "--count", "4", "--output", temp.File("grid.png"));
+        Assert.True(code == 0, stderr);
+        var bytes = File.ReadAllBytes(temp.File("grid.png"));
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, bytes[..4]);
+    }
+
+    [Fact]
+    public void Info_reports_parameters_and_macs()
+    {
+        var (code, stdout, stderr) = Dprune("info", "--model", Fixtures.Diffusers("unet2d-small", "model"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("1,623,169", stdout);
+        Assert.Contains("MACs", stdout);
+        Assert.Contains("down_blocks.1", stdout);
+    }
+
+    [Fact]
+    public void User_errors_exit_nonzero_with_a_message_on_stderr()
+    {
+        var (code, stdout, stderr) = Dprune("forward", "--model", "/no/such/model", "--input", "x.safetensors", "--output", "y.safetensors");
+        Assert.Equal(2, code);
+        Assert.Contains("No model folder", stderr);
+        Assert.DoesNotContain("Exception", stderr);
+        Assert.Equal("", stdout.Trim());
+
+        using var temp = Fixtures.Temp();
+        File.WriteAllText(temp.File("bad.safetensors"), "not a safetensors file");
+        (code, _, stderr) = Dprune("forward", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--input", temp.File("bad.safetensors"), "--output", temp.File("o.safetensors"));
+        Assert.Equal(2, code);
+        Assert.StartsWith("error:", stderr.Trim());
+    }
+}
