@@ -97,6 +97,20 @@ public class LoaderTests
         Assert.Contains("missing", e.Message);
     }
 
+    [Theory]
+    [InlineData("{\"weight_map\": {\"conv_in.weight\": 3}}", "conv_in.weight")]
+    [InlineData("{\"weight_map\": {\"conv_in.weight\": \"../elsewhere.safetensors\"}}", "plain file name")]
+    [InlineData("{\"weight_map\": []}", "weight_map")]
+    [InlineData("[1]", "not a valid shard index")]
+    public void Malformed_shard_index_is_a_clear_error(string index, string expected)
+    {
+        using var temp = Fixtures.Temp();
+        File.Copy(Path.Combine(UNetFixture, "config.json"), temp.File("config.json"));
+        File.WriteAllText(temp.File("diffusion_pytorch_model.safetensors.index.json"), index);
+        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        Assert.Contains(expected, e.Message);
+    }
+
     [Fact]
     public void Fp16_variant_loads_within_fp16_rounding()
     {
@@ -286,6 +300,8 @@ public class LoaderTests
         Assert.Contains("layers_per_block", e2.Message);
         var e3 = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Create(ConfigJson.Parse("{\"_class_name\": \"VQModel\"}")));
         Assert.Contains("VQModel", e3.Message);
+        var e4 = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Create(ConfigJson.Parse("{\"_class_name\": 5}")));
+        Assert.Contains("_class_name", e4.Message);
     }
 
     // ---- config parsing ----
