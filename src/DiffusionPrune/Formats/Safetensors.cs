@@ -85,6 +85,9 @@ public sealed class SafetensorsFile : IDisposable
 
     private static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>) ParseHeader(string path, byte[] headerBytes, long dataLength)
     {
+        // JsonDocument defers UTF-8 validation to GetString, which would throw InvalidOperationException later.
+        if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+            throw new SafetensorsFormatException($"'{path}' has a header that is not valid UTF-8. The file is corrupt or not safetensors.");
         JsonDocument document;
         try
         {
@@ -149,7 +152,8 @@ public sealed class SafetensorsFile : IDisposable
         }
         if (!value.TryGetProperty("data_offsets", out var offsetsElement) || offsetsElement.ValueKind != JsonValueKind.Array || offsetsElement.GetArrayLength() != 2)
             throw new SafetensorsFormatException($"'{path}': tensor '{name}' needs data_offsets [begin, end].");
-        if (!offsetsElement[0].TryGetInt64(out long begin) || !offsetsElement[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+        if (offsetsElement[0].ValueKind != JsonValueKind.Number || offsetsElement[1].ValueKind != JsonValueKind.Number
+            || !offsetsElement[0].TryGetInt64(out long begin) || !offsetsElement[1].TryGetInt64(out long end) || begin < 0 || end < begin)
             throw new SafetensorsFormatException($"'{path}': tensor '{name}' has invalid data_offsets (begin and end must be integers with 0 <= begin <= end).");
         if (end > dataLength)
             throw new SafetensorsFormatException($"'{path}': tensor '{name}' ends at byte {end} of the data but the data holds {dataLength} bytes: the file is truncated.");

@@ -45,7 +45,7 @@ public sealed class ConfigJson
     public JsonObject Root => _root;
     public bool Has(string key) => _root.ContainsKey(key);
     public bool IsNull(string key) => _root.ContainsKey(key) && _root[key] is null;
-    public string? ClassName => _root["_class_name"]?.GetValue<string>();
+    public string? ClassName => _root["_class_name"] is null ? null : Convert("_class_name", n => n.GetValue<string>());
 
     private T Convert<T>(string key, Func<JsonNode, T> read)
     {

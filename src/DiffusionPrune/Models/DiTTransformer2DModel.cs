@@ -11,12 +11,13 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     private readonly Conv2d proj;
     // Held in an array so RegisterComponents does not save it: diffusers keeps it as a non-persistent buffer.
     private readonly Tensor[] _posEmbed; // [1, N, D]
+    private readonly int _patchSize, _gridH, _gridW, _baseSize, _embedDim;
 
     public PatchEmbed(int height, int width, int patchSize, int inChannels, int embedDim) : base(nameof(PatchEmbed))
     {
         proj = nn.Conv2d(inChannels, embedDim, (patchSize, patchSize), stride: (patchSize, patchSize));
-        int gridH = height / patchSize, gridW = width / patchSize;
-        _posEmbed = [SinCos2D(embedDim, gridH, gridW, baseSize: height / patchSize).unsqueeze(0)];
+        (_patchSize, _gridH, _gridW, _baseSize, _embedDim) = (patchSize, height / patchSize, width / patchSize, height / patchSize, embedDim);
+        _posEmbed = [SinCos2D(embedDim, _gridH, _gridW, _baseSize).unsqueeze(0)];
         RegisterComponents();
     }
 
@@ -45,7 +46,11 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor latent)
     {
+        int gridH = (int)latent.shape[^2] / _patchSize, gridW = (int)latent.shape[^1] / _patchSize;
         var x = proj.call(latent).flatten(2).transpose(1, 2); // BCHW -> BNC
+        // diffusers recomputes the table (same base size) for a resolution other than the configured one.
+        if (gridH != _gridH || gridW != _gridW)
+            return x + SinCos2D(_embedDim, gridH, gridW, _baseSize).unsqueeze(0).to(x.device);
         var position = _posEmbed[0].device == x.device ? _posEmbed[0] : (_posEmbed[0] = _posEmbed[0].to(x.device));
         return x + position;
     }

@@ -144,7 +144,8 @@ public static partial class DiffusersModelLoader
         var byFile = new Dictionary<string, List<string>>(StringComparer.Ordinal);
         foreach (var (key, value) in map)
         {
-            string file = value?.GetValue<string>() ?? throw new ModelFormatException($"{indexPath}: weight_map['{key}'] is not a file name.");
+            if (value is not JsonValue fileValue || !fileValue.TryGetValue<string>(out var file))
+                throw new ModelFormatException($"{indexPath}: weight_map['{key}'] is not a file name.");
             if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
                 throw new ModelFormatException($"{indexPath}: shard name '{file}' must be a plain file name in the same folder.");
             if (!byFile.TryGetValue(file, out var keys)) byFile[file] = keys = [];
