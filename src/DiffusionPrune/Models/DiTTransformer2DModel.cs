@@ -17,7 +17,7 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     {
         proj = nn.Conv2d(inChannels, embedDim, (patchSize, patchSize), stride: (patchSize, patchSize));
         (_patchSize, _gridH, _gridW, _baseSize, _embedDim) = (patchSize, height / patchSize, width / patchSize, height / patchSize, embedDim);
-        _posEmbed = [SinCos2D(embedDim, _gridH, _gridW, _baseSize).unsqueeze(0)];
+        _posEmbed = [SinCos2D(embedDim, _gridH, _gridW, _baseSize).unsqueeze(0).DetachFromDisposeScope()];
         RegisterComponents();
     }
 
@@ -51,7 +51,12 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
         // diffusers recomputes the table (same base size) for a resolution other than the configured one.
         if (gridH != _gridH || gridW != _gridW)
             return x + SinCos2D(_embedDim, gridH, gridW, _baseSize).unsqueeze(0).to(x.device);
-        var position = _posEmbed[0].device == x.device ? _posEmbed[0] : (_posEmbed[0] = _posEmbed[0].to(x.device));
+        // Recreate the cached table if a caller's dispose scope released it or the device changed.
+        if (_posEmbed[0].IsInvalid)
+            _posEmbed[0] = SinCos2D(_embedDim, _gridH, _gridW, _baseSize).unsqueeze(0).DetachFromDisposeScope();
+        if (_posEmbed[0].device != x.device)
+            _posEmbed[0] = _posEmbed[0].to(x.device).DetachFromDisposeScope();
+        var position = _posEmbed[0];
         return x + position;
     }
 

@@ -20,7 +20,7 @@ public sealed class SchedulerFactoryTests
     {
         string folder = Path.Combine(Fixtures.DiffusersRoot, "unet2d-small");
         using var scheduler = Scheduler.FromFile(Path.Combine(folder, "scheduler_config.json"));
-        using var io = Formats.SafetensorsFile.Open(Path.Combine(folder, "io.safetensors"));
+        using var io = DiffusionPrune.Formats.SafetensorsFile.Open(Path.Combine(folder, "io.safetensors"));
         using var expected = io.Read("ddim_timesteps");
 
         scheduler.SetTimesteps(10);

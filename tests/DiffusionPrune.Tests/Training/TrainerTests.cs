@@ -58,11 +58,11 @@ public class TrainerTests
         var b = DiffusersModelLoader.ReadSafetensors(Path.Combine(resumedFolder.Path, "diffusion_pytorch_model.safetensors"));
         Assert.Equal(a.Keys.Order(), b.Keys.Order());
         foreach (var key in a.Keys)
-            Assert.True(Fixtures.RelativeError(b[key], a[key]) < 1e-6, $"{key} differs after resume");
+            Assert.True(Fixtures.RelativeError(b[key], a[key]) < 1e-5, $"{key} differs after resume by {Fixtures.RelativeError(b[key], a[key])}");
         var liveA = DiffusersModelLoader.ReadSafetensors(Path.Combine(straightFolder.Path, "checkpoint", "model.safetensors"));
         var liveB = DiffusersModelLoader.ReadSafetensors(Path.Combine(resumedFolder.Path, "checkpoint", "model.safetensors"));
         foreach (var key in liveA.Keys)
-            Assert.True(Fixtures.RelativeError(liveB[key], liveA[key]) < 1e-6, $"live weight {key} differs after resume");
+            Assert.True(Fixtures.RelativeError(liveB[key], liveA[key]) < 1e-5, $"live weight {key} differs after resume");
     }
 
     [Fact]
