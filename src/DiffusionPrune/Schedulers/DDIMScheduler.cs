@@ -59,24 +59,8 @@ public sealed class DDIMScheduler : IDiffusionScheduler
     /// </summary>
     public void SetTimesteps(int numInferenceSteps)
     {
-        int trainSteps = Config.NumTrainTimesteps;
-        SchedulerValidation.CheckStepCount(numInferenceSteps, trainSteps, nameof(DDIMScheduler));
-        long[] timesteps;
-        switch (Config.TimestepSpacing)
-        {
-            case "linspace":
-                timesteps = NoiseSchedule.NumpyRoundToInt64(NoiseSchedule.NumpyLinspace(0, trainSteps - 1, numInferenceSteps)).Reverse().ToArray();
-                break;
-            case "leading":
-                long stepRatio = trainSteps / numInferenceSteps;
-                timesteps = Enumerable.Range(0, numInferenceSteps).Reverse().Select(i => i * stepRatio + Config.StepsOffset).ToArray();
-                break;
-            default: // trailing
-                double ratio = (double)trainSteps / numInferenceSteps;
-                // numpy may yield one more value than n here (ceil of 61.00000000000001 for n = 61): kept, as diffusers does.
-                timesteps = NoiseSchedule.NumpyRoundToInt64(NoiseSchedule.NumpyArange(trainSteps, 0, -ratio)).Select(t => t - 1).ToArray();
-                break;
-        }
+        SchedulerValidation.CheckStepCount(numInferenceSteps, Config.NumTrainTimesteps, nameof(DDIMScheduler));
+        long[] timesteps = NoiseSchedule.SpacedTimesteps(Config, numInferenceSteps);
         _timesteps = timesteps;
         NumInferenceSteps = numInferenceSteps;
     }

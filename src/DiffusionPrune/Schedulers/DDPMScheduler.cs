@@ -50,23 +50,8 @@ public sealed class DDPMScheduler : IDiffusionScheduler
 
     public void SetTimesteps(int numInferenceSteps)
     {
-        int trainSteps = Config.NumTrainTimesteps;
-        SchedulerValidation.CheckStepCount(numInferenceSteps, trainSteps, nameof(DDPMScheduler));
-        long[] timesteps;
-        switch (Config.TimestepSpacing)
-        {
-            case "linspace":
-                timesteps = NoiseSchedule.NumpyRoundToInt64(NoiseSchedule.NumpyLinspace(0, trainSteps - 1, numInferenceSteps)).Reverse().ToArray();
-                break;
-            case "leading":
-                long stepRatio = trainSteps / numInferenceSteps;
-                timesteps = Enumerable.Range(0, numInferenceSteps).Reverse().Select(i => i * stepRatio + Config.StepsOffset).ToArray();
-                break;
-            default: // trailing
-                double ratio = (double)trainSteps / numInferenceSteps;
-                timesteps = NoiseSchedule.NumpyRoundToInt64(NoiseSchedule.NumpyArange(trainSteps, 0, -ratio)).Select(t => t - 1).ToArray();
-                break;
-        }
+        SchedulerValidation.CheckStepCount(numInferenceSteps, Config.NumTrainTimesteps, nameof(DDPMScheduler));
+        long[] timesteps = NoiseSchedule.SpacedTimesteps(Config, numInferenceSteps);
         _timesteps = timesteps;
         NumInferenceSteps = numInferenceSteps;
     }

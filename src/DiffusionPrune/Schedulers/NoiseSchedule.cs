@@ -98,6 +98,28 @@ public static class NoiseSchedule
         return torch.tensor(rescaled);
     }
 
+    /// <summary>
+    /// The DDPM/DDIM <c>set_timesteps</c> spacing (both schedulers compute it the same way), descending:
+    /// leading <c>i · (T / n) + steps_offset</c>; trailing <c>round(arange(T, 0, −T/n)) − 1</c> (numpy may
+    /// yield n + 1 values, kept as diffusers does); linspace <c>round(linspace(0, T − 1, n))</c>.
+    /// steps_offset applies to leading only.
+    /// </summary>
+    public static long[] SpacedTimesteps(SchedulerConfig config, int numInferenceSteps)
+    {
+        int trainSteps = config.NumTrainTimesteps;
+        switch (config.TimestepSpacing)
+        {
+            case "linspace":
+                return NumpyRoundToInt64(NumpyLinspace(0, trainSteps - 1, numInferenceSteps)).Reverse().ToArray();
+            case "leading":
+                long stepRatio = trainSteps / numInferenceSteps;
+                return Enumerable.Range(0, numInferenceSteps).Reverse().Select(i => i * stepRatio + config.StepsOffset).ToArray();
+            default: // trailing
+                double ratio = (double)trainSteps / numInferenceSteps;
+                return NumpyRoundToInt64(NumpyArange(trainSteps, 0, -ratio)).Select(t => t - 1).ToArray();
+        }
+    }
+
     /// <summary><c>torch.cumprod(1.0 - betas, dim=0)</c>, float32.</summary>
     public static Tensor AlphasCumprod(Tensor betas)
     {
