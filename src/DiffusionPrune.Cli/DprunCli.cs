@@ -12,6 +12,8 @@ public static class DprunCli
         SampleCommand.Create(),
         InfoCommand.Create(),
         TrainCommand.Create(),
+        EvalCommand.Create(),
+        FeatureNetCommand.Create(),
     };
 
     public static int Run(string[] args) => Build().Parse(args).Invoke();

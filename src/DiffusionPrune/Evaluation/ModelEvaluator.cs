@@ -1,0 +1,154 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Data;
+using DiffusionPrune.Inference;
+using DiffusionPrune.Metrics;
+using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Evaluation;
+
+/// <summary>What to evaluate and how; defaults match the model cards.</summary>
+public sealed record EvalRequest
+{
+    public required string ModelPath { get; init; }
+    public string? SchedulerConfigPath { get; init; }
+    public string? SchedulerName { get; init; } = "ddim";
+    public int Samples { get; init; } = 1000;
+    public int Steps { get; init; } = 25;
+    public double Eta { get; init; }
+    public double GuidanceScale { get; init; } = 1.0;
+    public long Seed { get; init; }
+    public int BatchSize { get; init; } = 100;
+    /// <summary>A second model sampled from the same noise, for paired SSIM/PSNR (e.g. the unpruned original).</summary>
+    public string? ReferenceModelPath { get; init; }
+    public string? FeatureNetFolder { get; init; }
+    public int BootstrapResamples { get; init; } = 200;
+}
+
+public sealed record EvalReport(
+    string Model, string ClassName, long Parameters, long Macs, int Samples, int Steps, string Scheduler, double GuidanceScale, long Seed,
+    FidResult Fid, KidResult Kid, PrecisionRecallResult PrecisionRecall, double? ClassAccuracy, double? Ssim, double? Psnr,
+    double SamplerMillisecondsPerImage, double TotalSeconds)
+{
+    public JsonObject ToJson() => new()
+    {
+        ["model"] = Model,
+        ["class"] = ClassName,
+        ["parameters"] = Parameters,
+        ["macs"] = Macs,
+        ["samples"] = Samples,
+        ["steps"] = Steps,
+        ["scheduler"] = Scheduler,
+        ["guidance_scale"] = GuidanceScale,
+        ["seed"] = Seed,
+        ["fid_proxy"] = new JsonObject { ["value"] = Fid.Value, ["lower"] = Fid.Lower, ["upper"] = Fid.Upper, ["sample_count"] = Fid.SampleCount, ["confidence"] = 0.95 },
+        ["kid"] = new JsonObject { ["mean"] = Kid.Mean, ["std"] = Kid.Std, ["subset_size"] = Kid.SubsetSize, ["subsets"] = Kid.SubsetCount },
+        ["precision"] = PrecisionRecall.Precision,
+        ["recall"] = PrecisionRecall.Recall,
+        ["class_accuracy"] = ClassAccuracy,
+        ["ssim_to_reference"] = Ssim,
+        ["psnr_to_reference"] = Psnr,
+        ["sampler_ms_per_image"] = SamplerMillisecondsPerImage,
+        ["total_seconds"] = TotalSeconds,
+    };
+
+    public void Save(string path)
+    {
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null) Directory.CreateDirectory(dir);
+        File.WriteAllText(path, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+}
+
+/// <summary>
+/// Samples N images from a model (fixed seeds, batch by batch) and measures them with the project's
+/// feature network against the real MNIST test split: FID-proxy with a bootstrap interval, KID,
+/// precision/recall, classifier accuracy of conditional samples, paired SSIM/PSNR to a reference model,
+/// parameters, MACs and sampler latency.
+/// </summary>
+public static class ModelEvaluator
+{
+    public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null)
+    {
+        if (request.Samples < 2) throw new ArgumentException("--samples must be at least 2 (FID needs a covariance).");
+        var total = Stopwatch.StartNew();
+        using var model = DiffusersModelLoader.Load(request.ModelPath, device: device);
+        using var reference = request.ReferenceModelPath is null ? null : DiffusersModelLoader.Load(request.ReferenceModelPath, device: device);
+        if (model.InChannels != 1 || model.SampleSize[0] != 32)
+            throw new ArgumentException($"Evaluation compares against MNIST (1 x 32 x 32); {model.ClassName} makes {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]}.");
+        string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
+            ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
+        using var featureNet = FeatureNet.Load(request.FeatureNetFolder);
+        var data = MnistDataset.Load();
+
+        var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress);
+        using var scope = NewDisposeScope();
+        var generatedFeatures = featureNet.FeaturesOf(generated).to_type(ScalarType.Float64);
+        var realImages = data.Test.All();
+        var realFeatures = featureNet.FeaturesOf(realImages).to_type(ScalarType.Float64);
+
+        string? statsFolder = request.FeatureNetFolder ?? FeatureNet.DefaultFolder();
+        string statsPath = Path.Combine(statsFolder!, FeatureNet.ReferenceStatsName);
+        var referenceStats = File.Exists(statsPath) ? GaussianStats.Load(statsPath) : GaussianStats.FromFeatures(realFeatures);
+        var fid = FrechetDistance.ComputeWithInterval(referenceStats, generatedFeatures, request.BootstrapResamples, 0.95, request.Seed);
+        int subset = Math.Min(1000, Math.Min(request.Samples, (int)realFeatures.shape[0]));
+        var kid = KernelInceptionDistance.Compute(realFeatures, generatedFeatures, subset, 50, request.Seed);
+        var pr = PrecisionRecall.Compute(realFeatures, generatedFeatures);
+
+        double? accuracy = null;
+        if (labels is not null)
+            accuracy = ClassifierAccuracy.Compute(featureNet.LogitsOf(generated), labels);
+        double? ssim = null, psnr = null;
+        if (reproduced is not null)
+        {
+            ssim = ImageSimilarity.Ssim(generated.clamp(-1, 1), reproduced.clamp(-1, 1));
+            psnr = ImageSimilarity.Psnr(generated.clamp(-1, 1), reproduced.clamp(-1, 1));
+        }
+        var cost = ModelCost.Measure(model);
+        return new EvalReport(request.ModelPath, model.ClassName, cost.Parameters, cost.Macs, request.Samples, request.Steps,
+            request.SchedulerName ?? "from config", request.GuidanceScale, request.Seed, fid, kid, pr, accuracy, ssim, psnr, msPerImage,
+            total.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Samples in batches with per-batch seeds, so N images are the same whatever the batch size divides.</summary>
+    public static (Tensor images, Tensor? labels, Tensor? reference, double msPerImage) Generate(DiffusionModel model, DiffusionModel? referenceModel,
+        string schedulerPath, EvalRequest request, Device device, Action<int, int>? progress = null)
+    {
+        using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
+        var images = new List<Tensor>();
+        var references = new List<Tensor>();
+        var allLabels = new List<Tensor>();
+        var batchMillis = new List<double>();
+        int done = 0;
+        for (int start = 0, batch = 0; start < request.Samples; start += request.BatchSize, batch++)
+        {
+            int count = Math.Min(request.BatchSize, request.Samples - start);
+            using var scope = NewDisposeScope();
+            var generator = new Generator((ulong)(request.Seed * 100_003 + batch), CPU);
+            var noise = randn([count, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator).to(device);
+            Tensor? labels = model.NumClasses is int classes ? (arange(start, start + count, ScalarType.Int64) % classes).to(device) : null;
+            var options = new SampleOptions(request.Steps, request.GuidanceScale);
+            var watch = Stopwatch.StartNew();
+            var result = DiffusionSampler.Sample(model, scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
+            batchMillis.Add(watch.Elapsed.TotalMilliseconds / count);
+            images.Add(result.Final.cpu().MoveToOuterDisposeScope());
+            if (labels is not null) allLabels.Add(labels.cpu().MoveToOuterDisposeScope());
+            if (referenceModel is not null)
+            {
+                var again = DiffusionSampler.Sample(referenceModel, scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
+                references.Add(again.Final.cpu().MoveToOuterDisposeScope());
+            }
+            done += count;
+            progress?.Invoke(done, request.Samples);
+            Training.NativeMemory.Trim();
+        }
+        batchMillis.Sort();
+        double median = batchMillis[batchMillis.Count / 2];
+        return (cat(images), allLabels.Count > 0 ? cat(allLabels) : null, references.Count > 0 ? cat(references) : null, median);
+    }
+}
