@@ -199,8 +199,15 @@ public sealed class DiTBlock : nn.Module
     public Attention Attn1 => attn1;
     public FeedForward Ff => ff;
 
+    /// <summary>
+    /// Optional gate on the whole block, a scalar or [1] tensor: output = x + g * (block(x) - x), so a
+    /// gate of exactly 0 gives the identity that <see cref="RemovedDiTBlock"/> computes.
+    /// </summary>
+    public Tensor? LayerGate { get; set; }
+
     public Tensor Forward(Tensor hiddenStates, Tensor timestep, Tensor classLabels)
     {
+        var blockInput = hiddenStates;
         var (normHiddenStates, gateMsa, shiftMlp, scaleMlp, gateMlp) = norm1.Forward(hiddenStates, timestep, classLabels);
         var attnOutput = attn1.call(normHiddenStates);
         hiddenStates = gateMsa.unsqueeze(1) * attnOutput + hiddenStates;
@@ -208,7 +215,8 @@ public sealed class DiTBlock : nn.Module
         normHiddenStates = norm3 is not null ? norm3.call(hiddenStates) : nn.functional.layer_norm(hiddenStates, [_dim], null, null, _normEps);
         normHiddenStates = normHiddenStates * (scaleMlp.unsqueeze(1) + 1) + shiftMlp.unsqueeze(1);
         var ffOutput = ff.call(normHiddenStates);
-        return gateMlp.unsqueeze(1) * ffOutput + hiddenStates;
+        var output = gateMlp.unsqueeze(1) * ffOutput + hiddenStates;
+        return LayerGate is null ? output : blockInput + LayerGate * (output - blockInput);
     }
 }
 

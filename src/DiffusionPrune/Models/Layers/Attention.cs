@@ -29,6 +29,15 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     /// <summary>Optional gate per head (shape [heads]) multiplying each head's output before to_out.</summary>
     public Tensor? HeadGate { get; set; }
 
+    /// <summary>
+    /// Optional gate on the whole (residual) block, a scalar or [1] tensor: output = x + g * (attn(x) - x),
+    /// so a gate of exactly 0 gives the identity that <see cref="RemovedAttention"/> computes.
+    /// </summary>
+    public Tensor? LayerGate { get; set; }
+
+    /// <summary>Whether the input is added back (U-Net attention blocks); only such a block is removable on its own.</summary>
+    public bool ResidualConnection => _residualConnection;
+
     public Attention(int queryDim, int heads, int dimHead, bool bias = true, bool outBias = true, int? normNumGroups = null,
         double eps = 1e-5, bool residualConnection = false, double rescaleOutputFactor = 1.0, double dropout = 0.0) : base(nameof(Attention))
     {
@@ -50,6 +59,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor hiddenStates)
     {
+        var blockInput = hiddenStates;
         var residual = hiddenStates;
         long batch = hiddenStates.shape[0];
         bool spatial = hiddenStates.dim() == 4;
@@ -78,7 +88,8 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
             hiddenStates = hiddenStates.transpose(-1, -2).reshape(batch, channels, height, width);
         if (_residualConnection)
             hiddenStates = hiddenStates + residual;
-        return _rescaleOutputFactor == 1.0 ? hiddenStates : hiddenStates / _rescaleOutputFactor;
+        if (_rescaleOutputFactor != 1.0) hiddenStates = hiddenStates / _rescaleOutputFactor;
+        return LayerGate is null ? hiddenStates : blockInput + LayerGate * (hiddenStates - blockInput);
     }
 
     public GroupNorm? GroupNormModule => group_norm;

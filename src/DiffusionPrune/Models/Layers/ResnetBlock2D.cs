@@ -39,6 +39,16 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
     /// </summary>
     public Tensor? ChannelGate { get; set; }
 
+    /// <summary>
+    /// Optional gate on the whole block (a scalar or [1] tensor): output = x + g * (block(x) - x), so a
+    /// gate of exactly 0 gives the identity that <see cref="RemovedResnet"/> computes after layer
+    /// pruning. Only meaningful where the block keeps its input's shape (in == out, no resampling).
+    /// </summary>
+    public Tensor? LayerGate { get; set; }
+
+    /// <summary>Whether the block up- or downsamples (then it cannot be removed as the identity).</summary>
+    public bool Resamples => _up || _down;
+
     public ResnetBlock2D(int inChannels, int outChannels, int? tembChannels, int groups, double eps,
         string timeEmbeddingNorm = "default", string act = "silu", double outputScaleFactor = 1.0, double dropout = 0.0,
         bool up = false, bool down = false, int? innerChannels = null) : base(nameof(ResnetBlock2D))
@@ -70,6 +80,7 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor inputTensor, Tensor? temb)
     {
+        var blockInput = inputTensor;
         var hiddenStates = Activations.Apply(_act, norm1.call(inputTensor));
         if (_up)
         {
@@ -108,7 +119,8 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
         if (conv_shortcut is not null)
             inputTensor = conv_shortcut.call(inputTensor);
         var output = inputTensor + hiddenStates;
-        return _outputScaleFactor == 1.0 ? output : output / _outputScaleFactor;
+        if (_outputScaleFactor != 1.0) output = output / _outputScaleFactor;
+        return LayerGate is null ? output : blockInput + LayerGate * (output - blockInput);
     }
 
     private Tensor Norm2(Tensor x) => ChannelGate is null ? norm2.call(x) : GatedGroupNorm.Apply(x, ChannelGate, Groups, norm2.weight!, norm2.bias!, Eps);
