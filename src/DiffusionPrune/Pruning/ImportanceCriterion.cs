@@ -1,0 +1,38 @@
+using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Pruning;
+
+/// <summary>Importance of every unit of every unit group: group path -> one score per unit; higher means keep.</summary>
+public sealed class UnitScores
+{
+    public SortedDictionary<string, float[]> ByGroup { get; } = new(StringComparer.Ordinal);
+
+    public float[] this[string path]
+    {
+        get => ByGroup[path];
+        set => ByGroup[path] = value;
+    }
+}
+
+/// <summary>What a criterion may use: the sampler settings and calibration budget, seeded.</summary>
+/// <param name="SchedulerConfigPath">scheduler_config.json of the model (betas, spacing, prediction type).</param>
+/// <param name="SchedulerName">Sampler used for calibration trajectories: ddim (default) | ddpm | dpm++2m.</param>
+/// <param name="Steps">Sampling steps of a calibration trajectory.</param>
+/// <param name="CalibrationSamples">Number of calibration noises (and labels).</param>
+public sealed record ImportanceContext(
+    string SchedulerConfigPath, int Steps, int CalibrationSamples, long Seed, Device Device,
+    string? SchedulerName = "ddim", Action<string>? Log = null);
+
+/// <summary>
+/// An importance criterion (Torch-Pruning style): a function from the model's unit groups to scores.
+/// Turning scores into a plan (<c>PlanSelector</c>) and applying a plan (<c>StructuralSurgery</c>) are separate.
+/// </summary>
+public interface IImportanceCriterion
+{
+    /// <summary>Name used on the command line and in reports: ecodiff | magnitude | random | taylor.</summary>
+    string Name { get; }
+
+    UnitScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context);
+}
