@@ -14,6 +14,7 @@ public static class DprunCli
         TrainCommand.Create(),
         EvalCommand.Create(),
         FeatureNetCommand.Create(),
+        PruneCommand.Create(),
     };
 
     public static int Run(string[] args) => Build().Parse(args).Invoke();

@@ -1,0 +1,87 @@
+using System.CommandLine;
+using DiffusionPrune.Pruning;
+
+namespace DiffusionPrune.Cli.Commands;
+
+/// <summary>
+/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor --target-params 0.2 --steps 10 --iterations N --calibration K --output DIR</c>
+/// </summary>
+public static class PruneCommand
+{
+    public static Command Create()
+    {
+        var model = CliCommon.ModelOption();
+        var method = new Option<string>("--method") { Description = "ecodiff | magnitude | random | taylor.", DefaultValueFactory = _ => "ecodiff" };
+        var target = new Option<double>("--target-params") { Description = "Fraction of parameters to remove, e.g. 0.2.", Required = true };
+        var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
+        var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations.", DefaultValueFactory = _ => 100 };
+        var calibration = new Option<int>("--calibration") { Description = "Calibration samples (noise seeds / images).", DefaultValueFactory = _ => 16 };
+        var beta = new Option<double>("--beta") { Description = "EcoDiff sparsity weight.", DefaultValueFactory = _ => 0.1 };
+        var lr = new Option<double>("--lr") { Description = "EcoDiff logit learning rate.", DefaultValueFactory = _ => 0.1 };
+        var regularizer = new Option<string>("--regularizer") { Description = "l0 | l1.", DefaultValueFactory = _ => "l0" };
+        var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
+        var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
+        var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
+        var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
+        var output = new Option<string>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json).", Required = true };
+        var device = CliCommon.DeviceOption();
+        var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
+        {
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, gate, noCheckpointing, scope, schedulerConfig, seed, output, device,
+        };
+        command.SetAction(parse => CliCommon.Run(() =>
+        {
+            var request = new PruneRequest
+            {
+                ModelPath = parse.GetValue(model)!,
+                Method = parse.GetValue(method)!,
+                TargetParams = parse.GetValue(target),
+                OutputPath = parse.GetValue(output)!,
+                SchedulerConfigPath = parse.GetValue(schedulerConfig),
+                Steps = parse.GetValue(steps),
+                Iterations = parse.GetValue(iterations),
+                Calibration = parse.GetValue(calibration),
+                Seed = parse.GetValue(seed),
+                Scope = parse.GetValue(scope) switch
+                {
+                    "global" => SelectionScope.Global,
+                    "per-layer" => SelectionScope.PerLayer,
+                    var other => throw new ArgumentException($"--scope must be global or per-layer, not '{other}'."),
+                },
+                EcoDiff = new EcoDiffOptions
+                {
+                    Beta = parse.GetValue(beta),
+                    LearningRate = parse.GetValue(lr),
+                    Regularizer = parse.GetValue(regularizer) switch
+                    {
+                        "l0" => SparsityRegularizer.L0,
+                        "l1" => SparsityRegularizer.L1,
+                        var other => throw new ArgumentException($"--regularizer must be l0 or l1, not '{other}'."),
+                    },
+                    GateMode = parse.GetValue(gate) switch
+                    {
+                        "hard-concrete" => GateMode.HardConcrete,
+                        "sigmoid" => GateMode.Sigmoid,
+                        var other => throw new ArgumentException($"--gate must be hard-concrete or sigmoid, not '{other}'."),
+                    },
+                    Checkpointing = !parse.GetValue(noCheckpointing),
+                },
+            };
+            var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
+            var started = DateTime.UtcNow;
+            var report = PruneRunner.Run(request, dev, Console.Error.WriteLine, it =>
+            {
+                var elapsed = DateTime.UtcNow - started;
+                var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / it.Iteration * (request.Iterations - it.Iteration));
+                Console.Error.Write($"\riteration {it.Iteration}/{request.Iterations} loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} eta {eta:hh\\:mm\\:ss}   ");
+            });
+            Console.Error.WriteLine();
+            Console.WriteLine($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
+                $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
+            Console.WriteLine($"wrote {report.OutputPath} ({PruneRunner.ReportName})");
+            return 0;
+        }));
+        return command;
+    }
+}
