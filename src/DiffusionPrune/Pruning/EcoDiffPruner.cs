@@ -1,0 +1,401 @@
+using System.Diagnostics;
+using DiffusionPrune.Inference;
+using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
+using DiffusionPrune.Training;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Pruning;
+
+/// <summary>EcoDiff mask-optimisation settings (arXiv 2412.02852; see docs/METHODS.md).</summary>
+public sealed record EcoDiffOptions
+{
+    /// <summary>Optimisation iterations; each runs one calibration batch through the whole sampler. Default 100.</summary>
+    public int Iterations { get; init; } = 100;
+
+    /// <summary>AdamW learning rate of the logits (no weight decay). Default 0.1: a logit moves about 0.1 per iteration.</summary>
+    public double LearningRate { get; init; } = 0.1;
+
+    /// <summary>Weight of the sparsity term. R is averaged over all units, so the weight does not depend on model size. Default 0.1.</summary>
+    public double Beta { get; init; } = 0.1;
+
+    public SparsityRegularizer Regularizer { get; init; } = SparsityRegularizer.L0;
+    public GateMode GateMode { get; init; } = GateMode.HardConcrete;
+
+    /// <summary>Initial logit of every unit: high, so every gate starts (nearly) open. Default 3.</summary>
+    public double InitialLogit { get; init; } = 3.0;
+
+    /// <summary>Hard-concrete noise damping d (see <see cref="HardConcreteGate"/>). Default 0.3.</summary>
+    public double Damping { get; init; } = HardConcreteGate.DefaultDamping;
+
+    /// <summary>Time-step gradient checkpointing: activation memory of one step instead of the whole trajectory. Default on.</summary>
+    public bool Checkpointing { get; init; } = true;
+
+    /// <summary>Classifier-free guidance weight of the calibration trajectories (models with a null class only). Default 1 (none).</summary>
+    public double GuidanceScale { get; init; } = 1.0;
+
+    /// <summary>Calibration samples per iteration; the calibration set is cycled in batches of this size. Default 4.</summary>
+    public int BatchSize { get; init; } = 4;
+
+    /// <summary>Seed of the calibration noise, labels and gate noise; null takes <see cref="ImportanceContext.Seed"/>.</summary>
+    public long? Seed { get; init; }
+
+    public void Validate()
+    {
+        if (Iterations < 1) throw new ArgumentException($"EcoDiff needs at least one iteration (got {Iterations}).");
+        if (!(LearningRate > 0) || !double.IsFinite(LearningRate)) throw new ArgumentException($"The EcoDiff learning rate must be a positive number (got {LearningRate}).");
+        if (!(Beta >= 0) || !double.IsFinite(Beta)) throw new ArgumentException($"The EcoDiff regulariser weight beta must be >= 0 (got {Beta}).");
+        if (BatchSize < 1) throw new ArgumentException($"The EcoDiff calibration batch size must be at least 1 (got {BatchSize}).");
+        if (!double.IsFinite(InitialLogit)) throw new ArgumentException("The initial logit must be finite.");
+        if (!(GuidanceScale >= 0) || !double.IsFinite(GuidanceScale)) throw new ArgumentException($"The guidance scale must be >= 0 (got {GuidanceScale}).");
+    }
+}
+
+/// <summary>What one EcoDiff iteration reports.</summary>
+/// <param name="Loss">Reconstruction + beta · regulariser.</param>
+/// <param name="Reconstruction">MSE between the masked and the original model's final latents.</param>
+/// <param name="Regularizer">R averaged over units (before the beta weight).</param>
+/// <param name="ExpectedKeptFraction">Expected fraction of the model's parameters kept: 1 − sum P(gate = 0)·parameters per unit / total.</param>
+/// <param name="Seconds">Wall time of the iteration.</param>
+/// <param name="PeakResidentBytes">Peak RSS of the process so far (VmHWM), null where /proc is absent.</param>
+public sealed record EcoDiffIterationReport(
+    int Iteration, double Loss, double Reconstruction, double Regularizer, double ExpectedKeptFraction, double Seconds, long? PeakResidentBytes);
+
+/// <summary>One evaluation of the objective: the loss and its two parts.</summary>
+public sealed record EcoDiffLoss(double Loss, double Reconstruction, double Regularizer);
+
+/// <summary>
+/// EcoDiff as an importance criterion: learns one logit per unit (ResNet channel, attention head, feed-forward
+/// neuron) so that the masked model's sampling trajectory ends where the original's does, under a sparsity
+/// penalty, with the model's weights frozen. <see cref="Score"/> returns the final logits (higher = keep);
+/// <see cref="PlanSelector"/> binarises them to a parameter budget.
+/// </summary>
+public sealed class EcoDiffPruner : IImportanceCriterion
+{
+    private readonly List<EcoDiffIterationReport> _history = [];
+
+    /// <param name="onIteration">Called after every iteration (progress, logging).</param>
+    public EcoDiffPruner(EcoDiffOptions? options = null, Action<EcoDiffIterationReport>? onIteration = null)
+    {
+        Options = options ?? new EcoDiffOptions();
+        Options.Validate();
+        OnIteration = onIteration;
+    }
+
+    public string Name => "ecodiff";
+    public EcoDiffOptions Options { get; }
+    public Action<EcoDiffIterationReport>? OnIteration { get; }
+
+    /// <summary>The reports of the last <see cref="Score"/> call.</summary>
+    public IReadOnlyList<EcoDiffIterationReport> History => _history;
+
+    public UnitScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        _history.Clear();
+        using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
+        long seed = Options.Seed ?? context.Seed;
+        using var objective = new EcoDiffObjective(model, groups, scheduler, context.Steps, context.CalibrationSamples, Options, seed);
+        using var optimizer = new Training.AdamW(objective.NamedParameters());
+        context.Log?.Invoke($"ecodiff: {objective.Gates.Count} unit groups, {objective.Gates.Sum(g => g.Gate.Units)} units, " +
+                            $"{context.CalibrationSamples} calibration samples in {objective.BatchCount} batches, {context.Steps} steps, " +
+                            $"checkpointing {(Options.Checkpointing ? "on" : "off")}");
+        for (int iteration = 1; iteration <= Options.Iterations; iteration++)
+        {
+            var clock = Stopwatch.StartNew();
+            optimizer.ZeroGrad();
+            var loss = objective.Backward((iteration - 1) % objective.BatchCount);
+            optimizer.Step(Options.LearningRate);
+            NativeMemory.Trim();
+            var report = new EcoDiffIterationReport(iteration, loss.Loss, loss.Reconstruction, loss.Regularizer,
+                objective.ExpectedKeptFraction(), clock.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes());
+            _history.Add(report);
+            OnIteration?.Invoke(report);
+        }
+        return objective.Scores();
+    }
+}
+
+/// <summary>
+/// The EcoDiff objective on one model: gates on every unit group, a seeded calibration set with the original
+/// model's final latents cached per batch, and <see cref="Backward"/>, which leaves d(loss)/d(lambda) in the
+/// logits' .grad. While it exists the model's weights have requires_grad false and the model is in eval mode;
+/// <see cref="Dispose"/> restores both and removes the gates.
+/// </summary>
+public sealed class EcoDiffObjective : IDisposable
+{
+    private readonly DiffusionModel _model;
+    private readonly PrunableGroups _groups;
+    private readonly IDiffusionScheduler _scheduler;
+    private readonly EcoDiffOptions _options;
+    private readonly long[] _timesteps;
+    private readonly Tensor _noise;
+    private readonly Tensor? _labels;
+    private readonly Tensor? _varianceNoise; // [steps, K, C, H, W] for stochastic samplers, shared by both trajectories
+    private readonly Dictionary<int, Tensor> _targets = [];
+    private readonly Generator _gateNoise;
+    private readonly List<(Parameter parameter, bool requiresGrad)> _frozen = [];
+    private readonly bool _wasTraining;
+    private readonly long _totalParameters;
+    private readonly int _totalUnits;
+
+    public EcoDiffObjective(DiffusionModel model, PrunableGroups groups, IDiffusionScheduler scheduler, int steps, int calibrationSamples,
+        EcoDiffOptions options, long seed)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(groups);
+        ArgumentNullException.ThrowIfNull(scheduler);
+        options.Validate();
+        if (!ReferenceEquals(groups.Model, model)) throw new ArgumentException("The groups belong to a different model.", nameof(groups));
+        if (steps < 1) throw new ArgumentException($"EcoDiff needs at least one sampling step (got {steps}).", nameof(steps));
+        if (calibrationSamples < 1) throw new ArgumentException($"EcoDiff needs at least one calibration sample (got {calibrationSamples}).", nameof(calibrationSamples));
+        if (groups.Units.Count == 0) throw new ArgumentException($"{model.ClassName} has no prunable unit groups.", nameof(groups));
+        CheckScheduler(scheduler);
+        if (options.GuidanceScale != 1.0 && model.NullClass is null)
+            throw new ArgumentException($"Classifier-free guidance (scale {options.GuidanceScale}) needs a class-conditional model with a null class; {model.ClassName} has none. Use guidance 1.");
+
+        _model = model;
+        _groups = groups;
+        _scheduler = scheduler;
+        _options = options;
+        _scheduler.SetTimesteps(steps);
+        _timesteps = _scheduler.Timesteps;
+        _totalParameters = model.ParameterCount();
+        var device = model.parameters().FirstOrDefault()?.device ?? CPU;
+
+        // 1. the calibration set: K noises (and labels), fixed for the run.
+        var generator = new Generator((ulong)seed);
+        _noise = randn([calibrationSamples, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator).to(device).DetachFromDisposeScope();
+        if (model.NumClasses is int classes)
+            _labels = randint(0, classes, [calibrationSamples], ScalarType.Int64, generator: generator).to(device).DetachFromDisposeScope();
+        if (NeedsVarianceNoise(scheduler))
+            _varianceNoise = randn([_timesteps.Length, calibrationSamples, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator)
+                .to(device).DetachFromDisposeScope();
+        _gateNoise = new Generator((ulong)seed ^ 0x9E3779B97F4A7C15UL);
+        BatchCount = (calibrationSamples + options.BatchSize - 1) / options.BatchSize;
+
+        // 2. one gate per unit group.
+        Gates = groups.Units.Select(g => (g, new HardConcreteGate(g.Units, options.InitialLogit, options.GateMode, options.Damping, device))).ToList();
+        _totalUnits = Gates.Sum(g => g.Gate.Units);
+
+        // 3. freeze the model (restored on Dispose).
+        _wasTraining = model.training;
+        model.eval();
+        foreach (var p in model.parameters())
+        {
+            _frozen.Add((p, p.requires_grad));
+            p.requires_grad = false;
+        }
+    }
+
+    public IReadOnlyList<(UnitGroup Group, HardConcreteGate Gate)> Gates { get; }
+
+    /// <summary>Number of calibration batches (the calibration set is cycled).</summary>
+    public int BatchCount { get; }
+
+    public long[] Timesteps => (long[])_timesteps.Clone();
+
+    /// <summary>The logits, named by group path, for the optimizer.</summary>
+    public IEnumerable<(string name, Parameter param)> NamedParameters() => Gates.Select(g => (g.Group.Path, g.Gate.Logits));
+
+    /// <summary>The current logits as scores (higher = keep).</summary>
+    public UnitScores Scores()
+    {
+        var scores = new UnitScores();
+        using var scope = NewDisposeScope();
+        foreach (var (group, gate) in Gates)
+            scores[group.Path] = gate.Logits.detach().cpu().data<float>().ToArray();
+        return scores;
+    }
+
+    /// <summary>Expected fraction of the model's parameters kept under the current logits.</summary>
+    public double ExpectedKeptFraction()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        double removed = 0;
+        foreach (var (group, gate) in Gates)
+            removed += (1 - gate.KeepProbability()).sum().cpu().item<float>() * (double)group.ParametersPerUnit;
+        return 1 - removed / _totalParameters;
+    }
+
+    /// <summary>Computes and caches the original model's final latents of every calibration batch.</summary>
+    public void PrecomputeTargets()
+    {
+        for (int b = 0; b < BatchCount; b++) Target(b);
+    }
+
+    /// <summary>
+    /// Samples one set of gates, runs calibration batch <paramref name="batch"/> through the whole sampler with them,
+    /// and ACCUMULATES d(loss)/d(lambda) into the logits' .grad (zero them first). Uses time-step gradient
+    /// checkpointing when the options say so; both paths give the same gradient.
+    /// </summary>
+    public EcoDiffLoss Backward(int batch)
+    {
+        if (batch < 0 || batch >= BatchCount) throw new ArgumentOutOfRangeException(nameof(batch), $"There are {BatchCount} calibration batches.");
+        var target = Target(batch);
+        using var scope = NewDisposeScope();
+        var (start, count) = BatchRange(batch);
+        var noise = _noise.narrow(0, start, count);
+        var labels = _labels?.narrow(0, start, count);
+        var varianceNoise = _varianceNoise?.narrow(1, start, count);
+
+        // 1. gates: one hard-concrete sample per iteration, the same for every step of the trajectory.
+        var gates = Gates.Select(g => g.Gate.Sample(_gateNoise)).ToList();
+        var regularizer = Gates.Select(g => g.Gate.Regularizer(_options.Regularizer)).Aggregate((a, b) => a + b) / _totalUnits;
+        try
+        {
+            Tensor reconstruction;
+            if (_options.Checkpointing)
+                reconstruction = BackwardCheckpointed(gates, noise, labels, varianceNoise, target, regularizer);
+            else
+            {
+                for (int i = 0; i < gates.Count; i++) Gates[i].Group.ApplyMask(gates[i]);
+                var latents = noise;
+                for (int i = 0; i < _timesteps.Length; i++) latents = StepOnce(latents, i, labels, varianceNoise);
+                reconstruction = nn.functional.mse_loss(latents, target);
+                (reconstruction + regularizer * _options.Beta).backward();
+            }
+            double rec = reconstruction.item<float>(), reg = regularizer.item<float>();
+            return new EcoDiffLoss(rec + _options.Beta * reg, rec, reg);
+        }
+        finally
+        {
+            _groups.ClearMasks();
+        }
+    }
+
+    /// <summary>
+    /// Time-step gradient checkpointing: (1) run the trajectory without grad keeping only the T+1 latents;
+    /// (2) g = dL/dx at the final latent; (3) for t = T..1 recompute step t from its stored latent with grad and
+    /// take the vector-Jacobian products with g: dL/dgate accumulates, g becomes dL/dx_t. Finally the gate
+    /// gradient is chained into the logits together with the regulariser. Activation memory is one step's graph.
+    /// </summary>
+    private Tensor BackwardCheckpointed(List<Tensor> gates, Tensor noise, Tensor? labels, Tensor? varianceNoise, Tensor target, Tensor regularizer)
+    {
+        // The model sees detached copies of the sampled gates; their gradients are summed over steps and chained
+        // through the (small) gate graph once at the end: d(step)/d(lambda)·g = (d gate/d lambda)ᵀ (d(step)/d gate · g).
+        var leaves = gates.Select(g => g.detach().requires_grad_(true)).ToList();
+        for (int i = 0; i < leaves.Count; i++) Gates[i].Group.ApplyMask(leaves[i]);
+
+        // 1. forward, no graph: latents[0] = noise, latents[i + 1] = step i (latents[T] = x0).
+        int steps = _timesteps.Length;
+        var latents = new Tensor[steps + 1];
+        latents[0] = noise;
+        using (no_grad())
+            for (int i = 0; i < steps; i++)
+            {
+                using var stepScope = NewDisposeScope();
+                latents[i + 1] = StepOnce(latents[i], i, labels, varianceNoise).MoveToOuterDisposeScope();
+            }
+
+        // 2. dL/dx0 of the mean squared error.
+        var reconstruction = nn.functional.mse_loss(latents[steps], target);
+        var g = ((latents[steps] - target) * (2.0 / target.numel())).detach();
+
+        // 3. backwards through the steps, one step's graph at a time.
+        var gateGrads = leaves.Select(l => zeros_like(l)).ToList();
+        for (int i = steps - 1; i >= 0; i--)
+        {
+            using var stepScope = NewDisposeScope();
+            bool chain = i > 0; // dL/d(noise) is not needed
+            var x = chain ? latents[i].detach().requires_grad_(true) : latents[i];
+            var output = StepOnce(x, i, labels, varianceNoise);
+            var inputs = chain ? new List<Tensor>(leaves.Count + 1) { x } : new List<Tensor>(leaves.Count);
+            inputs.AddRange(leaves);
+            var grads = autograd.grad([output], inputs, [g]);
+            int offset = chain ? 1 : 0;
+            for (int k = 0; k < leaves.Count; k++) gateGrads[k].add_(grads[k + offset]);
+            if (chain)
+            {
+                g.Dispose();
+                g = grads[0].detach().MoveToOuterDisposeScope();
+            }
+            latents[i + 1].Dispose();
+        }
+
+        // 4. into the logits: gate gradients and the regulariser, one small backward.
+        var total = regularizer * _options.Beta;
+        for (int k = 0; k < gates.Count; k++) total = total + (gates[k] * gateGrads[k]).sum();
+        total.backward();
+        return reconstruction;
+    }
+
+    /// <summary>One sampler step: guided prediction, then the scheduler's (differentiable) step.</summary>
+    private Tensor StepOnce(Tensor latents, int index, Tensor? labels, Tensor? varianceNoise)
+    {
+        long timestep = _timesteps[index];
+        var t = tensor(timestep, device: latents.device);
+        var prediction = DiffusionSampler.Guided(_model.Predict, latents, t, labels, _model.NullClass, _options.GuidanceScale);
+        return _scheduler.Step(prediction, timestep, latents, varianceNoise?[index]).PrevSample;
+    }
+
+    /// <summary>The original (ungated) model's final latent of a batch, computed once and cached.</summary>
+    private Tensor Target(int batch)
+    {
+        if (_targets.TryGetValue(batch, out var cached)) return cached;
+        var (start, count) = BatchRange(batch);
+        _groups.ClearMasks();
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var latents = _noise.narrow(0, start, count);
+        var labels = _labels?.narrow(0, start, count);
+        var varianceNoise = _varianceNoise?.narrow(1, start, count);
+        for (int i = 0; i < _timesteps.Length; i++)
+        {
+            using var stepScope = NewDisposeScope();
+            latents = StepOnce(latents, i, labels, varianceNoise).MoveToOuterDisposeScope();
+        }
+        var target = latents.clone().DetachFromDisposeScope();
+        _targets[batch] = target;
+        return target;
+    }
+
+    private (int start, int count) BatchRange(int batch)
+    {
+        int start = batch * _options.BatchSize;
+        return (start, (int)Math.Min(_options.BatchSize, _noise.shape[0] - start));
+    }
+
+    private static void CheckScheduler(IDiffusionScheduler scheduler)
+    {
+        switch (scheduler)
+        {
+            case DDIMScheduler:
+                return;
+            case DDPMScheduler ddpm when ddpm.Config.VarianceType is "learned" or "learned_range":
+                throw new NotSupportedException(
+                    $"EcoDiff with DDPM needs a fixed variance, but the scheduler's variance_type is '{ddpm.Config.VarianceType}'. Use the ddim sampler.");
+            case DDPMScheduler:
+                return;
+            default:
+                throw new NotSupportedException(
+                    $"EcoDiff re-runs single sampler steps from stored latents, which needs a stateless sampler; {scheduler.GetType().Name} keeps " +
+                    "state across steps. Use ddim (or ddpm).");
+        }
+    }
+
+    private static bool NeedsVarianceNoise(IDiffusionScheduler scheduler) => scheduler switch
+    {
+        DDIMScheduler ddim => ddim.Eta > 0,
+        DDPMScheduler => true,
+        _ => false,
+    };
+
+    public void Dispose()
+    {
+        _groups.ClearMasks();
+        foreach (var (p, requiresGrad) in _frozen) p.requires_grad = requiresGrad;
+        _frozen.Clear();
+        _model.train(_wasTraining);
+        foreach (var (_, gate) in Gates) gate.Dispose();
+        foreach (var t in _targets.Values) t.Dispose();
+        _targets.Clear();
+        _noise.Dispose();
+        _labels?.Dispose();
+        _varianceNoise?.Dispose();
+        _gateNoise.Dispose();
+    }
+}
