@@ -12,7 +12,7 @@ public static class PruneCommand
     {
         var model = CliCommon.ModelOption();
         var method = new Option<string>("--method") { Description = "ecodiff | magnitude | random | taylor.", DefaultValueFactory = _ => "ecodiff" };
-        var target = new Option<double>("--target-params") { Description = "Fraction of parameters to remove, e.g. 0.2.", Required = true };
+        var target = new Option<double?>("--target-params") { Description = "Fraction of parameters to remove, e.g. 0.2 (required unless --probe-memory)." };
         var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
         var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations.", DefaultValueFactory = _ => 100 };
         var calibration = new Option<int>("--calibration") { Description = "Calibration samples (noise seeds / images).", DefaultValueFactory = _ => 16 };
@@ -24,20 +24,28 @@ public static class PruneCommand
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
-        var output = new Option<string>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json).", Required = true };
+        var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
+        var probeMemory = new Option<bool>("--probe-memory") { Description = "Benchmark: run one EcoDiff iteration at --steps and print peak RSS and time (see benchmarks/ecodiff-memory.sh)." };
         var device = CliCommon.DeviceOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, gate, noCheckpointing, scope, schedulerConfig, seed, output, device,
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, gate, noCheckpointing, scope, schedulerConfig, seed, output, probeMemory, device,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
+            if (parse.GetValue(probeMemory))
+            {
+                EcoDiffMemoryProbe.Run(parse.GetValue(model)!, parse.GetValue(steps), !parse.GetValue(noCheckpointing), parse.GetValue(schedulerConfig));
+                return 0;
+            }
+            double targetParams = parse.GetValue(target) ?? throw new ArgumentException("--target-params is required, e.g. --target-params 0.2 to remove 20% of the parameters.");
+            string outputPath = parse.GetValue(output) ?? throw new ArgumentException("--output is required: the folder for the pruned model.");
             var request = new PruneRequest
             {
                 ModelPath = parse.GetValue(model)!,
                 Method = parse.GetValue(method)!,
-                TargetParams = parse.GetValue(target),
-                OutputPath = parse.GetValue(output)!,
+                TargetParams = targetParams,
+                OutputPath = outputPath,
                 SchedulerConfigPath = parse.GetValue(schedulerConfig),
                 Steps = parse.GetValue(steps),
                 Iterations = parse.GetValue(iterations),

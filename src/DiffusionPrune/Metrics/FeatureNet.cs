@@ -13,8 +13,9 @@ namespace DiffusionPrune.Metrics;
 /// <summary>
 /// The project's MNIST classifier whose penultimate layer gives the features for FID-proxy, KID and
 /// precision/recall (the standard practice for MNIST, where Inception features mean little).
-/// Input: [N, 1, 32, 32] in [-1, 1]. Three 3x3 conv stages (32x32 -> 16x16 -> 8x8), global average
-/// pooling, a 128-wide feature layer, a 10-way head.
+/// Input: [N, 1, 32, 32] in [-1, 1]. Four 3x3 convolutions (32x32 -> 16x16 -> 8x8), 2x2 average pooling
+/// to 4x4 (the spatial layout of a digit matters: global pooling loses it), a 128-wide feature layer,
+/// a 10-way head.
 /// </summary>
 public sealed class FeatureNet : nn.Module<Tensor, Tensor>
 {
@@ -36,7 +37,7 @@ public sealed class FeatureNet : nn.Module<Tensor, Tensor>
         conv2 = nn.Conv2d(32, 64, 3, stride: 2, padding: 1);
         conv3 = nn.Conv2d(64, 64, 3, padding: 1);
         conv4 = nn.Conv2d(64, 128, 3, stride: 2, padding: 1);
-        fc = nn.Linear(128, FeatureDim);
+        fc = nn.Linear(128 * 4 * 4, FeatureDim);
         head = nn.Linear(FeatureDim, 10);
         RegisterComponents();
     }
@@ -48,7 +49,7 @@ public sealed class FeatureNet : nn.Module<Tensor, Tensor>
         x = nn.functional.relu(conv2.call(x));
         x = nn.functional.relu(conv3.call(x));
         x = nn.functional.relu(conv4.call(x));
-        x = x.mean([2, 3]);
+        x = nn.functional.avg_pool2d(x, 2, 2).flatten(1);
         return nn.functional.relu(fc.call(x));
     }
 

@@ -8,7 +8,7 @@ namespace DiffusionPrune.Tests.Cli;
 /// <summary>The dprune contract, exercised through the real executable (as batch tooling uses it).</summary>
 public class CliTests
 {
-    private static (int exitCode, string stdout, string stderr) Dprune(params string[] args)
+    internal static (int exitCode, string stdout, string stderr) Dprune(params string[] args)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "dprune.dll");
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

@@ -264,6 +264,6 @@ public class BaselineImportanceTests(ITestOutputHelper output)
         Assert.All(ImportanceCriteria.Names, n => Assert.Equal(n, ImportanceCriteria.Create(n).Name));
         var error = Assert.Throws<ArgumentException>(() => ImportanceCriteria.Create("l2"));
         Assert.Contains("'l2'", error.Message);
-        Assert.Contains("magnitude, random, taylor", error.Message);
+        Assert.Contains("ecodiff, magnitude, random, taylor", error.Message);
     }
 }

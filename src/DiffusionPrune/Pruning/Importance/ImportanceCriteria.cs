@@ -9,6 +9,7 @@ public static class ImportanceCriteria
             ["random"] = () => new RandomImportance(),
             ["magnitude"] = () => new MagnitudeImportance(),
             ["taylor"] = () => new TaylorImportance(),
+            ["ecodiff"] = () => new EcoDiffPruner(),
         };
 
     /// <summary>Known names, sorted.</summary>

@@ -1,0 +1,53 @@
+using System.Text.Json.Nodes;
+using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
+
+namespace DiffusionPrune.Tests.Cli;
+
+/// <summary><c>dprune prune</c> end to end on the fixture U-Net.</summary>
+public class PruneCliTests
+{
+    [Theory]
+    [InlineData("magnitude", "0.2")]
+    [InlineData("ecodiff", "0.1")]
+    public void Prune_writes_a_smaller_model_with_its_report_and_plan(string method, string target)
+    {
+        using var temp = Fixtures.Temp();
+        string output = temp.File("pruned");
+        var (code, stdout, stderr) = CliTests.Dprune("prune", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"),
+            "--method", method, "--target-params", target, "--steps", "2", "--iterations", "2", "--calibration", "2", "--output", output);
+        Assert.True(code == 0, stderr);
+        Assert.Contains(method, stdout);
+
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        Assert.Equal(method, report["method"]!.GetValue<string>());
+        double achieved = report["achieved_removed_params"]!.GetValue<double>();
+        Assert.InRange(achieved, double.Parse(target, System.Globalization.CultureInfo.InvariantCulture), 0.5);
+        long before = report["params_before"]!.GetValue<long>(), after = report["params_after"]!.GetValue<long>();
+        Assert.Equal(1623169, before);
+        Assert.True(report["macs_after"]!.GetValue<long>() < report["macs_before"]!.GetValue<long>());
+        Assert.NotEmpty(report["kept_fraction_per_layer"]!.AsObject());
+        Assert.True(File.Exists(Path.Combine(output, PruneRunner.PlanName)));
+        Assert.True(File.Exists(Path.Combine(output, "scheduler_config.json")));
+
+        using var pruned = DiffusersModelLoader.Load(output);
+        Assert.Equal(after, pruned.ParameterCount());
+        Assert.False(pruned.Structure.IsEmpty);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("1.5")]
+    [InlineData("0.99")]
+    public void Impossible_targets_are_clear_errors(string target)
+    {
+        using var temp = Fixtures.Temp();
+        var (code, _, stderr) = CliTests.Dprune("prune", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"),
+            "--method", "random", "--target-params", target, "--output", temp.File("p"));
+        Assert.Equal(2, code);
+        Assert.StartsWith("error:", stderr.Trim());
+        Assert.False(Directory.Exists(temp.File("p")));
+    }
+}
