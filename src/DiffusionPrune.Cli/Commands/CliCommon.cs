@@ -1,5 +1,8 @@
 using System.CommandLine;
+using DiffusionPrune.Data;
 using DiffusionPrune.Formats;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Schedulers;
 using DiffusionPrune.Models;
 using DiffusionPrune.Runtime;
 using TorchSharp;
@@ -24,6 +27,11 @@ public static class CliCommon
     public static torch.Device ResolveDevice(string choice) =>
         DeviceSelector.Resolve(choice, message => Console.Error.WriteLine("note: " + message));
 
+    /// <summary>Errors a user can cause and fix: bad paths, corrupt files, wrong arguments, impossible targets.</summary>
+    public static bool IsUserError(Exception e) => e is ModelFormatException or SafetensorsFormatException or SchedulerConfigException
+        or MnistFormatException or PruningPlanException or FileNotFoundException or DirectoryNotFoundException or ArgumentException
+        or KeyNotFoundException or NotSupportedException or InvalidDataException;
+
     /// <summary>
     /// Runs a command body; errors a user can cause (bad path, corrupt file, wrong arguments) print one
     /// line to stderr and return exit code 2, anything else prints the exception and returns 1.
@@ -34,8 +42,7 @@ public static class CliCommon
         {
             return body();
         }
-        catch (Exception e) when (e is ModelFormatException or SafetensorsFormatException or FileNotFoundException
-            or DirectoryNotFoundException or ArgumentException or KeyNotFoundException or NotSupportedException or InvalidDataException)
+        catch (Exception e) when (IsUserError(e))
         {
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;

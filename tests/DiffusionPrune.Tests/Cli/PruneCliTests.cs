@@ -7,9 +7,43 @@ namespace DiffusionPrune.Tests.Cli;
 /// <summary><c>dprune prune</c> end to end on the fixture U-Net.</summary>
 public class PruneCliTests
 {
+    /// <summary>A tiny U-Net model folder (random weights) so EcoDiff runs in seconds through the real executable.</summary>
+    private static string TinyModel(TempFolder temp)
+    {
+        const string config = """
+            {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        TorchSharp.torch.manual_seed(3);
+        using var model = DiffusersModelLoader.Create(ConfigJson.Parse(config));
+        string folder = temp.File("tiny");
+        DiffusersModelLoader.Save(model, folder);
+        File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, "scheduler_config.json"));
+        return folder;
+    }
+
+    [Fact]
+    public void EcoDiff_prune_runs_end_to_end_and_reports_its_settings()
+    {
+        using var temp = Fixtures.Temp();
+        string output = temp.File("pruned");
+        var (code, _, stderr) = CliTests.Dprune("prune", "--model", TinyModel(temp), "--method", "ecodiff", "--target-params", "0.1",
+            "--steps", "2", "--iterations", "3", "--calibration", "2", "--output", output);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("iteration 3/3", stderr);
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        Assert.Equal("ecodiff", report["method"]!.GetValue<string>());
+        Assert.Equal(3, report["settings"]!["iterations"]!.GetValue<int>());
+        Assert.True(report["settings"]!["checkpointing"]!.GetValue<bool>());
+        Assert.True(report["achieved_removed_params"]!.GetValue<double>() >= 0.1);
+        using var pruned = DiffusersModelLoader.Load(output);
+        Assert.Equal(report["params_after"]!.GetValue<long>(), pruned.ParameterCount());
+    }
+
     [Theory]
     [InlineData("magnitude", "0.2")]
-    [InlineData("ecodiff", "0.1")]
+    [InlineData("random", "0.3")]
     public void Prune_writes_a_smaller_model_with_its_report_and_plan(string method, string target)
     {
         using var temp = Fixtures.Temp();
