@@ -81,7 +81,8 @@ public class PruneCliTests
             "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"),
             "--method", "random", "--target-params", target, "--output", temp.File("p"));
         Assert.Equal(2, code);
-        Assert.StartsWith("error:", stderr.Trim());
+        Assert.StartsWith("error:", stderr.Trim().Split('\n')[^1]);
+        Assert.Contains("target", stderr);
         Assert.False(Directory.Exists(temp.File("p")));
     }
 }
