@@ -59,4 +59,26 @@ public class EvaluationSanityTests
         Assert.True(realVsReal < 0.1 * untrainedScore, $"real/real {realVsReal:F3} vs untrained {untrainedScore:F3}");
         Assert.True(realVsReal < 0.1 * noiseScore, $"real/real {realVsReal:F3} vs noise {noiseScore:F3}");
     }
+
+    [Fact]
+    public void The_trained_default_scores_far_better_than_an_untrained_model_of_its_shape()
+    {
+        using var scope = NewDisposeScope();
+        var testStats = GaussianStats.Load(Path.Combine(FeatureNet.DefaultFolder()!, FeatureNet.ReferenceStatsName));
+        string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-unet");
+        const int n = 300;
+        double Score(DiffusionModel model)
+        {
+            using var scheduler = Scheduler.FromFile(Path.Combine(folder, "scheduler_config.json"), "ddim");
+            var noise = randn([n, 1, 32, 32], generator: new Generator(5));
+            var images = DiffusionSampler.Sample(model, scheduler, noise, null, new SampleOptions(10)).Final.clamp(-1, 1);
+            return FrechetDistance.Compute(testStats, GaussianStats.FromFeatures(Net.Value.FeaturesOf(images).to_type(ScalarType.Float64)));
+        }
+        using var trained = DiffusersModelLoader.Load(folder);
+        manual_seed(0);
+        using var untrained = DiffusersModelLoader.Create(ConfigJson.Load(Path.Combine(folder, "config.json")));
+        untrained.eval();
+        double trainedScore = Score(trained), untrainedScore = Score(untrained);
+        Assert.True(trainedScore < 0.25 * untrainedScore, $"trained {trainedScore:F2} vs untrained {untrainedScore:F2}");
+    }
 }
