@@ -53,7 +53,7 @@ public sealed class ConfigJson
         {
             return read(_root[key]!);
         }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or JsonException)
+        catch (Exception e) when (e is InvalidOperationException or FormatException or JsonException or NullReferenceException)
         {
             throw new ModelFormatException($"{Source}: '{key}' has the wrong type ({_root[key]?.ToJsonString()}).");
         }

@@ -390,3 +390,14 @@ public class LoaderTests
             Assert.True(Fixtures.RelativeError(b, a) < 1e-5);
     }
 }
+
+public class ConfigNullEntryTests
+{
+    [Fact]
+    public void A_null_inside_a_config_array_is_a_clear_error_naming_the_key()
+    {
+        var config = DiffusionPrune.Models.ConfigJson.Parse("""{"_class_name": "UNet2DModel", "down_block_types": [null, "DownBlock2D"]}""");
+        var error = Assert.Throws<DiffusionPrune.Models.ModelFormatException>(() => DiffusionPrune.Models.UNet2DConfig.FromJson(config));
+        Assert.Contains("down_block_types", error.Message);
+    }
+}
