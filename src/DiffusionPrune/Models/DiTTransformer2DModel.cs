@@ -61,6 +61,11 @@ public sealed class PatchEmbed : nn.Module<Tensor, Tensor>
     }
 
     public Conv2d Proj => proj;
+    public int PatchSize => _patchSize;
+    public int EmbedDim => _embedDim;
+
+    /// <summary>The grid side the position table is scaled to (diffusers' base_size).</summary>
+    public int BaseSize => _baseSize;
 }
 
 /// <summary>diffusers' <c>LabelEmbedding</c> (the table has one extra row, the null class, when dropout is used).</summary>
@@ -74,6 +79,8 @@ public sealed class LabelEmbedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public Embedding Table => embedding_table;
+
     public override Tensor forward(Tensor labels) => embedding_table.call(labels.to_type(ScalarType.Int64));
 }
 
@@ -85,14 +92,20 @@ public sealed class CombinedTimestepLabelEmbeddings : nn.Module<Tensor, Tensor, 
 
     public CombinedTimestepLabelEmbeddings(int numClasses, int embeddingDim, double classDropoutProb = 0.1) : base(nameof(CombinedTimestepLabelEmbeddings))
     {
-        timestep_embedder = new TimestepEmbedding(256, embeddingDim);
+        timestep_embedder = new TimestepEmbedding(TimestepFeatureDim, embeddingDim);
         class_embedder = new LabelEmbedding(numClasses, embeddingDim, classDropoutProb);
         RegisterComponents();
     }
 
+    public TimestepEmbedding TimestepEmbedder => timestep_embedder;
+    public LabelEmbedding ClassEmbedder => class_embedder;
+
+    /// <summary>Width of the sinusoidal timestep features (flip_sin_to_cos, shift 1).</summary>
+    public const int TimestepFeatureDim = 256;
+
     public override Tensor forward(Tensor timestep, Tensor classLabels)
     {
-        var timestepsProj = TimestepFeatures.Sinusoidal(timestep, 256, flipSinToCos: true, downscaleFreqShift: 1);
+        var timestepsProj = TimestepFeatures.Sinusoidal(timestep, TimestepFeatureDim, flipSinToCos: true, downscaleFreqShift: 1);
         return timestep_embedder.call(timestepsProj) + class_embedder.call(classLabels);
     }
 }
@@ -112,14 +125,18 @@ public sealed class AdaLayerNormZero : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>LayerNorm epsilon of the modulated norm (diffusers hard-codes 1e-6).</summary>
+    public const double Eps = 1e-6;
+
     public CombinedTimestepLabelEmbeddings Emb => emb;
+    public Linear Linear => linear;
 
     /// <returns>normed x, gate_msa, shift_mlp, scale_mlp, gate_mlp</returns>
     public (Tensor x, Tensor gateMsa, Tensor shiftMlp, Tensor scaleMlp, Tensor gateMlp) Forward(Tensor x, Tensor timestep, Tensor classLabels)
     {
         var e = linear.call(nn.functional.silu(emb.call(timestep, classLabels)));
         var chunks = e.chunk(6, 1); // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
-        var normed = nn.functional.layer_norm(x, [_dim], null, null, 1e-6);
+        var normed = nn.functional.layer_norm(x, [_dim], null, null, Eps);
         normed = normed * (chunks[1].unsqueeze(1) + 1) + chunks[0].unsqueeze(1);
         return (normed, chunks[2], chunks[3], chunks[4], chunks[5]);
     }
@@ -139,6 +156,7 @@ public sealed class GeluProjection : nn.Module<Tensor, Tensor>
     }
 
     public Linear Proj => proj;
+    public bool ApproximateTanh => _tanh;
 
     public override Tensor forward(Tensor x) =>
         nn.functional.gelu(proj.call(x), _tanh ? GELU.Approximate.tanh : GELU.Approximate.none);
@@ -198,6 +216,10 @@ public sealed class DiTBlock : nn.Module
     public AdaLayerNormZero Norm1 => norm1;
     public Attention Attn1 => attn1;
     public FeedForward Ff => ff;
+
+    /// <summary>The affine LayerNorm before the feed-forward (norm_elementwise_affine), or null for a plain one with <see cref="NormEps"/>.</summary>
+    public LayerNorm? Norm3 => norm3;
+    public double NormEps => _normEps;
 
     /// <summary>
     /// Optional gate on the whole block, a scalar or [1] tensor: output = x + g * (block(x) - x), so a
@@ -297,6 +319,15 @@ public sealed class DiTTransformer2DModel : DiffusionModel
     public override JsonObject ConfigToJson() => Config.ToJson();
 
     public IList<nn.Module> Blocks => transformer_blocks;
+    public PatchEmbed PosEmbed => pos_embed;
+    public Linear ProjOut1 => proj_out_1;
+    public Linear ProjOut2 => proj_out_2;
+
+    /// <summary>LayerNorm epsilon of the output norm (diffusers hard-codes 1e-6).</summary>
+    public const double OutputNormEps = 1e-6;
+
+    /// <summary>The conditioning embedding the output layer reads: transformer block 0's, even when that block was removed.</summary>
+    public CombinedTimestepLabelEmbeddings OutputEmbedding => FirstBlockEmbedding;
 
     public override Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null)
     {
@@ -322,7 +353,7 @@ public sealed class DiTTransformer2DModel : DiffusionModel
         var conditioning = FirstBlockEmbedding.call(timesteps, labels);
         var chunks = proj_out_1.call(nn.functional.silu(conditioning)).chunk(2, 1);
         var (shift, scale) = (chunks[0], chunks[1]);
-        hiddenStates = nn.functional.layer_norm(hiddenStates, [c.InnerDim], null, null, 1e-6) * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1);
+        hiddenStates = nn.functional.layer_norm(hiddenStates, [c.InnerDim], null, null, OutputNormEps) * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1);
         hiddenStates = proj_out_2.call(hiddenStates);
         long side = (long)Math.Round(Math.Sqrt(hiddenStates.shape[1]));
         int outChannels = c.ResolvedOutChannels;

@@ -75,6 +75,9 @@ public sealed class DownBlock2D : nn.Module
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
     public IList<nn.Module<Tensor, Tensor>>? Attentions => attentions;
 
+    /// <summary>A <see cref="Downsample2D"/>, a down-sampling <see cref="ResnetBlock2D"/> (or a removed one), or null.</summary>
+    public nn.Module? Downsampler => downsamplers?[0];
+
     public Tensor Forward(Tensor hiddenStates, Tensor temb, List<Tensor> outputStates)
     {
         for (int i = 0; i < resnets.Count; i++)
@@ -133,6 +136,9 @@ public sealed class UpBlock2D : nn.Module
 
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
     public IList<nn.Module<Tensor, Tensor>>? Attentions => attentions;
+
+    /// <summary>An <see cref="Upsample2D"/>, an up-sampling <see cref="ResnetBlock2D"/> (or a removed one), or null.</summary>
+    public nn.Module? Upsampler => upsamplers?[0];
 
     /// <summary>Consumes skip tensors from the end of <paramref name="resSamples"/>.</summary>
     public Tensor Forward(Tensor hiddenStates, List<Tensor> resSamples, Tensor temb)

@@ -103,6 +103,14 @@ public sealed class UNet2DModel : DiffusionModel
     public override ModelStructure Structure => Config.Structure;
     public override JsonObject ConfigToJson() => Config.ToJson();
 
+    public Conv2d ConvIn => conv_in;
+    /// <summary>The Fourier projection or learned table; null for positional (sinusoidal) embeddings, which have no weights.</summary>
+    public nn.Module<Tensor, Tensor>? TimeProj => time_proj;
+    public TimestepEmbedding TimeEmbedding => time_embedding;
+    /// <summary>An Embedding (num_class_embeds), a TimestepEmbedding (class_embed_type timestep), an Identity, or null.</summary>
+    public nn.Module<Tensor, Tensor>? ClassEmbedding => class_embedding;
+    public GroupNorm ConvNormOut => conv_norm_out;
+    public Conv2d ConvOut => conv_out;
     public IList<DownBlock2D> DownBlocks => down_blocks;
     public UNetMidBlock2D? MidBlock => mid_block;
     public IList<UpBlock2D> UpBlocks => up_blocks;

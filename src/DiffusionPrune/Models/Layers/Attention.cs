@@ -38,6 +38,9 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     /// <summary>Whether the input is added back (U-Net attention blocks); only such a block is removable on its own.</summary>
     public bool ResidualConnection => _residualConnection;
 
+    /// <summary>The output (after the residual) is divided by this; 1 leaves it unchanged.</summary>
+    public double RescaleOutputFactor => _rescaleOutputFactor;
+
     public Attention(int queryDim, int heads, int dimHead, bool bias = true, bool outBias = true, int? normNumGroups = null,
         double eps = 1e-5, bool residualConnection = false, double rescaleOutputFactor = 1.0, double dropout = 0.0) : base(nameof(Attention))
     {

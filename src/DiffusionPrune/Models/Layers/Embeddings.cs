@@ -12,9 +12,7 @@ public static class TimestepFeatures
         // timesteps: [N] of any numeric dtype -> [N, embeddingDim]
         int halfDim = embeddingDim / 2;
         using var scope = NewDisposeScope();
-        var exponent = arange(0, halfDim, dtype: ScalarType.Float32, device: timesteps.device) * (float)(-Math.Log(maxPeriod));
-        exponent = exponent / (float)(halfDim - downscaleFreqShift);
-        var frequencies = exp(exponent);
+        var frequencies = Frequencies(embeddingDim, downscaleFreqShift, maxPeriod, timesteps.device);
         var emb = timesteps.to_type(ScalarType.Float32).unsqueeze(1) * frequencies.unsqueeze(0);
         if (scale != 1) emb = emb * (float)scale;
         emb = cat([sin(emb), cos(emb)], -1);
@@ -23,6 +21,16 @@ public static class TimestepFeatures
         if (embeddingDim % 2 == 1)
             emb = nn.functional.pad(emb, [0, 1, 0, 0]);
         return emb.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The embeddingDim / 2 frequencies the timesteps are multiplied by (float32; the ONNX exporter stores these same values).</summary>
+    public static Tensor Frequencies(int embeddingDim, double downscaleFreqShift, double maxPeriod = 10000, Device? device = null)
+    {
+        int halfDim = embeddingDim / 2;
+        using var scope = NewDisposeScope();
+        var exponent = arange(0, halfDim, dtype: ScalarType.Float32, device: device) * (float)(-Math.Log(maxPeriod));
+        exponent = exponent / (float)(halfDim - downscaleFreqShift);
+        return exp(exponent).MoveToOuterDisposeScope();
     }
 }
 
@@ -41,6 +49,10 @@ public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public Linear Linear1 => linear_1;
+    public Linear Linear2 => linear_2;
+    public string Act => _act;
+
     public override Tensor forward(Tensor sample) => linear_2.call(Activations.Apply(_act, linear_1.call(sample)));
 }
 
@@ -58,6 +70,10 @@ public sealed class GaussianFourierProjection : nn.Module<Tensor, Tensor>
         _flipSinToCos = flipSinToCos;
         RegisterComponents();
     }
+
+    public Parameter Weight => weight;
+    public bool Log => _log;
+    public bool FlipSinToCos => _flipSinToCos;
 
     public override Tensor forward(Tensor x)
     {

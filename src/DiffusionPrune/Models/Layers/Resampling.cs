@@ -23,6 +23,11 @@ public sealed class Downsample2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public Conv2d Conv => conv;
+
+    /// <summary>The conv's padding; 0 means diffusers' extra right/bottom pad of one.</summary>
+    public int Padding => _padding;
+
     public override Tensor forward(Tensor hiddenStates)
     {
         // diffusers pads right and bottom by one when padding is 0, so odd sizes round the same way.
@@ -42,6 +47,8 @@ public sealed class Upsample2D : nn.Module<Tensor, Tensor>
         conv = nn.Conv2d(channels, outChannels, 3, stride: 1, padding: 1);
         RegisterComponents();
     }
+
+    public Conv2d Conv => conv;
 
     public override Tensor forward(Tensor hiddenStates) => conv.call(Resampling.Nearest2x(hiddenStates));
 }

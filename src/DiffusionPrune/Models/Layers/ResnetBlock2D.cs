@@ -31,6 +31,10 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
     public int Groups { get; }
     public double Eps { get; }
     public string TimeEmbeddingNorm => _timeEmbeddingNorm;
+    public string Act => _act;
+    public double OutputScaleFactor => _outputScaleFactor;
+    public bool Up => _up;
+    public bool Down => _down;
 
     /// <summary>
     /// Optional gate on the inner channels (shape [inner], values in [0, 1]) used by mask learning.

@@ -1,0 +1,109 @@
+using System.Reflection;
+using DiffusionPrune.Models;
+using Google.Protobuf;
+using Onnx;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Export;
+
+/// <summary>
+/// The interface of every <c>model.onnx</c> we write: the denoiser's forward pass, nothing more.
+/// <list type="bullet">
+/// <item><c>sample</c>: float32 [batch, in_channels, H, W]. batch is dynamic (named "batch"); H and W are fixed
+/// to the model's sample_size.</item>
+/// <item><c>timestep</c>: int64 [batch], one diffusion timestep per sample (repeat a scalar timestep yourself).</item>
+/// <item><c>class_labels</c>: only for class-conditional models (DiT; a UNet2DModel with a class embedding):
+/// int64 [batch] (for DiT the null class num_embeds_ada_norm means "unconditional", for classifier-free guidance).
+/// The one exception is a UNet2DModel with class_embed_type "identity", which adds a ready-made embedding:
+/// there it is float32 [batch, time_embed_dim].</item>
+/// <item><c>out_sample</c>: float32 [batch, out_channels, H, W], exactly what <see cref="DiffusionModel.Forward"/>
+/// returns in eval mode, learned-sigma channels included: the prediction a scheduler consumes is the first
+/// in_channels, as <see cref="DiffusionModel.Predict"/> splits it.</item>
+/// </list>
+/// Opset 17 of the default (ai.onnx) domain, IR version 8, float32 weights as initializers in the one file.
+/// </summary>
+public static class OnnxContract
+{
+    public const string SampleInput = "sample";
+    public const string TimestepInput = "timestep";
+    public const string ClassLabelsInput = "class_labels";
+    public const string Output = "out_sample";
+    public const string BatchDim = "batch";
+    public const string FileName = "model.onnx";
+
+    /// <summary>The input names of a model's graph, in order.</summary>
+    public static string[] InputNames(DiffusionModel model) => TakesClassLabels(model)
+        ? [SampleInput, TimestepInput, ClassLabelsInput]
+        : [SampleInput, TimestepInput];
+
+    public static bool TakesClassLabels(DiffusionModel model) => model switch
+    {
+        DiTTransformer2DModel => true,
+        UNet2DModel unet => unet.ClassEmbedding is not null,
+        _ => false,
+    };
+}
+
+/// <summary>
+/// Exports a loaded model's denoiser forward pass to ONNX (see <see cref="OnnxContract"/>). The graph is built
+/// from the model's live modules, so a pruned model (narrowed ResNet blocks, fewer heads or FFN neurons, removed
+/// layers) exports at its real, smaller size. Mask-learning gates must be cleared first: export describes the
+/// dense model, never a masked one.
+/// </summary>
+public static class OnnxExporter
+{
+    public static ModelProto Export(DiffusionModel model, long maxModelBytes = OnnxGraph.ProtobufLimitBytes)
+    {
+        var graph = new OnnxGraph(model.ClassName, maxModelBytes);
+        using (var scope = NewDisposeScope())
+        using (no_grad())
+        {
+            switch (model)
+            {
+                case UNet2DModel unet: UNet2DOnnx.Build(graph, unet); break;
+                case DiTTransformer2DModel dit: DiTOnnx.Build(graph, dit); break;
+                default: throw new OnnxExportException($"ONNX export does not know model class {model.ClassName}.");
+            }
+        }
+        var metadata = new Dictionary<string, string>
+        {
+            ["dprune_class_name"] = model.ClassName,
+            ["dprune_config"] = model.ConfigToJson().ToJsonString(),
+        };
+        string version = typeof(OnnxExporter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0";
+        return graph.ToModel(version, $"{model.ClassName} denoiser forward exported by DiffusionPrune: inputs " +
+            $"{string.Join(", ", OnnxContract.InputNames(model))}; output {OnnxContract.Output}.", metadata);
+    }
+
+    /// <summary>Exports and writes <paramref name="path"/> (normally <see cref="OnnxContract.FileName"/>).</summary>
+    public static void Write(DiffusionModel model, string path) => OnnxModelWriter.Write(Export(model), path);
+}
+
+/// <summary>Serializes an ONNX model to one protobuf file (no external data).</summary>
+public static class OnnxModelWriter
+{
+    public static void Write(ModelProto model, string path)
+    {
+        // CalculateSize is an int: past 2 GiB it overflows, which is exactly protobuf's limit.
+        long size;
+        try
+        {
+            size = model.CalculateSize();
+        }
+        catch (OverflowException)
+        {
+            size = -1;
+        }
+        if (size < 0)
+            throw new OnnxExportException("The ONNX model exceeds protobuf's 2 GB limit for one file; this exporter writes no external data.");
+        string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (folder is not null) Directory.CreateDirectory(folder);
+        string temporary = path + ".partial";
+        using (var stream = File.Create(temporary))
+        using (var output = new CodedOutputStream(stream))
+        {
+            model.WriteTo(output);
+        }
+        File.Move(temporary, path, overwrite: true);
+    }
+}
