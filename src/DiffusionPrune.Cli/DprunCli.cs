@@ -15,6 +15,7 @@ public static class DprunCli
         EvalCommand.Create(),
         FeatureNetCommand.Create(),
         PruneCommand.Create(),
+        ExportCommand.Create(),
     };
 
     public static int Run(string[] args) => Build().Parse(args).Invoke();

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Data;
+using DiffusionPrune.Export;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Schedulers;
@@ -30,7 +31,7 @@ public static class CliCommon
     /// <summary>Errors a user can cause and fix: bad paths, corrupt files, wrong arguments, impossible targets.</summary>
     public static bool IsUserError(Exception e) => e is ModelFormatException or SafetensorsFormatException or SchedulerConfigException
         or MnistFormatException or PruningPlanException or FileNotFoundException or DirectoryNotFoundException or ArgumentException
-        or KeyNotFoundException or NotSupportedException or InvalidDataException;
+        or KeyNotFoundException or NotSupportedException or InvalidDataException or OnnxExportException;
 
     /// <summary>
     /// Runs a command body; errors a user can cause (bad path, corrupt file, wrong arguments) print one

@@ -1,0 +1,269 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Training;
+using Onnx;
+using static TorchSharp.torch;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace DiffusionPrune.Export;
+
+/// <summary>What a bundle holds besides the model card and scheduler config.</summary>
+public enum ExportFormat
+{
+    /// <summary>diffusers layout at the bundle root: config.json (with dprune_structure) + diffusion_pytorch_model.safetensors.</summary>
+    Safetensors,
+
+    /// <summary>model.onnx (see <see cref="OnnxContract"/>) + onnx_model.json describing its interface.</summary>
+    Onnx,
+}
+
+/// <summary>One export: a model folder in, a bundle folder out.</summary>
+public sealed record ExportRequest
+{
+    public required string ModelPath { get; init; }
+    public required string OutputPath { get; init; }
+
+    /// <summary>At least one format; see <see cref="ModelExporter.ParseFormats"/>.</summary>
+    public required IReadOnlyList<ExportFormat> Formats { get; init; }
+
+    /// <summary>The date written in the model card (default: now, UTC).</summary>
+    public DateTimeOffset? ExportedAt { get; init; }
+}
+
+/// <summary>What was written, with the cost figures the card and onnx_model.json state.</summary>
+public sealed record ExportResult(string OutputPath, IReadOnlyList<string> Files, string ClassName, long Parameters, long Macs, string SchedulerSource);
+
+/// <summary>
+/// Writes a deployable bundle from a model folder: the diffusers files (safetensors format), model.onnx with
+/// onnx_model.json (onnx format), scheduler_config.json (the model's own, else the project's default DDPM schedule)
+/// and a README.md model card with class, parameters, MACs, source, date and any pruning/evaluation metrics found
+/// beside the source model (prune_report.json, eval reports). Everything that can fail (bad formats, unreadable
+/// model, an ONNX over 2 GB) fails before the first file is written. Used by <c>dprune export</c> and batch runners.
+/// </summary>
+public static class ModelExporter
+{
+    public const string OnnxMetadataName = "onnx_model.json";
+    public const string ModelCardName = "README.md";
+    public const string SchedulerConfigName = "scheduler_config.json";
+
+    /// <summary>Parses a comma list such as "safetensors,onnx" (case-insensitive, duplicates ignored, order kept).</summary>
+    public static IReadOnlyList<ExportFormat> ParseFormats(string? list)
+    {
+        var formats = new List<ExportFormat>();
+        foreach (var item in (list ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            ExportFormat format = item.ToLowerInvariant() switch
+            {
+                "safetensors" => ExportFormat.Safetensors,
+                "onnx" => ExportFormat.Onnx,
+                _ => throw new ArgumentException($"--format '{item}' is not a known format; use a comma list of safetensors and onnx, e.g. --format safetensors,onnx."),
+            };
+            if (!formats.Contains(format)) formats.Add(format);
+        }
+        if (formats.Count == 0)
+            throw new ArgumentException("--format needs at least one format: safetensors, onnx or safetensors,onnx.");
+        return formats;
+    }
+
+    public static ExportResult Export(ExportRequest request, Action<string>? log = null)
+    {
+        if (request.Formats.Count == 0)
+            throw new ArgumentException("Give at least one export format (safetensors, onnx).");
+        string source = DiffusersModelLoader.ResolveModelFolder(request.ModelPath);
+        string output = Path.GetFullPath(request.OutputPath);
+        if (string.Equals(Path.GetFullPath(source).TrimEnd(Path.DirectorySeparatorChar), output.TrimEnd(Path.DirectorySeparatorChar), StringComparison.Ordinal))
+            throw new ArgumentException($"--output '{request.OutputPath}' is the source model folder; give a new folder for the bundle.");
+        if (File.Exists(output))
+            throw new ArgumentException($"--output '{request.OutputPath}' is a file; give a folder for the bundle.");
+
+        // 1. everything that can fail, before writing anything
+        using var model = DiffusersModelLoader.Load(source, device: CPU);
+        log?.Invoke($"loaded {model.ClassName} from {source}");
+        var cost = ModelCost.Measure(model);
+        ModelProto? onnx = null;
+        if (request.Formats.Contains(ExportFormat.Onnx))
+        {
+            onnx = OnnxExporter.Export(model);
+            log?.Invoke($"built the ONNX graph: {onnx.Graph.Node.Count} nodes, opset {OnnxGraph.Opset}");
+        }
+        string? schedulerPath = DiffusersModelLoader.FindSchedulerConfig(source);
+        var reports = FindReports(source);
+
+        // 2. the bundle
+        Directory.CreateDirectory(output);
+        var files = new List<string>();
+        if (request.Formats.Contains(ExportFormat.Safetensors))
+        {
+            DiffusersModelLoader.Save(model, output, new Dictionary<string, string> { ["dprune_exported_from"] = source });
+            files.Add("config.json");
+            files.Add(DiffusersModelLoader.WeightsName + ".safetensors");
+        }
+        string schedulerTarget = Path.Combine(output, SchedulerConfigName);
+        if (schedulerPath is not null)
+            File.Copy(schedulerPath, schedulerTarget, overwrite: true);
+        else
+            File.WriteAllText(schedulerTarget, DiffusionTrainer.DefaultSchedulerJson.Trim() + "\n");
+        files.Add(SchedulerConfigName);
+        if (onnx is not null)
+        {
+            OnnxModelWriter.Write(onnx, Path.Combine(output, OnnxContract.FileName));
+            File.WriteAllText(Path.Combine(output, OnnxMetadataName), OnnxMetadata(model, onnx, cost).ToJsonString(Indented));
+            files.Add(OnnxContract.FileName);
+            files.Add(OnnxMetadataName);
+        }
+        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.DefaultSchedulerJson)";
+        var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
+        File.WriteAllText(Path.Combine(output, ModelCardName), card);
+        files.Add(ModelCardName);
+        log?.Invoke($"wrote {string.Join(", ", files)} to {output}");
+        return new ExportResult(output, files, model.ClassName, cost.Parameters, cost.Macs, schedulerSource);
+    }
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    /// <summary>onnx_model.json: the graph's interface (read back from the graph itself) and what a sampler needs to drive it.</summary>
+    public static JsonObject OnnxMetadata(DiffusionModel model, ModelProto onnx, ModelCostReport cost)
+    {
+        static JsonObject Describe(ValueInfoProto v) => new()
+        {
+            ["name"] = v.Name,
+            ["dtype"] = (DataType)v.Type.TensorType.ElemType switch
+            {
+                DataType.Float => "float32",
+                DataType.Int64 => "int64",
+                var other => other.ToString().ToLowerInvariant(),
+            },
+            ["shape"] = new JsonArray(v.Type.TensorType.Shape.Dim
+                .Select(d => d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam ? (JsonNode)JsonValue.Create(d.DimParam)! : JsonValue.Create(d.DimValue))
+                .ToArray()),
+        };
+        return new JsonObject
+        {
+            ["file"] = OnnxContract.FileName,
+            ["opset"] = onnx.OpsetImport.Single(o => o.Domain == "").Version,
+            ["ir_version"] = onnx.IrVersion,
+            ["class_name"] = model.ClassName,
+            ["inputs"] = new JsonArray(onnx.Graph.Input.Select(i => (JsonNode)Describe(i)).ToArray()),
+            ["outputs"] = new JsonArray(onnx.Graph.Output.Select(o => (JsonNode)Describe(o)).ToArray()),
+            ["sample_size"] = new JsonArray(model.SampleSize.Select(s => (JsonNode)JsonValue.Create(s)).ToArray()),
+            ["in_channels"] = model.InChannels,
+            ["out_channels"] = model.OutChannels,
+            ["learned_sigma"] = model.LearnedSigma,
+            ["num_classes"] = model.NumClasses,
+            ["null_class"] = model.NullClass,
+            ["parameters"] = cost.Parameters,
+            ["macs"] = cost.Macs,
+            ["pruned"] = !model.Structure.IsEmpty,
+        };
+    }
+
+    /// <summary>The pruning report and evaluation reports (any JSON with a fid_proxy entry) beside the source model.</summary>
+    private static (JsonObject? prune, List<(string name, JsonObject report)> evals) FindReports(string folder)
+    {
+        JsonObject? prune = null;
+        var evals = new List<(string, JsonObject)>();
+        foreach (var file in Directory.EnumerateFiles(folder, "*.json").Order(StringComparer.Ordinal))
+        {
+            string name = Path.GetFileName(file);
+            if (name is "config.json" or SchedulerConfigName or PruneRunner.PlanName) continue;
+            JsonObject? json;
+            try
+            {
+                json = JsonNode.Parse(File.ReadAllText(file)) as JsonObject;
+            }
+            catch (JsonException)
+            {
+                continue; // not a report of ours; the card simply leaves it out
+            }
+            if (json is null) continue;
+            if (name == PruneRunner.ReportName) prune = json;
+            else if (json["fid_proxy"] is JsonObject) evals.Add((name, json));
+        }
+        return (prune, evals);
+    }
+
+    private static string ModelCard(DiffusionModel model, ModelCostReport cost, string source, DateTimeOffset exportedAt, IReadOnlyList<ExportFormat> formats,
+        string schedulerSource, ModelProto? onnx, (JsonObject? prune, List<(string name, JsonObject report)> evals) reports)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var s = model.Structure;
+        var card = new StringBuilder();
+        card.AppendLine(inv, $"# {model.ClassName} — exported bundle");
+        card.AppendLine();
+        card.AppendLine(inv, $"Exported by `dprune export` on {exportedAt.UtcDateTime:yyyy-MM-dd} (UTC) from `{source}`.");
+        card.AppendLine();
+        card.AppendLine("| | |");
+        card.AppendLine("|---|---|");
+        card.AppendLine(inv, $"| class | {model.ClassName} |");
+        card.AppendLine(inv, $"| sample | {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]} |");
+        card.AppendLine(inv, $"| output | {model.OutChannels} channel{(model.OutChannels == 1 ? "" : "s")}{(model.LearnedSigma ? " (learned sigma: the first " + model.InChannels + " are the prediction)" : "")} |");
+        card.AppendLine(inv, $"| conditioning | {(model.NumClasses is int n ? $"{n} classes" + (model.NullClass is int nc ? $" + null class {nc}" : "") : "unconditional")} |");
+        card.AppendLine(inv, $"| parameters | {cost.Parameters:N0} |");
+        card.AppendLine(inv, $"| MACs per sample | {cost.Macs:N0} |");
+        card.AppendLine(inv, $"| pruned | {(s.IsEmpty ? "no" : $"{s.ResnetInnerChannels.Count + s.AttentionHeads.Count + s.FeedForwardInner.Count} layers narrowed, {s.RemovedLayers.Count} removed")} |");
+        card.AppendLine();
+        card.AppendLine("## Files");
+        card.AppendLine();
+        if (formats.Contains(ExportFormat.Safetensors))
+            card.AppendLine("- `config.json` + `diffusion_pytorch_model.safetensors`: diffusers layout. " +
+                (s.IsEmpty ? "Loads with diffusers' `from_pretrained` or DiffusionPrune's `DiffusersModelLoader.Load`."
+                    : "The pruned widths are in config.json's `dprune_structure`, which DiffusionPrune's `DiffusersModelLoader.Load` reads (stock diffusers does not)."));
+        if (onnx is not null)
+        {
+            var inputs = onnx.Graph.Input.Select(i => $"`{i.Name}`");
+            string sigma = model.LearnedSigma ? " (all output channels; split off the learned sigma)." : ".";
+            card.AppendLine(inv, $"- `{OnnxContract.FileName}`: the denoiser forward pass, ONNX opset {OnnxGraph.Opset}, float32; inputs {string.Join(", ", inputs)} " +
+                $"(batch is dynamic), output `{OnnxContract.Output}`{sigma} `{OnnxMetadataName}` describes the interface.");
+        }
+        card.AppendLine(inv, $"- `{SchedulerConfigName}`: from {schedulerSource}.");
+
+        if (reports.prune is { } prune)
+        {
+            card.AppendLine();
+            card.AppendLine("## Pruning");
+            card.AppendLine();
+            card.AppendLine("| method | target removed | achieved removed | parameters before → after | MACs before → after |");
+            card.AppendLine("|---|---|---|---|---|");
+            card.AppendLine(inv, $"| {Text(prune["method"])} | {Percent(prune["target_removed_params"])} | {Percent(prune["achieved_removed_params"])} | " +
+                $"{Count(prune["params_before"])} → {Count(prune["params_after"])} | {Count(prune["macs_before"])} → {Count(prune["macs_after"])} |");
+            card.AppendLine();
+            card.AppendLine(inv, $"From `{PruneRunner.ReportName}` beside the source model.");
+        }
+        if (reports.evals.Count > 0)
+        {
+            card.AppendLine();
+            card.AppendLine("## Quality");
+            card.AppendLine();
+            card.AppendLine("| report | samples x steps | scheduler | FID-proxy [95%] | KID | precision / recall | class accuracy | SSIM / PSNR to reference |");
+            card.AppendLine("|---|---|---|---|---|---|---|---|");
+            foreach (var (name, e) in reports.evals)
+            {
+                var fid = e["fid_proxy"]!;
+                var kid = e["kid"];
+                card.AppendLine(inv, $"| `{name}` | {Text(e["samples"])} x {Text(e["steps"])} | {Text(e["scheduler"])} | " +
+                    $"{Number(fid["value"], "F3")} [{Number(fid["lower"], "F3")}, {Number(fid["upper"], "F3")}] | " +
+                    $"{Number(kid?["mean"], "F5")} ± {Number(kid?["std"], "F5")} | {Number(e["precision"], "F3")} / {Number(e["recall"], "F3")} | " +
+                    $"{Percent(e["class_accuracy"])} | {Number(e["ssim_to_reference"], "F4")} / {Number(e["psnr_to_reference"], "F2")} |");
+            }
+            card.AppendLine();
+            card.AppendLine("Copied from the evaluation reports (`dprune eval --output`) beside the source model; FID-proxy uses the project's feature network.");
+        }
+        return card.ToString();
+    }
+
+    private static string Text(JsonNode? node) => node is JsonValue v ? v.ToString() : "—";
+
+    private static string Number(JsonNode? node, string format) =>
+        node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString(format, CultureInfo.InvariantCulture) : "—";
+
+    private static string Count(JsonNode? node) =>
+        node is JsonValue v && v.TryGetValue<double>(out var d) ? ((long)d).ToString("N0", CultureInfo.InvariantCulture) : "—";
+
+    private static string Percent(JsonNode? node) =>
+        node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString("P1", CultureInfo.InvariantCulture) : "—";
+}
