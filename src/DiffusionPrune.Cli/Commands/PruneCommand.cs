@@ -19,6 +19,8 @@ public static class PruneCommand
         var beta = new Option<double>("--beta") { Description = "EcoDiff sparsity weight.", DefaultValueFactory = _ => 0.1 };
         var lr = new Option<double>("--lr") { Description = "EcoDiff logit learning rate.", DefaultValueFactory = _ => 0.1 };
         var regularizer = new Option<string>("--regularizer") { Description = "l0 | l1.", DefaultValueFactory = _ => "l0" };
+        var weighting = new Option<string>("--regularizer-weighting") { Description = "parameters (each unit weighs its parameter count) | units (as the paper).", DefaultValueFactory = _ => "parameters" };
+        var betaControl = new Option<string>("--beta-control") { Description = "target (steer beta until the expected kept fraction meets the target) | fixed (as the paper).", DefaultValueFactory = _ => "target" };
         var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
@@ -29,7 +31,7 @@ public static class PruneCommand
         var device = CliCommon.DeviceOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, gate, noCheckpointing, scope, schedulerConfig, seed, output, probeMemory, device,
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, schedulerConfig, seed, output, probeMemory, device,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -57,6 +59,12 @@ public static class PruneCommand
                     "per-layer" => SelectionScope.PerLayer,
                     var other => throw new ArgumentException($"--scope must be global or per-layer, not '{other}'."),
                 },
+                SteerBetaToTarget = parse.GetValue(betaControl) switch
+                {
+                    "target" => true,
+                    "fixed" => false,
+                    var other => throw new ArgumentException($"--beta-control must be target or fixed, not '{other}'."),
+                },
                 EcoDiff = new EcoDiffOptions
                 {
                     Beta = parse.GetValue(beta),
@@ -66,6 +74,12 @@ public static class PruneCommand
                         "l0" => SparsityRegularizer.L0,
                         "l1" => SparsityRegularizer.L1,
                         var other => throw new ArgumentException($"--regularizer must be l0 or l1, not '{other}'."),
+                    },
+                    ParameterWeighted = parse.GetValue(weighting) switch
+                    {
+                        "parameters" => true,
+                        "units" => false,
+                        var other => throw new ArgumentException($"--regularizer-weighting must be parameters or units, not '{other}'."),
                     },
                     GateMode = parse.GetValue(gate) switch
                     {
@@ -82,7 +96,7 @@ public static class PruneCommand
             {
                 var elapsed = DateTime.UtcNow - started;
                 var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / it.Iteration * (request.Iterations - it.Iteration));
-                Console.Error.Write($"\riteration {it.Iteration}/{request.Iterations} loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} eta {eta:hh\\:mm\\:ss}   ");
+                Console.Error.Write($"\riteration {it.Iteration}/{request.Iterations} loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} beta {it.Beta:G3} eta {eta:hh\\:mm\\:ss}   ");
             });
             Console.Error.WriteLine();
             Console.WriteLine($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +

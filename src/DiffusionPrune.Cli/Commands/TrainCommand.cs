@@ -45,6 +45,7 @@ public static class TrainCommand
             var dataset = MnistDataset.Load(dataArg == "mnist" ? null : dataArg);
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
             using var model = DiffusersModelLoader.Create(configJson);
+            if (model is DiTTransformer2DModel dit) dit.InitializeForTraining(); // adaLN-Zero; a resumed run loads its weights over it
             model.to(dev);
             var options = new TrainOptions
             {

@@ -326,6 +326,43 @@ public sealed class DiTTransformer2DModel : DiffusionModel
     /// <summary>LayerNorm epsilon of the output norm (diffusers hard-codes 1e-6).</summary>
     public const double OutputNormEps = 1e-6;
 
+    /// <summary>
+    /// The DiT paper's initialisation for training from scratch (diffusers' constructor leaves PyTorch defaults,
+    /// because pretrained weights overwrite them): Xavier-uniform linears and patch projection with zero biases,
+    /// N(0, 0.02) label tables and timestep MLPs, and adaLN-Zero — every block's modulation and the output layer
+    /// start at zero, so each block starts as the identity and the model predicts 0. Uses the global torch seed.
+    /// </summary>
+    public void InitializeForTraining()
+    {
+        using var noGrad = no_grad();
+        foreach (var (name, module) in named_modules())
+        {
+            switch (module)
+            {
+                case Linear linear when name.EndsWith("norm1.linear", StringComparison.Ordinal) || name is "proj_out_1" or "proj_out_2":
+                    nn.init.zeros_(linear.weight);
+                    if (linear.bias is not null) nn.init.zeros_(linear.bias);
+                    break;
+                case Linear linear when name.Contains(".emb.timestep_embedder.", StringComparison.Ordinal):
+                    nn.init.normal_(linear.weight, 0, 0.02);
+                    if (linear.bias is not null) nn.init.zeros_(linear.bias);
+                    break;
+                case Linear linear:
+                    nn.init.xavier_uniform_(linear.weight);
+                    if (linear.bias is not null) nn.init.zeros_(linear.bias);
+                    break;
+                case Embedding embedding:
+                    nn.init.normal_(embedding.weight, 0, 0.02);
+                    break;
+                case Conv2d conv:
+                    // Xavier over the flattened kernel, as for a linear layer on patches: fan_out = out_channels.
+                    using (var flat = conv.weight.view(conv.weight.shape[0], -1)) nn.init.xavier_uniform_(flat);
+                    if (conv.bias is not null) nn.init.zeros_(conv.bias);
+                    break;
+            }
+        }
+    }
+
     /// <summary>The conditioning embedding the output layer reads: transformer block 0's, even when that block was removed.</summary>
     public CombinedTimestepLabelEmbeddings OutputEmbedding => FirstBlockEmbedding;
 

@@ -22,7 +22,25 @@ public sealed record EcoDiffOptions
     public double Beta { get; init; } = 0.1;
 
     public SparsityRegularizer Regularizer { get; init; } = SparsityRegularizer.L0;
+
+    /// <summary>
+    /// Weight each unit's share of R by the parameters it carries (R = expected kept fraction of the prunable
+    /// parameters), so the penalty is in the same currency as the parameter target: a 128-channel ResNet channel
+    /// costs several times a 16-channel one. Off: every unit weighs the same, as in the paper. Default on.
+    /// </summary>
+    public bool ParameterWeighted { get; init; } = true;
     public GateMode GateMode { get; init; } = GateMode.HardConcrete;
+
+    /// <summary>
+    /// Expected fraction of the model's parameters to keep, or null for a fixed beta (the paper). When set, beta
+    /// is steered after every iteration, beta ← beta · exp(<see cref="BetaGain"/> · (kept − target)), so the
+    /// expected kept fraction settles at the target and the later iterations train the masks at the sparsity the
+    /// model will be cut to, instead of ranking units by how far they drifted from all-open.
+    /// </summary>
+    public double? TargetKeptFraction { get; init; }
+
+    /// <summary>Gain of the beta controller (see <see cref="TargetKeptFraction"/>). Default 10: 10% too many kept parameters multiply beta by e per iteration.</summary>
+    public double BetaGain { get; init; } = 10.0;
 
     /// <summary>Initial logit of every unit: high, so every gate starts (nearly) open. Default 3.</summary>
     public double InitialLogit { get; init; } = 3.0;
@@ -48,6 +66,9 @@ public sealed record EcoDiffOptions
         if (!(LearningRate > 0) || !double.IsFinite(LearningRate)) throw new ArgumentException($"The EcoDiff learning rate must be a positive number (got {LearningRate}).");
         if (!(Beta >= 0) || !double.IsFinite(Beta)) throw new ArgumentException($"The EcoDiff regulariser weight beta must be >= 0 (got {Beta}).");
         if (BatchSize < 1) throw new ArgumentException($"The EcoDiff calibration batch size must be at least 1 (got {BatchSize}).");
+        if (TargetKeptFraction is double kept && !(kept > 0 && kept < 1))
+            throw new ArgumentException($"The EcoDiff target kept fraction must lie strictly between 0 and 1 (got {kept}).");
+        if (!(BetaGain > 0) || !double.IsFinite(BetaGain)) throw new ArgumentException($"The beta gain must be a positive number (got {BetaGain}).");
         if (!double.IsFinite(InitialLogit)) throw new ArgumentException("The initial logit must be finite.");
         if (!(GuidanceScale >= 0) || !double.IsFinite(GuidanceScale)) throw new ArgumentException($"The guidance scale must be >= 0 (got {GuidanceScale}).");
     }
@@ -56,12 +77,14 @@ public sealed record EcoDiffOptions
 /// <summary>What one EcoDiff iteration reports.</summary>
 /// <param name="Loss">Reconstruction + beta · regulariser.</param>
 /// <param name="Reconstruction">MSE between the masked and the original model's final latents.</param>
-/// <param name="Regularizer">R averaged over units (before the beta weight).</param>
+/// <param name="Regularizer">R averaged over units, parameter-weighted by default (before the beta weight).</param>
 /// <param name="ExpectedKeptFraction">Expected fraction of the model's parameters kept: 1 − sum P(gate = 0)·parameters per unit / total.</param>
 /// <param name="Seconds">Wall time of the iteration.</param>
 /// <param name="PeakResidentBytes">Peak RSS of the process so far (VmHWM), null where /proc is absent.</param>
+/// <param name="Beta">The regulariser weight used in this iteration (steered when a target kept fraction is set).</param>
 public sealed record EcoDiffIterationReport(
-    int Iteration, double Loss, double Reconstruction, double Regularizer, double ExpectedKeptFraction, double Seconds, long? PeakResidentBytes);
+    int Iteration, double Loss, double Reconstruction, double Regularizer, double ExpectedKeptFraction, double Seconds, long? PeakResidentBytes,
+    double Beta);
 
 /// <summary>One evaluation of the objective: the loss and its two parts.</summary>
 public sealed record EcoDiffLoss(double Loss, double Reconstruction, double Regularizer);
@@ -109,8 +132,11 @@ public sealed class EcoDiffPruner : IImportanceCriterion
             var loss = objective.Backward((iteration - 1) % objective.BatchCount);
             optimizer.Step(Options.LearningRate);
             NativeMemory.Trim();
+            double beta = objective.Beta, kept = objective.ExpectedKeptFraction();
+            if (Options.TargetKeptFraction is double target)
+                objective.Beta = Math.Clamp(beta * Math.Exp(Options.BetaGain * (kept - target)), 1e-4, 1e4);
             var report = new EcoDiffIterationReport(iteration, loss.Loss, loss.Reconstruction, loss.Regularizer,
-                objective.ExpectedKeptFraction(), clock.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes());
+                kept, clock.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), beta);
             _history.Add(report);
             OnIteration?.Invoke(report);
         }
@@ -139,7 +165,8 @@ public sealed class EcoDiffObjective : IDisposable
     private readonly List<(Parameter parameter, bool requiresGrad)> _frozen = [];
     private readonly bool _wasTraining;
     private readonly long _totalParameters;
-    private readonly int _totalUnits;
+    private double _beta;
+    private readonly double _regularizerNorm; // sum over units of their weight (1 or parameters per unit)
 
     public EcoDiffObjective(DiffusionModel model, PrunableGroups groups, IDiffusionScheduler scheduler, int steps, int calibrationSamples,
         EcoDiffOptions options, long seed)
@@ -160,6 +187,7 @@ public sealed class EcoDiffObjective : IDisposable
         _groups = groups;
         _scheduler = scheduler;
         _options = options;
+        _beta = options.Beta;
         _scheduler.SetTimesteps(steps);
         _timesteps = _scheduler.Timesteps;
         _totalParameters = model.ParameterCount();
@@ -178,7 +206,7 @@ public sealed class EcoDiffObjective : IDisposable
 
         // 2. one gate per unit group.
         Gates = groups.Units.Select(g => (g, new HardConcreteGate(g.Units, options.InitialLogit, options.GateMode, options.Damping, device))).ToList();
-        _totalUnits = Gates.Sum(g => g.Gate.Units);
+        _regularizerNorm = Gates.Sum(g => g.Gate.Units * RegularizerWeight(g.Group));
 
         // 3. freeze the model (restored on Dispose).
         _wasTraining = model.training;
@@ -191,6 +219,17 @@ public sealed class EcoDiffObjective : IDisposable
     }
 
     public IReadOnlyList<(UnitGroup Group, HardConcreteGate Gate)> Gates { get; }
+
+    /// <summary>Weight of the sparsity term in the next <see cref="Backward"/>; starts at the options' beta.</summary>
+    public double Beta
+    {
+        get => _beta;
+        set
+        {
+            if (!(value >= 0) || !double.IsFinite(value)) throw new ArgumentOutOfRangeException(nameof(value), $"beta must be >= 0 (got {value}).");
+            _beta = value;
+        }
+    }
 
     /// <summary>Number of calibration batches (the calibration set is cycled).</summary>
     public int BatchCount { get; }
@@ -244,7 +283,8 @@ public sealed class EcoDiffObjective : IDisposable
 
         // 1. gates: one hard-concrete sample per iteration, the same for every step of the trajectory.
         var gates = Gates.Select(g => g.Gate.Sample(_gateNoise)).ToList();
-        var regularizer = Gates.Select(g => g.Gate.Regularizer(_options.Regularizer)).Aggregate((a, b) => a + b) / _totalUnits;
+        var regularizer = Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) * RegularizerWeight(g.Group))
+            .Aggregate((a, b) => a + b) / _regularizerNorm;
         try
         {
             Tensor reconstruction;
@@ -256,10 +296,10 @@ public sealed class EcoDiffObjective : IDisposable
                 var latents = noise;
                 for (int i = 0; i < _timesteps.Length; i++) latents = StepOnce(latents, i, labels, varianceNoise);
                 reconstruction = nn.functional.mse_loss(latents, target);
-                (reconstruction + regularizer * _options.Beta).backward();
+                (reconstruction + regularizer * _beta).backward();
             }
             double rec = reconstruction.item<float>(), reg = regularizer.item<float>();
-            return new EcoDiffLoss(rec + _options.Beta * reg, rec, reg);
+            return new EcoDiffLoss(rec + _beta * reg, rec, reg);
         }
         finally
         {
@@ -317,11 +357,13 @@ public sealed class EcoDiffObjective : IDisposable
         }
 
         // 4. into the logits: gate gradients and the regulariser, one small backward.
-        var total = regularizer * _options.Beta;
+        var total = regularizer * _beta;
         for (int k = 0; k < gates.Count; k++) total = total + (gates[k] * gateGrads[k]).sum();
         total.backward();
         return reconstruction;
     }
+
+    private double RegularizerWeight(UnitGroup group) => _options.ParameterWeighted ? group.ParametersPerUnit : 1.0;
 
     /// <summary>One sampler step: guided prediction, then the scheduler's (differentiable) step.</summary>
     private Tensor StepOnce(Tensor latents, int index, Tensor? labels, Tensor? varianceNoise)

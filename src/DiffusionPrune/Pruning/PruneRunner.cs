@@ -26,6 +26,8 @@ public sealed record PruneRequest
     public double MinKeepFraction { get; init; } = 0.1;
     /// <summary>EcoDiff settings beyond iterations and seed (beta, learning rate, regulariser, gates, checkpointing).</summary>
     public EcoDiffOptions EcoDiff { get; init; } = new();
+    /// <summary>EcoDiff: steer beta so the expected kept fraction settles at 1 − <see cref="TargetParams"/> (true), or keep beta fixed as the paper (false).</summary>
+    public bool SteerBetaToTarget { get; init; } = true;
 }
 
 public sealed record PruneReport(
@@ -75,7 +77,11 @@ public static class PruneRunner
         var before = ModelCost.Measure(model);
 
         IImportanceCriterion criterion = request.Method.ToLowerInvariant() == "ecodiff"
-            ? new EcoDiffPruner(request.EcoDiff with { Iterations = request.Iterations }, onIteration)
+            ? new EcoDiffPruner(request.EcoDiff with
+            {
+                Iterations = request.Iterations,
+                TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
+            }, onIteration)
             : ImportanceCriteria.Create(request.Method);
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
@@ -108,6 +114,10 @@ public static class PruneRunner
             settings["learning_rate"] = eco.Options.LearningRate;
             settings["beta"] = eco.Options.Beta;
             settings["regularizer"] = eco.Options.Regularizer.ToString();
+            settings["parameter_weighted"] = eco.Options.ParameterWeighted;
+            settings["target_kept_fraction"] = eco.Options.TargetKeptFraction;
+            settings["beta_gain"] = eco.Options.BetaGain;
+            if (eco.History.Count > 0) settings["final_beta"] = eco.History[^1].Beta;
             settings["gate"] = eco.Options.GateMode.ToString();
             settings["checkpointing"] = eco.Options.Checkpointing;
             settings["batch_size"] = eco.Options.BatchSize;

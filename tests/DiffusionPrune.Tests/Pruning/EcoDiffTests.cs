@@ -209,7 +209,7 @@ public class EcoDiffTests(ITestOutputHelper output)
     {
         using var model = TinyDiT(11);
         var groups = PrunableGroups.Of(model);
-        var pruner = new EcoDiffPruner(new EcoDiffOptions { Iterations = 6, Beta = 10, LearningRate = 1.0, BatchSize = 2, Seed = 3 });
+        var pruner = new EcoDiffPruner(new EcoDiffOptions { Iterations = 6, Beta = 10, LearningRate = 1.0, BatchSize = 2, Seed = 3, ParameterWeighted = false });
         var context = new ImportanceContext(SchedulerConfigPath, Steps: 3, CalibrationSamples: 2, Seed: 0, Device: CPU);
         var scores = pruner.Score(model, groups, context);
         foreach (var r in pruner.History)
@@ -228,6 +228,52 @@ public class EcoDiffTests(ITestOutputHelper output)
         var selection = PlanSelector.Select(groups, scores, 0.2);
         using var pruned = StructuralSurgery.Apply(model, selection.Plan);
         Assert.Equal(selection.RemovedParameters, model.ParameterCount() - pruned.ParameterCount());
+    }
+
+    [Fact]
+    public void Parameter_weighted_regulariser_is_the_expected_kept_share_of_prunable_parameters()
+    {
+        // Close one group completely (P(keep) ~ 0) and leave the rest open: R is then the parameter share of the open
+        // groups, not their unit share — unless the weighting is switched off.
+        using var model = TinyUNet(21);
+        var groups = PrunableGroups.Of(model);
+        using var scheduler = Scheduler.FromFile(SchedulerConfigPath, "ddim");
+        foreach (bool weighted in new[] { true, false })
+        {
+            using var objective = new EcoDiffObjective(model, groups, scheduler, steps: 1, calibrationSamples: 1,
+                new EcoDiffOptions { ParameterWeighted = weighted, InitialLogit = 30 }, seed: 1);
+            var closed = objective.Gates.MaxBy(g => g.Group.ParametersPerUnit * g.Gate.Units);
+            using (no_grad()) closed.Gate.Logits.fill_(-30);
+            double units = objective.Gates.Sum(g => (double)g.Gate.Units);
+            double parameters = objective.Gates.Sum(g => (double)g.Group.ParametersPerUnit * g.Gate.Units);
+            double expected = weighted
+                ? 1 - closed.Group.ParametersPerUnit * closed.Gate.Units / parameters
+                : 1 - closed.Gate.Units / units;
+            var loss = objective.Backward(0);
+            output.WriteLine($"weighted {weighted}: R {loss.Regularizer:F6}, expected {expected:F6}");
+            Assert.Equal(expected, loss.Regularizer, 5);
+        }
+    }
+
+    [Fact]
+    public void Beta_control_steers_the_expected_kept_fraction_to_the_target()
+    {
+        using var model = TinyDiT(13);
+        var groups = PrunableGroups.Of(model);
+        var context = new ImportanceContext(SchedulerConfigPath, Steps: 2, CalibrationSamples: 2, Seed: 0, Device: CPU);
+        var options = new EcoDiffOptions { Iterations = 14, Beta = 0.01, LearningRate = 1.0, BatchSize = 2, Seed = 3, InitialLogit = 2 };
+        var fixedBeta = new EcoDiffPruner(options);
+        fixedBeta.Score(model, groups, context);
+        var steered = new EcoDiffPruner(options with { TargetKeptFraction = 0.8 });
+        steered.Score(model, groups, context);
+        foreach (var (f, s) in fixedBeta.History.Zip(steered.History))
+            output.WriteLine($"iteration {s.Iteration}: fixed kept {f.ExpectedKeptFraction:P1} (beta {f.Beta:G3}); steered kept {s.ExpectedKeptFraction:P1} (beta {s.Beta:G3})");
+        Assert.All(fixedBeta.History, r => Assert.Equal(0.01, r.Beta));
+        // Above the target the controller raises beta every iteration, and the kept fraction falls far faster than with
+        // the fixed weak beta, ending near the target.
+        Assert.True(steered.History[5].Beta > 10 * options.Beta, $"beta after 5 iterations: {steered.History[5].Beta}");
+        Assert.True(steered.History[^1].ExpectedKeptFraction < fixedBeta.History[^1].ExpectedKeptFraction - 0.05);
+        Assert.InRange(steered.History[^1].ExpectedKeptFraction, 0.65, 0.9);
     }
 
     [Fact]
