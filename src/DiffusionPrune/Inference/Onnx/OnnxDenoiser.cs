@@ -22,28 +22,22 @@ public sealed class OnnxDenoiser(OnnxDenoiserSession session) : IDisposable
     {
         if (sample.dim() != 4)
             throw new ArgumentException($"The sample must be [batch, channels, height, width]; got [{string.Join(", ", sample.shape)}].");
+        using var scope = NewDisposeScope();
         var shape = sample.shape.Select(s => (int)s).ToArray();
-        float[] values;
-        using (var cpuSample = sample.detach().to(ScalarType.Float32, CPU).contiguous())
-            values = cpuSample.data<float>().ToArray();
+        float[] values = sample.detach().to(ScalarType.Float32, CPU).contiguous().data<float>().ToArray();
         // The sampler passes one scalar timestep for the whole batch; the graph takes int64 [batch].
         long[] timesteps = Int64Values(timestep);
         if (timesteps.Length == 1) timesteps = Enumerable.Repeat(timesteps[0], shape[0]).ToArray();
         long[]? classLabels = labels is null ? null : Int64Values(labels);
-        float[] prediction = Session.Predict(values, shape, timesteps, classLabels);
-        var result = tensor(prediction, [shape[0], Model.InChannels, shape[2], shape[3]]);
-        if (sample.dtype == ScalarType.Float32 && sample.device.type == DeviceType.CPU) return result;
-        using (result) return result.to(sample.dtype, sample.device);
-    }
 
-    /// <summary>This denoiser as the sampler's delegate.</summary>
-    public DiffusionSampler.Denoise AsDelegate() => Denoise;
+        float[] prediction = Session.Predict(values, shape, timesteps, classLabels);
+
+        var result = tensor(prediction, [shape[0], Model.InChannels, shape[2], shape[3]]).to(sample.dtype, sample.device);
+        return result.MoveToOuterDisposeScope();
+    }
 
     public void Dispose() => Session.Dispose();
 
-    private static long[] Int64Values(Tensor values)
-    {
-        using var cpu = values.detach().to(ScalarType.Int64, CPU).flatten();
-        return cpu.data<long>().ToArray();
-    }
+    private static long[] Int64Values(Tensor values) =>
+        values.detach().to(ScalarType.Int64, CPU).flatten().data<long>().ToArray();
 }
