@@ -25,6 +25,22 @@ public static class CliCommon
         DefaultValueFactory = _ => "auto",
     };
 
+    public static Option<string> BackendOption() => new("--backend")
+    {
+        Description = "torch (a diffusers folder, TorchSharp on --device) | onnx (a folder `dprune export` wrote, ONNX Runtime on --provider).",
+        DefaultValueFactory = _ => "torch",
+    };
+
+    public static Option<string> ProviderOption() => new("--provider")
+    {
+        Description = "ONNX Runtime execution provider for --backend onnx: auto | cpu | directml | cuda (auto: DirectML, then CUDA, then the CPU; " +
+            "a missing provider falls back to the CPU with a message).",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>Where the ONNX backend's provider lines (fallbacks, then the provider that runs) are printed.</summary>
+    public static void ReportProvider(string line) => Console.Error.WriteLine(line);
+
     public static torch.Device ResolveDevice(string choice) =>
         DeviceSelector.Resolve(choice, message => Console.Error.WriteLine("note: " + message));
 

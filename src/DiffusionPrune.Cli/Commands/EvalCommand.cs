@@ -20,9 +20,11 @@ public static class EvalCommand
         var featureNet = new Option<string?>("--featurenet") { Description = "Feature network folder (default samples/models/featurenet)." };
         var output = new Option<string?>("--output") { Description = "Write the report as JSON here." };
         var device = CliCommon.DeviceOption();
+        var backend = CliCommon.BackendOption();
+        var provider = CliCommon.ProviderOption();
         var command = new Command("eval", "Measure a model: FID-proxy (bootstrap interval), KID, precision/recall, class accuracy, SSIM/PSNR, params, MACs, latency.")
         {
-            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, output, device,
+            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, output, device, backend, provider,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -38,10 +40,14 @@ public static class EvalCommand
                 BatchSize = parse.GetValue(batch),
                 ReferenceModelPath = parse.GetValue(reference),
                 FeatureNetFolder = parse.GetValue(featureNet),
+                Backend = parse.GetValue(backend)!,
+                Provider = parse.GetValue(provider)!,
             };
-            var report = ModelEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!), (i, n) => Console.Error.Write($"\rsampled {i}/{n}"));
+            var report = ModelEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!),
+                (i, n) => Console.Error.Write($"\rsampled {i}/{n}"), CliCommon.ReportProvider);
             Console.Error.WriteLine();
             Console.WriteLine($"{"model",-22} {report.Model}");
+            Console.WriteLine($"{"runtime",-22} {report.Runtime}");
             Console.WriteLine($"{"parameters",-22} {report.Parameters:N0}");
             Console.WriteLine($"{"MACs / image",-22} {report.Macs:N0}");
             Console.WriteLine($"{"samples x steps",-22} {report.Samples} x {report.Steps} ({report.Scheduler})");

@@ -21,13 +21,14 @@ public static class SampleCommand
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance weight (class-conditional models with a null class).", DefaultValueFactory = _ => 1.0 };
         var output = new Option<string>("--output") { Description = "OUT.safetensors (trajectory [steps,B,C,H,W] + final) or OUT.png (image grid).", Required = true };
         var device = CliCommon.DeviceOption();
+        var backend = CliCommon.BackendOption();
+        var provider = CliCommon.ProviderOption();
         var command = new Command("sample", "Sample images with a model and a diffusers scheduler.")
         {
-            model, schedulerConfig, scheduler, steps, eta, noise, noiseKey, seed, count, labels, guidance, output, device,
+            model, schedulerConfig, scheduler, steps, eta, noise, noiseKey, seed, count, labels, guidance, output, device, backend, provider,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
-            var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var request = new SampleRequest
             {
                 ModelPath = parse.GetValue(model)!,
@@ -42,9 +43,12 @@ public static class SampleCommand
                 Labels = ParseLabels(parse.GetValue(labels)),
                 GuidanceScale = parse.GetValue(guidance),
                 OutputPath = parse.GetValue(output)!,
+                Backend = parse.GetValue(backend)!,
+                Provider = parse.GetValue(provider)!,
             };
+            var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var started = DateTime.UtcNow;
-            SampleRunner.Run(request, dev, (i, n) => Console.Error.Write($"\rstep {i}/{n}"));
+            SampleRunner.Run(request, dev, (i, n) => Console.Error.Write($"\rstep {i}/{n}"), CliCommon.ReportProvider);
             Console.Error.WriteLine();
             Console.WriteLine($"wrote {request.OutputPath} ({(DateTime.UtcNow - started).TotalSeconds:F1} s)");
             return 0;

@@ -28,12 +28,16 @@ public sealed record EvalRequest
     public string? ReferenceModelPath { get; init; }
     public string? FeatureNetFolder { get; init; }
     public int BootstrapResamples { get; init; } = 200;
+    /// <summary>torch (a diffusers folder) | onnx (an exported bundle); the reference model uses the same backend.</summary>
+    public string Backend { get; init; } = "torch";
+    /// <summary>ONNX Runtime execution provider for the onnx backend: auto | cpu | directml | cuda.</summary>
+    public string Provider { get; init; } = "auto";
 }
 
 public sealed record EvalReport(
     string Model, string ClassName, long Parameters, long Macs, int Samples, int Steps, string Scheduler, double GuidanceScale, long Seed,
     FidResult Fid, KidResult Kid, PrecisionRecallResult PrecisionRecall, double? ClassAccuracy, double? Ssim, double? Psnr,
-    double SamplerMillisecondsPerImage, double TotalSeconds)
+    double SamplerMillisecondsPerImage, double TotalSeconds, string Runtime = "torch")
 {
     public JsonObject ToJson() => new()
     {
@@ -55,6 +59,7 @@ public sealed record EvalReport(
         ["psnr_to_reference"] = Psnr,
         ["sampler_ms_per_image"] = SamplerMillisecondsPerImage,
         ["total_seconds"] = TotalSeconds,
+        ["runtime"] = Runtime,
     };
 
     public void Save(string path)
@@ -73,15 +78,19 @@ public sealed record EvalReport(
 /// </summary>
 public static class ModelEvaluator
 {
-    public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null)
+    /// <param name="device">The torch device (the onnx backend samples on the CPU and runs the network on request.Provider).</param>
+    /// <param name="report">Receives the onnx backend's provider lines (fallbacks, then the provider that runs).</param>
+    public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null)
     {
         if (request.Samples < 2) throw new ArgumentException("--samples must be at least 2 (FID needs a covariance).");
         var total = Stopwatch.StartNew();
-        using var model = DiffusersModelLoader.Load(request.ModelPath, device: device);
-        using var reference = request.ReferenceModelPath is null ? null : DiffusersModelLoader.Load(request.ReferenceModelPath, device: device);
+        using var model = InferenceModel.Load(request.ModelPath, request.Backend, device, request.Provider, report);
+        using var reference = request.ReferenceModelPath is null ? null
+            : InferenceModel.Load(request.ReferenceModelPath, request.Backend, device, request.Provider, report);
+        device = model.Device;
         if (model.InChannels != 1 || model.SampleSize[0] != 32)
             throw new ArgumentException($"Evaluation compares against MNIST (1 x 32 x 32); {model.ClassName} makes {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]}.");
-        string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
+        string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
         using var featureNet = FeatureNet.Load(request.FeatureNetFolder);
         var data = MnistDataset.Load();
@@ -109,14 +118,14 @@ public static class ModelEvaluator
             ssim = ImageSimilarity.Ssim(generated.clamp(-1, 1), reproduced.clamp(-1, 1));
             psnr = ImageSimilarity.Psnr(generated.clamp(-1, 1), reproduced.clamp(-1, 1));
         }
-        var cost = ModelCost.Measure(model);
-        return new EvalReport(request.ModelPath, model.ClassName, cost.Parameters, cost.Macs, request.Samples, request.Steps,
+        var (parameters, macs) = model.Cost();
+        return new EvalReport(request.ModelPath, model.ClassName, parameters, macs, request.Samples, request.Steps,
             request.SchedulerName ?? "from config", request.GuidanceScale, request.Seed, fid, kid, pr, accuracy, ssim, psnr, msPerImage,
-            total.Elapsed.TotalSeconds);
+            total.Elapsed.TotalSeconds, model.Runtime);
     }
 
     /// <summary>Samples in batches with per-batch seeds, so N images are the same whatever the batch size divides.</summary>
-    public static (Tensor images, Tensor? labels, Tensor? reference, double msPerImage) Generate(DiffusionModel model, DiffusionModel? referenceModel,
+    public static (Tensor images, Tensor? labels, Tensor? reference, double msPerImage) Generate(InferenceModel model, InferenceModel? referenceModel,
         string schedulerPath, EvalRequest request, Device device, Action<int, int>? progress = null)
     {
         using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
@@ -134,13 +143,13 @@ public static class ModelEvaluator
             Tensor? labels = model.NumClasses is int classes ? (arange(start, start + count, ScalarType.Int64) % classes).to(device) : null;
             var options = new SampleOptions(request.Steps, request.GuidanceScale);
             var watch = Stopwatch.StartNew();
-            var result = DiffusionSampler.Sample(model, scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
+            var result = model.Sample(scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
             batchMillis.Add(watch.Elapsed.TotalMilliseconds / count);
             images.Add(result.Final.cpu().MoveToOuterDisposeScope());
             if (labels is not null) allLabels.Add(labels.cpu().MoveToOuterDisposeScope());
             if (referenceModel is not null)
             {
-                var again = DiffusionSampler.Sample(referenceModel, scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
+                var again = referenceModel.Sample(scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
                 references.Add(again.Final.cpu().MoveToOuterDisposeScope());
             }
             done += count;

@@ -1,3 +1,4 @@
+// TorchSharp-free: samples/OnDeviceDemo compiles this file. Use only the BCL here.
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text;

@@ -23,15 +23,22 @@ public sealed record SampleRequest
     public int[]? Labels { get; init; }
     public double GuidanceScale { get; init; } = 1.0;
     public required string OutputPath { get; init; }
+    /// <summary>torch (a diffusers folder) | onnx (an exported bundle: model.onnx + onnx_model.json).</summary>
+    public string Backend { get; init; } = "torch";
+    /// <summary>ONNX Runtime execution provider for the onnx backend: auto | cpu | directml | cuda.</summary>
+    public string Provider { get; init; } = "auto";
 }
 
 /// <summary>Runs a sampling request and writes the trajectory (safetensors) or an image grid (PNG).</summary>
 public static class SampleRunner
 {
-    public static SampleResult Run(SampleRequest request, Device device, Action<int, int>? progress = null)
+    /// <param name="device">The torch device (the onnx backend keeps its tensors on the CPU).</param>
+    /// <param name="report">Receives the onnx backend's provider lines (fallbacks, then the provider that runs).</param>
+    public static SampleResult Run(SampleRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null)
     {
-        using var model = DiffusersModelLoader.Load(request.ModelPath, device: device);
-        string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
+        using var model = InferenceModel.Load(request.ModelPath, request.Backend, device, request.Provider, report);
+        device = model.Device;
+        string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json beside it; pass --scheduler-config FILE.");
         using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
 
@@ -55,7 +62,7 @@ public static class SampleRunner
         }
 
         var generator = new Generator((ulong)request.Seed + 0x5EED, device);
-        var result = DiffusionSampler.Sample(model, scheduler, noise, labels,
+        var result = model.Sample(scheduler, noise, labels,
             new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png), generator, progress);
         if (png)
             ImageGrid.Save(request.OutputPath, result.Final, scale: 2);
@@ -69,7 +76,7 @@ public static class SampleRunner
         return result;
     }
 
-    private static Tensor LoadOrDrawNoise(SampleRequest request, DiffusionModel model, Device device)
+    private static Tensor LoadOrDrawNoise(SampleRequest request, InferenceModel model, Device device)
     {
         if (request.NoisePath is not null)
         {

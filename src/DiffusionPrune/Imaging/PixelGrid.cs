@@ -1,0 +1,49 @@
+// TorchSharp-free: samples/OnDeviceDemo compiles this file (and PngWriter.cs). Use only the BCL here.
+namespace DiffusionPrune.Imaging;
+
+/// <summary>Tiles a batch of images in [-1, 1], given as a float array [N, C, H, W], into one 8-bit picture.</summary>
+public static class PixelGrid
+{
+    /// <param name="images">[N, C, H, W] row-major, C = 1 or 3, values in [-1, 1] (clamped).</param>
+    /// <param name="shape">The images' shape (4 entries).</param>
+    /// <param name="columns">Images per row; default: the smallest square that holds N.</param>
+    /// <param name="padding">Pixels of mid-grey between tiles.</param>
+    /// <param name="scale">Each pixel becomes a scale x scale block.</param>
+    /// <returns>Interleaved pixels (row-major, channels last) for <see cref="PngWriter"/>.</returns>
+    public static (byte[] pixels, int width, int height, int channels) Tile(float[] images, int[] shape, int? columns = null, int padding = 2, int scale = 1)
+    {
+        if (shape.Length != 4) throw new ArgumentException("images must be [N, C, H, W].", nameof(shape));
+        int n = shape[0], c = shape[1], h = shape[2], w = shape[3];
+        if (c is not (1 or 3)) throw new ArgumentException($"Images with {c} channels cannot be shown; only 1 or 3.");
+        if (images.Length != n * c * h * w) throw new ArgumentException($"{images.Length} values do not make [{string.Join(", ", shape)}].", nameof(images));
+        if (scale < 1) throw new ArgumentOutOfRangeException(nameof(scale), "scale must be at least 1.");
+        int th = h * scale, tw = w * scale;
+        int cols = columns ?? (int)Math.Ceiling(Math.Sqrt(n));
+        int rows = (n + cols - 1) / cols;
+        int width = cols * tw + (cols + 1) * padding, height = rows * th + (rows + 1) * padding;
+        var pixels = new byte[width * height * c];
+        Array.Fill(pixels, (byte)128);
+        for (int i = 0; i < n; i++)
+        {
+            int top = padding + (i / cols) * (th + padding), left = padding + (i % cols) * (tw + padding);
+            for (int y = 0; y < th; y++)
+            for (int x = 0; x < tw; x++)
+            for (int ch = 0; ch < c; ch++)
+            {
+                float value = images[((i * c + ch) * h + y / scale) * w + x / scale];
+                pixels[((top + y) * width + left + x) * c + ch] = ToByte(value);
+            }
+        }
+        return (pixels, width, height, c);
+    }
+
+    public static void Save(string path, float[] images, int[] shape, int? columns = null, int padding = 2, int scale = 1)
+    {
+        var (pixels, width, height, channels) = Tile(images, shape, columns, padding, scale);
+        PngWriter.Write(path, pixels, width, height, channels);
+    }
+
+    /// <summary>[-1, 1] -> 0..255 as <c>((x.clamp(-1, 1) + 1) * 127.5).round()</c> in float32 (round half to even, as torch).</summary>
+    public static byte ToByte(float value) =>
+        (byte)MathF.Round((Math.Clamp(value, -1f, 1f) + 1f) * 127.5f, MidpointRounding.ToEven);
+}

@@ -1,0 +1,137 @@
+using System.Text.Json.Nodes;
+using DiffusionPrune.Inference.Onnx;
+
+namespace DiffusionPrune.Tests.Inference.Onnx;
+
+public class OnnxDenoiserSessionTests
+{
+    private static float[] Ramp(int count, float start = -1f, float step = 0.01f) =>
+        Enumerable.Range(0, count).Select(i => start + i * step).ToArray();
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Predict_computes_the_graph_for_any_batch_size(int batch)
+    {
+        using var temp = Fixtures.Temp();
+        var tiny = new TinyOnnxBundle { Channels = 2, Size = 4 };
+        using var session = OnnxDenoiserSession.Open(tiny.WriteTo(temp.Path), "cpu");
+        int perImage = 2 * 4 * 4;
+        var sample = Ramp(batch * perImage);
+        long[] timesteps = Enumerable.Range(0, batch).Select(b => 100L + 250 * b).ToArray();
+
+        var prediction = session.Predict(sample, [batch, 2, 4, 4], timesteps);
+
+        Assert.Equal(sample.Length, prediction.Length);
+        for (int i = 0; i < sample.Length; i++)
+            Assert.Equal(tiny.Expected(sample[i], timesteps[i / perImage]), prediction[i], 1e-6f);
+    }
+
+    [Fact]
+    public void One_timestep_is_broadcast_over_the_batch()
+    {
+        using var temp = Fixtures.Temp();
+        var tiny = new TinyOnnxBundle();
+        using var session = OnnxDenoiserSession.Open(tiny.WriteTo(temp.Path), "cpu");
+        var sample = Ramp(2 * 64);
+        var prediction = session.Predict(sample, [2, 1, 8, 8], [500]);
+        for (int i = 0; i < sample.Length; i++)
+            Assert.Equal(tiny.Expected(sample[i], 500), prediction[i], 1e-6f);
+    }
+
+    [Fact]
+    public void Learned_sigma_channels_are_dropped_as_DiffusionModel_Predict_does()
+    {
+        using var temp = Fixtures.Temp();
+        var tiny = new TinyOnnxBundle { Channels = 2, Size = 4, SigmaChannels = 2 };
+        using var session = OnnxDenoiserSession.Open(tiny.WriteTo(temp.Path), "cpu");
+        Assert.True(session.Model.LearnedSigma);
+        Assert.Equal(4, session.Model.OutChannels);
+        var sample = Ramp(3 * 32);
+
+        var prediction = session.Predict(sample, [3, 2, 4, 4], [10, 20, 30]);
+
+        Assert.Equal(sample.Length, prediction.Length);
+        Assert.DoesNotContain(TinyOnnxBundle.SigmaValue, prediction);
+        for (int i = 0; i < sample.Length; i++)
+            Assert.Equal(tiny.Expected(sample[i], 10 * (i / 32 + 1)), prediction[i], 1e-6f);
+    }
+
+    [Fact]
+    public void Class_labels_feed_a_class_conditional_graph_and_are_required_there()
+    {
+        using var temp = Fixtures.Temp();
+        var tiny = new TinyOnnxBundle { NumClasses = 10, NullClass = 10 };
+        using var session = OnnxDenoiserSession.Open(tiny.WriteTo(temp.Path), "cpu");
+        Assert.Equal(10, session.Model.NumClasses);
+        Assert.Equal(10, session.Model.NullClass);
+        var sample = Ramp(2 * 64);
+
+        var prediction = session.Predict(sample, [2, 1, 8, 8], [7, 7], [3, 10]);
+
+        for (int i = 0; i < sample.Length; i++)
+            Assert.Equal(tiny.Expected(sample[i], 7, i < 64 ? 3 : 10), prediction[i], 1e-6f);
+        var error = Assert.Throws<ArgumentException>(() => session.Predict(sample, [2, 1, 8, 8], [7, 7]));
+        Assert.Contains("class-conditional", error.Message);
+    }
+
+    [Fact]
+    public void A_sample_of_the_wrong_shape_is_refused_before_running()
+    {
+        using var temp = Fixtures.Temp();
+        using var session = OnnxDenoiserSession.Open(new TinyOnnxBundle().WriteTo(temp.Path), "cpu");
+        Assert.Throws<ArgumentException>(() => session.Predict(new float[64], [1, 2, 8, 4], [1]));
+        Assert.Throws<ArgumentException>(() => session.Predict(new float[63], [1, 1, 8, 8], [1]));
+        Assert.Throws<ArgumentException>(() => session.Predict(new float[128], [2, 1, 8, 8], [1, 2, 3]));
+    }
+
+    [Fact]
+    public void A_folder_without_model_onnx_says_to_run_dprune_export()
+    {
+        using var temp = Fixtures.Temp();
+        File.WriteAllText(temp.File("config.json"), "{}");
+        var error = Assert.Throws<FileNotFoundException>(() => OnnxDenoiserSession.Open(temp.Path, "cpu"));
+        Assert.Contains("model.onnx", error.Message);
+        Assert.Contains("onnx_model.json", error.Message);
+        Assert.Contains("dprune export", error.Message);
+    }
+
+    [Fact]
+    public void Metadata_that_disagrees_with_the_graph_is_refused()
+    {
+        using var temp = Fixtures.Temp();
+        string folder = new TinyOnnxBundle().WriteTo(temp.Path);
+        var info = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, OnnxModelInfo.FileName)))!.AsObject();
+        info["num_classes"] = 10;
+        File.WriteAllText(Path.Combine(folder, OnnxModelInfo.FileName), info.ToJsonString());
+        var error = Assert.Throws<InvalidDataException>(() => OnnxDenoiserSession.Open(folder, "cpu"));
+        Assert.Contains("class_labels", error.Message);
+    }
+
+    [Fact]
+    public void A_corrupt_model_onnx_is_a_clear_error()
+    {
+        using var temp = Fixtures.Temp();
+        string folder = new TinyOnnxBundle().WriteTo(temp.Path);
+        File.WriteAllText(Path.Combine(folder, OnnxBundle.ModelFileName), "not a protobuf");
+        var error = Assert.Throws<InvalidDataException>(() => OnnxDenoiserSession.Open(folder, "cpu"));
+        Assert.Contains("export the model again", error.Message);
+    }
+
+    [Fact]
+    public void Model_info_accepts_names_or_objects_and_both_sample_size_forms()
+    {
+        var info = OnnxModelInfo.Parse("""
+            {"opset": 17, "inputs": [{"name": "sample", "shape": ["batch", 4, 16, 16]}, "timestep"], "outputs": ["out_sample"],
+             "sample_size": [16, 24], "in_channels": 4, "out_channels": 8, "num_classes": 1000, "null_class": 1000,
+             "parameters": 12345678901, "macs": 2}
+            """);
+        Assert.Equal(["sample", "timestep"], info.Inputs);
+        Assert.Equal([16, 24], info.SampleSize);
+        Assert.True(info.LearnedSigma);
+        Assert.Equal(12345678901L, info.Parameters);
+        Assert.Equal(1000, info.NullClass);
+        var bad = Assert.Throws<InvalidDataException>(() => OnnxModelInfo.Parse("""{"sample_size": 8}"""));
+        Assert.Contains("in_channels", bad.Message);
+    }
+}
