@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Training;
@@ -47,9 +48,9 @@ public sealed record ExportResult(string OutputPath, IReadOnlyList<string> Files
 /// </summary>
 public static class ModelExporter
 {
-    public const string OnnxMetadataName = "onnx_model.json";
+    public const string OnnxMetadataName = OnnxModelInfo.FileName;
     public const string ModelCardName = "README.md";
-    public const string SchedulerConfigName = "scheduler_config.json";
+    public const string SchedulerConfigName = OnnxBundle.SchedulerConfigFileName;
 
     /// <summary>Parses a comma list such as "safetensors,onnx" (case-insensitive, duplicates ignored, order kept).</summary>
     public static IReadOnlyList<ExportFormat> ParseFormats(string? list)
@@ -112,7 +113,7 @@ public static class ModelExporter
         if (onnx is not null)
         {
             OnnxModelWriter.Write(onnx, Path.Combine(output, OnnxContract.FileName));
-            File.WriteAllText(Path.Combine(output, OnnxMetadataName), OnnxMetadata(model, onnx, cost).ToJsonString(Indented));
+            File.WriteAllText(Path.Combine(output, OnnxMetadataName), OnnxMetadata(model, onnx, cost).ToJsonString());
             files.Add(OnnxContract.FileName);
             files.Add(OnnxMetadataName);
         }
@@ -124,41 +125,40 @@ public static class ModelExporter
         return new ExportResult(output, files, model.ClassName, cost.Parameters, cost.Macs, schedulerSource);
     }
 
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
-
-    /// <summary>onnx_model.json: the graph's interface (read back from the graph itself) and what a sampler needs to drive it.</summary>
-    public static JsonObject OnnxMetadata(DiffusionModel model, ModelProto onnx, ModelCostReport cost)
+    /// <summary>
+    /// onnx_model.json (format and key names: <see cref="OnnxModelInfo"/>, which the runtimes parse back): the graph's
+    /// interface, read from the graph itself, and what a sampler needs to drive it.
+    /// </summary>
+    public static OnnxModelInfo OnnxMetadata(DiffusionModel model, ModelProto onnx, ModelCostReport cost)
     {
-        static JsonObject Describe(ValueInfoProto v) => new()
-        {
-            ["name"] = v.Name,
-            ["dtype"] = (DataType)v.Type.TensorType.ElemType switch
+        static OnnxTensorInfo Describe(ValueInfoProto v) => new(
+            v.Name,
+            (DataType)v.Type.TensorType.ElemType switch
             {
-                DataType.Float => "float32",
-                DataType.Int64 => "int64",
+                DataType.Float => OnnxTensorInfo.Float32,
+                DataType.Int64 => OnnxTensorInfo.Int64,
                 var other => other.ToString().ToLowerInvariant(),
             },
-            ["shape"] = new JsonArray(v.Type.TensorType.Shape.Dim
-                .Select(d => d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam ? (JsonNode)JsonValue.Create(d.DimParam)! : JsonValue.Create(d.DimValue))
-                .ToArray()),
-        };
-        return new JsonObject
+            v.Type.TensorType.Shape.Dim
+                .Select(d => d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimParam ? OnnxDimension.Dynamic(d.DimParam) : OnnxDimension.Fixed(d.DimValue))
+                .ToArray());
+        return new OnnxModelInfo
         {
-            ["file"] = OnnxContract.FileName,
-            ["opset"] = onnx.OpsetImport.Single(o => o.Domain == "").Version,
-            ["ir_version"] = onnx.IrVersion,
-            ["class_name"] = model.ClassName,
-            ["inputs"] = new JsonArray(onnx.Graph.Input.Select(i => (JsonNode)Describe(i)).ToArray()),
-            ["outputs"] = new JsonArray(onnx.Graph.Output.Select(o => (JsonNode)Describe(o)).ToArray()),
-            ["sample_size"] = new JsonArray(model.SampleSize.Select(s => (JsonNode)JsonValue.Create(s)).ToArray()),
-            ["in_channels"] = model.InChannels,
-            ["out_channels"] = model.OutChannels,
-            ["learned_sigma"] = model.LearnedSigma,
-            ["num_classes"] = model.NumClasses,
-            ["null_class"] = model.NullClass,
-            ["parameters"] = cost.Parameters,
-            ["macs"] = cost.Macs,
-            ["pruned"] = !model.Structure.IsEmpty,
+            File = OnnxContract.FileName,
+            Opset = (int)onnx.OpsetImport.Single(o => o.Domain == "").Version,
+            IrVersion = onnx.IrVersion,
+            ClassName = model.ClassName,
+            Inputs = onnx.Graph.Input.Select(Describe).ToArray(),
+            Outputs = onnx.Graph.Output.Select(Describe).ToArray(),
+            SampleSize = model.SampleSize.ToArray(),
+            InChannels = model.InChannels,
+            OutChannels = model.OutChannels,
+            LearnedSigma = model.LearnedSigma,
+            NumClasses = model.NumClasses,
+            NullClass = model.NullClass,
+            Parameters = cost.Parameters,
+            Macs = cost.Macs,
+            Pruned = !model.Structure.IsEmpty,
         };
     }
 

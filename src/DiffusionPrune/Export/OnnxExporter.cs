@@ -1,4 +1,5 @@
 using System.Reflection;
+using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using Google.Protobuf;
 using Onnx;
@@ -21,15 +22,17 @@ namespace DiffusionPrune.Export;
 /// in_channels, as <see cref="DiffusionModel.Predict"/> splits it.</item>
 /// </list>
 /// Opset 17 of the default (ai.onnx) domain, IR version 8, float32 weights as initializers in the one file.
+/// The names are defined once, in the TorchSharp-free <see cref="OnnxBundle"/> that the runtimes read them from;
+/// onnx_model.json beside the graph is <see cref="OnnxModelInfo"/>.
 /// </summary>
 public static class OnnxContract
 {
-    public const string SampleInput = "sample";
-    public const string TimestepInput = "timestep";
-    public const string ClassLabelsInput = "class_labels";
-    public const string Output = "out_sample";
-    public const string BatchDim = "batch";
-    public const string FileName = "model.onnx";
+    public const string SampleInput = OnnxBundle.SampleInput;
+    public const string TimestepInput = OnnxBundle.TimestepInput;
+    public const string ClassLabelsInput = OnnxBundle.ClassLabelsInput;
+    public const string Output = OnnxBundle.Output;
+    public const string BatchDim = OnnxBundle.BatchDim;
+    public const string FileName = OnnxBundle.ModelFileName;
 
     /// <summary>The input names of a model's graph, in order.</summary>
     public static string[] InputNames(DiffusionModel model) => TakesClassLabels(model)

@@ -57,7 +57,7 @@ public sealed class InferenceModel : IDisposable
         Path = path;
         _onnx = onnx;
         var info = onnx.Model;
-        ClassName = ReadClassName(path) ?? "ONNX model";
+        ClassName = info.ClassName ?? "ONNX model";
         InChannels = info.InChannels;
         SampleSize = info.SampleSize;
         NumClasses = info.NumClasses;
@@ -110,20 +110,5 @@ public sealed class InferenceModel : IDisposable
     {
         _torch?.Dispose();
         _onnx?.Dispose();
-    }
-
-    /// <summary>The diffusers class the bundle was exported from (its config.json), when the bundle carries one.</summary>
-    private static string? ReadClassName(string folder)
-    {
-        string config = System.IO.Path.Combine(folder, "config.json");
-        if (!File.Exists(config)) return null;
-        try
-        {
-            return ConfigJson.Load(config).ClassName;
-        }
-        catch (ModelFormatException)
-        {
-            return null;
-        }
     }
 }

@@ -12,10 +12,10 @@ namespace DiffusionPrune.Inference.Onnx;
 /// </summary>
 public sealed class OnnxDenoiserSession : IDisposable
 {
-    public const string SampleInput = "sample";
-    public const string TimestepInput = "timestep";
-    public const string ClassLabelsInput = "class_labels";
-    public const string OutputName = "out_sample";
+    public const string SampleInput = OnnxBundle.SampleInput;
+    public const string TimestepInput = OnnxBundle.TimestepInput;
+    public const string ClassLabelsInput = OnnxBundle.ClassLabelsInput;
+    public const string OutputName = OnnxBundle.Output;
 
     private readonly OnnxSession _session;
     private readonly string _outputName;
@@ -39,15 +39,23 @@ public sealed class OnnxDenoiserSession : IDisposable
         var inputs = session.Session.InputMetadata;
         RequireInput(inputs, SampleInput, typeof(float), where);
         RequireInput(inputs, TimestepInput, typeof(long), where);
-        _takesLabels = inputs.ContainsKey(ClassLabelsInput);
-        if (_takesLabels) RequireInput(inputs, ClassLabelsInput, typeof(long), where);
-        if (_takesLabels != model.NumClasses is not null)
-            throw new InvalidDataException(_takesLabels
-                ? $"'{where}' takes class_labels but {OnnxModelInfo.FileName} has no num_classes; the two files do not belong together. Export the model again."
-                : $"{OnnxModelInfo.FileName} says the model has {model.NumClasses} classes but '{where}' has no class_labels input; the two files do not belong together. Export the model again.");
         var unexpected = inputs.Keys.Except([SampleInput, TimestepInput, ClassLabelsInput]).ToArray();
         if (unexpected.Length > 0)
             throw new InvalidDataException($"'{where}' has inputs we do not feed ({string.Join(", ", unexpected)}); a denoiser takes sample, timestep and (class-conditional) class_labels.");
+        if (!inputs.Keys.Order(StringComparer.Ordinal).SequenceEqual(model.InputNames.Order(StringComparer.Ordinal)))
+            throw new InvalidDataException(
+                $"'{where}' has inputs {string.Join(", ", inputs.Keys)} but {OnnxModelInfo.FileName} lists {string.Join(", ", model.InputNames)}; " +
+                "the two files do not belong together. Export the model again.");
+        _takesLabels = inputs.ContainsKey(ClassLabelsInput);
+        if (_takesLabels && model.NumClasses is null)
+            // A U-Net whose class_embed_type is "timestep" or "identity" exports fine but has no class count to sample from.
+            throw new NotSupportedException(
+                $"'{where}' takes class_labels but its model has no num_classes (a class embedding of type timestep or identity); " +
+                "sampling feeds labels from a class table, so the ONNX backend runs unconditional models and models with num_class_embeds or a DiT.");
+        if (!_takesLabels && model.NumClasses is not null)
+            throw new InvalidDataException(
+                $"{OnnxModelInfo.FileName} says the model has {model.NumClasses} classes but '{where}' has no class_labels input; the two files do not belong together. Export the model again.");
+        if (_takesLabels) RequireInput(inputs, ClassLabelsInput, typeof(long), where);
         _outputName = session.Session.OutputMetadata.ContainsKey(OutputName) ? OutputName : session.Session.OutputNames[0];
         if (session.Session.OutputMetadata[_outputName].ElementType != typeof(float))
             throw new InvalidDataException($"'{where}': output '{_outputName}' is not float32.");

@@ -119,19 +119,43 @@ public class OnnxDenoiserSessionTests
     }
 
     [Fact]
-    public void Model_info_accepts_names_or_objects_and_both_sample_size_forms()
+    public void Model_info_reads_back_what_it_writes()
     {
-        var info = OnnxModelInfo.Parse("""
-            {"opset": 17, "inputs": [{"name": "sample", "shape": ["batch", 4, 16, 16]}, "timestep"], "outputs": ["out_sample"],
-             "sample_size": [16, 24], "in_channels": 4, "out_channels": 8, "num_classes": 1000, "null_class": 1000,
-             "parameters": 12345678901, "macs": 2}
-            """);
-        Assert.Equal(["sample", "timestep"], info.Inputs);
-        Assert.Equal([16, 24], info.SampleSize);
-        Assert.True(info.LearnedSigma);
-        Assert.Equal(12345678901L, info.Parameters);
-        Assert.Equal(1000, info.NullClass);
-        var bad = Assert.Throws<InvalidDataException>(() => OnnxModelInfo.Parse("""{"sample_size": 8}"""));
-        Assert.Contains("in_channels", bad.Message);
+        var written = new TinyOnnxBundle { Channels = 4, Size = 16, NumClasses = 1000, NullClass = 1000, SigmaChannels = 4 }.Info() with
+        {
+            SampleSize = [16, 24],
+            Parameters = 12345678901,
+            Pruned = true,
+        };
+
+        var read = OnnxModelInfo.Parse(written.ToJsonString());
+
+        Assert.Equal(written.ToJsonString(), read.ToJsonString());
+        Assert.Equal(["sample", "timestep", "class_labels"], read.InputNames);
+        Assert.Equal(["batch", "4", "16", "16"], read.Inputs[0].Shape.Select(d => d.ToString()));
+        Assert.Equal("int64", read.Inputs[1].DType);
+        Assert.Equal([16, 24], read.SampleSize);
+        Assert.True(read.LearnedSigma);
+        Assert.Equal(12345678901L, read.Parameters);
+        Assert.Equal(1000, read.NullClass);
+        Assert.Equal("TinyDenoiser", read.ClassName);
+    }
+
+    [Theory]
+    [InlineData("in_channels", null, "in_channels")]
+    [InlineData("learned_sigma", null, "learned_sigma")]
+    [InlineData("inputs", """["sample", "timestep"]""", "\"name\", \"dtype\" and \"shape\"")]
+    [InlineData("sample_size", "8", "[height, width]")]
+    [InlineData("out_channels", "3", "out_channels 3")]
+    [InlineData("num_classes", null, "null_class 10 without num_classes")]
+    public void Model_info_outside_the_exported_format_is_a_clear_error(string key, string? value, string message)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(new TinyOnnxBundle { NumClasses = 10, NullClass = 10 }.Info().ToJsonString())!.AsObject();
+        if (value is null) json.Remove(key);
+        else json[key] = System.Text.Json.Nodes.JsonNode.Parse(value);
+
+        var error = Assert.Throws<InvalidDataException>(() => OnnxModelInfo.Parse(json.ToJsonString()));
+
+        Assert.Contains(message, error.Message);
     }
 }

@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using DiffusionPrune.Inference.Onnx;
 using Google.Protobuf;
 using Onnx;
@@ -35,25 +34,38 @@ public sealed record TinyOnnxBundle
     {
         Directory.CreateDirectory(folder);
         File.WriteAllBytes(Path.Combine(folder, OnnxBundle.ModelFileName), BuildModel().ToByteArray());
-        var inputs = new JsonArray("sample", "timestep");
-        if (NumClasses is not null) inputs.Add("class_labels");
-        var info = new JsonObject
-        {
-            ["opset"] = 17,
-            ["inputs"] = inputs,
-            ["outputs"] = new JsonArray("out_sample"),
-            ["sample_size"] = Size,
-            ["in_channels"] = Channels,
-            ["out_channels"] = Channels + SigmaChannels,
-            ["learned_sigma"] = SigmaChannels > 0,
-            ["num_classes"] = NumClasses,
-            ["null_class"] = NullClass,
-            ["parameters"] = 1234,
-            ["macs"] = 5678,
-        };
-        File.WriteAllText(Path.Combine(folder, OnnxModelInfo.FileName), info.ToJsonString());
+        File.WriteAllText(Path.Combine(folder, OnnxModelInfo.FileName), Info().ToJsonString());
         File.WriteAllText(Path.Combine(folder, OnnxBundle.SchedulerConfigFileName), schedulerConfigJson ?? DefaultSchedulerConfig);
         return folder;
+    }
+
+    /// <summary>onnx_model.json as <c>dprune export</c> writes it for this graph.</summary>
+    public OnnxModelInfo Info()
+    {
+        var batch = OnnxDimension.Dynamic(OnnxBundle.BatchDim);
+        var inputs = new List<OnnxTensorInfo>
+        {
+            new(OnnxBundle.SampleInput, OnnxTensorInfo.Float32, [batch, OnnxDimension.Fixed(Channels), OnnxDimension.Fixed(Size), OnnxDimension.Fixed(Size)]),
+            new(OnnxBundle.TimestepInput, OnnxTensorInfo.Int64, [batch]),
+        };
+        if (NumClasses is not null) inputs.Add(new(OnnxBundle.ClassLabelsInput, OnnxTensorInfo.Int64, [batch]));
+        return new OnnxModelInfo
+        {
+            Opset = 17,
+            IrVersion = 8,
+            ClassName = "TinyDenoiser",
+            Inputs = inputs,
+            Outputs = [new(OnnxBundle.Output, OnnxTensorInfo.Float32,
+                [batch, OnnxDimension.Fixed(Channels + SigmaChannels), OnnxDimension.Fixed(Size), OnnxDimension.Fixed(Size)])],
+            SampleSize = [Size, Size],
+            InChannels = Channels,
+            OutChannels = Channels + SigmaChannels,
+            LearnedSigma = SigmaChannels > 0,
+            NumClasses = NumClasses,
+            NullClass = NullClass,
+            Parameters = 1234,
+            Macs = 5678,
+        };
     }
 
     /// <summary>A DDIM config with clipping off, so the tiny graph's numbers pass through the scheduler unchanged.</summary>
