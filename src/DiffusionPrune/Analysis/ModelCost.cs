@@ -66,7 +66,14 @@ public static class ModelCost
             var device = model.parameters().FirstOrDefault()?.device ?? CPU;
             var sample = zeros([1, model.InChannels, size[0], size[1]], device: device);
             var timestep = tensor(500L, device: device);
-            Tensor? labels = model.NumClasses is null ? null : zeros([1], ScalarType.Int64, device);
+            // Whatever conditioning the model takes: a class index, or (class_embed_type "timestep"/"identity", which
+            // have no class count) a value for the timestep projection or a ready-made embedding.
+            Tensor? labels = model switch
+            {
+                UNet2DModel { ClassEmbedding: Identity } unet => zeros([1, unet.Config.TimeEmbedDim], device: device),
+                UNet2DModel { ClassEmbedding: not null } => zeros([1], ScalarType.Int64, device),
+                _ => model.NumClasses is null ? null : zeros([1], ScalarType.Int64, device),
+            };
             model.Forward(sample, timestep, labels);
         }
         finally
