@@ -10,7 +10,7 @@ namespace DiffusionPrune.Tests.Inference.Onnx;
 /// The sampling loop on ONNX Runtime: the TorchSharp adapter under <see cref="DiffusionSampler"/> (the scheduler and
 /// guidance code the torch backend uses) and the TorchSharp-free <see cref="ArrayDiffusionSampler"/> of the demo.
 /// The tiny graph's output is known in closed form, so the adapter is checked against the same formula in torch.
-/// (Parity of a real exported U-Net or DiT with its torch model waits for the exporter.)
+/// Real exported U-Nets and DiTs against their torch models: ExportedBundleParityTests.
 /// </summary>
 public class OnnxSamplingTests
 {
