@@ -10,7 +10,7 @@ steps_list=("$@")
 [ ${#steps_list[@]} -eq 0 ] && steps_list=(10 25 50)
 dotnet build src/DiffusionPrune.Cli -c Release -v quiet >/dev/null
 dprune=src/DiffusionPrune.Cli/bin/Release/net10.0/linux-x64/dprune
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
+echo "machine: $(nproc --all) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
 mkdir -p out/benchmarks
 for steps in "${steps_list[@]}"; do
   echo "command: dprune eval --model $model --samples $n --steps $steps --scheduler ddim --batch 64 --seed 0"

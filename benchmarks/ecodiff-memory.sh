@@ -16,7 +16,7 @@ steps_list=("$@")
 dotnet build src/DiffusionPrune.Cli -c Release -v quiet >/dev/null
 dprune=src/DiffusionPrune.Cli/bin/Release/net10.0/linux-x64/dprune
 echo "command: dprune prune --probe-memory --model $model --steps {${steps_list[*]}} [--no-checkpointing]"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
+echo "machine: $(nproc --all) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
 for steps in "${steps_list[@]}"; do
   "$dprune" prune --probe-memory --model "$model" --steps "$steps" 2>/dev/null | grep '^steps='
   "$dprune" prune --probe-memory --model "$model" --steps "$steps" --no-checkpointing 2>/dev/null | grep '^steps=' \

@@ -10,7 +10,7 @@ arch=unet; grep -q DiTTransformer2DModel "$config" && arch=dit
 out=$(mktemp -d)
 dotnet build src/DiffusionPrune.Cli -c Release -v quiet >/dev/null
 echo "command: dprune train --arch $arch --config $config --steps $steps --batch $batch"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
+echo "machine: $(nproc --all) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
 start=$(date +%s.%N)
 src/DiffusionPrune.Cli/bin/Release/net10.0/linux-x64/dprune train --arch "$arch" --config "$config" \
   --steps "$steps" --batch "$batch" --warmup 5 --checkpoint-every 100000 --output "$out" --device cpu 2>/dev/null | tail -1

@@ -20,7 +20,7 @@ public static class PruneCommand
         var lr = new Option<double>("--lr") { Description = "EcoDiff logit learning rate.", DefaultValueFactory = _ => 0.1 };
         var regularizer = new Option<string>("--regularizer") { Description = "l0 | l1.", DefaultValueFactory = _ => "l0" };
         var weighting = new Option<string>("--regularizer-weighting") { Description = "parameters (each unit weighs its parameter count) | units (as the paper).", DefaultValueFactory = _ => "parameters" };
-        var betaControl = new Option<string>("--beta-control") { Description = "target (steer beta until the expected kept fraction meets the target) | fixed (as the paper).", DefaultValueFactory = _ => "target" };
+        var betaControl = new Option<string>("--beta-control") { Description = "target (steer beta until the expected kept fraction meets the target) | fixed (as the paper; default).", DefaultValueFactory = _ => "fixed" };
         var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };

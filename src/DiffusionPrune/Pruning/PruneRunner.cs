@@ -26,8 +26,12 @@ public sealed record PruneRequest
     public double MinKeepFraction { get; init; } = 0.1;
     /// <summary>EcoDiff settings beyond iterations and seed (beta, learning rate, regulariser, gates, checkpointing).</summary>
     public EcoDiffOptions EcoDiff { get; init; } = new();
-    /// <summary>EcoDiff: steer beta so the expected kept fraction settles at 1 − <see cref="TargetParams"/> (true), or keep beta fixed as the paper (false).</summary>
-    public bool SteerBetaToTarget { get; init; } = true;
+    /// <summary>
+    /// EcoDiff: steer beta so the expected kept fraction settles at 1 − <see cref="TargetParams"/> (true), or keep beta
+    /// fixed as the paper (false, default). Steering overshoots on the default U-Net: units closed to an exact-zero gate
+    /// get no reconstruction gradient and cannot reopen (docs/BENCHMARKS.md), so it is an option, not the default.
+    /// </summary>
+    public bool SteerBetaToTarget { get; init; }
 }
 
 public sealed record PruneReport(
