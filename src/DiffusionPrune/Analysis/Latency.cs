@@ -71,9 +71,13 @@ public sealed record LatencyResult(string Backend, int Batch, int WarmupRuns, in
         ["median_ms_per_image"] = Round(MedianMsPerImage),
     };
 
-    public static LatencyResult FromJson(JsonNode json) => new(
-        json["backend"]!.GetValue<string>(), json["batch"]!.GetValue<int>(), json["warmup_runs"]!.GetValue<int>(), json["timed_runs"]!.GetValue<int>(),
-        json["median_ms"]!.GetValue<double>(), json["p10_ms"]!.GetValue<double>(), json["p90_ms"]!.GetValue<double>());
+    /// <exception cref="InvalidDataException">A key is missing.</exception>
+    public static LatencyResult FromJson(JsonNode json)
+    {
+        JsonNode Need(string key) => json[key] ?? throw new InvalidDataException($"A latency result has no \"{key}\".");
+        return new LatencyResult(Need("backend").GetValue<string>(), Need("batch").GetValue<int>(), Need("warmup_runs").GetValue<int>(),
+            Need("timed_runs").GetValue<int>(), Need("median_ms").GetValue<double>(), Need("p10_ms").GetValue<double>(), Need("p90_ms").GetValue<double>());
+    }
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
         $"{Backend} batch {Batch}: median {MedianMs:F2} ms [p10 {P10Ms:F2}, p90 {P90Ms:F2}] = {MedianMsPerImage:F2} ms/image ({TimedRuns} runs after {WarmupRuns} warm-up)");
