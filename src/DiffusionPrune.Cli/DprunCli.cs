@@ -16,6 +16,7 @@ public static class DprunCli
         FeatureNetCommand.Create(),
         PruneCommand.Create(),
         ExportCommand.Create(),
+        BatchCommand.Create(),
     };
 
     public static int Run(string[] args) => Build().Parse(args).Invoke();

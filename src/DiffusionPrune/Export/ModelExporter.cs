@@ -34,6 +34,9 @@ public sealed record ExportRequest
 
     /// <summary>The date written in the model card (default: now, UTC).</summary>
     public DateTimeOffset? ExportedAt { get; init; }
+
+    /// <summary>scheduler_config.json to ship (default: the model's own, else the project's default DDPM schedule).</summary>
+    public string? SchedulerConfigPath { get; init; }
 }
 
 /// <summary>What was written, with the cost figures the card and onnx_model.json state.</summary>
@@ -92,7 +95,9 @@ public static class ModelExporter
             onnx = OnnxExporter.Export(model);
             log?.Invoke($"built the ONNX graph: {onnx.Graph.Node.Count} nodes, opset {OnnxGraph.Opset}");
         }
-        string? schedulerPath = DiffusersModelLoader.FindSchedulerConfig(source);
+        if (request.SchedulerConfigPath is not null && !File.Exists(request.SchedulerConfigPath))
+            throw new FileNotFoundException($"No scheduler config at '{request.SchedulerConfigPath}'.", request.SchedulerConfigPath);
+        string? schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(source);
         var reports = FindReports(source);
 
         // 2. the bundle

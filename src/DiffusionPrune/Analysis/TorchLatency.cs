@@ -1,0 +1,58 @@
+using System.Diagnostics;
+using DiffusionPrune.Export;
+using DiffusionPrune.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Analysis;
+
+/// <summary>
+/// Latency of <see cref="DiffusionModel.Forward"/> in TorchSharp (eval mode, no_grad) on the same inputs
+/// <see cref="OnnxLatency"/> feeds ONNX Runtime, so the two backends compare run for run. Time it on the CPU
+/// for that comparison; on CUDA each timed call waits for the output to reach the host.
+/// </summary>
+public static class TorchLatency
+{
+    public static IReadOnlyList<LatencyResult> Measure(DiffusionModel model, IReadOnlyList<int> batches, LatencyOptions? options = null, Action<string>? log = null)
+    {
+        options ??= new LatencyOptions();
+        options.Validate();
+        LatencyOptions.ValidateBatches(batches);
+        model.eval();
+        var device = model.parameters().FirstOrDefault()?.device ?? CPU;
+        var (classInput, embeddingDim) = model switch
+        {
+            UNet2DModel { Config.ClassEmbedType: "identity" } unet => (ClassInputKind.Embedding, unet.Config.TimeEmbedDim),
+            _ when OnnxContract.TakesClassLabels(model) => (ClassInputKind.Labels, 0),
+            _ => (ClassInputKind.None, 0),
+        };
+        var results = new List<LatencyResult>();
+        foreach (int batch in batches)
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var inputs = LatencyInputs.Create(batch, model.InChannels, model.SampleSize[0], model.SampleSize[1], classInput, embeddingDim, options.Seed);
+            var sample = tensor(inputs.Sample, inputs.SampleShape).to(device);
+            var timesteps = tensor(inputs.Timesteps, [batch]).to(device);
+            Tensor? labels = inputs.ClassInput switch
+            {
+                ClassInputKind.Labels => tensor(inputs.ClassLabels!, inputs.ClassShape!).to(device),
+                ClassInputKind.Embedding => tensor(inputs.ClassEmbeddings!, inputs.ClassShape!).to(device),
+                _ => null,
+            };
+            var timings = new List<double>(options.TimedRuns);
+            for (int run = 0; run < options.WarmupRuns + options.TimedRuns; run++)
+            {
+                using var runScope = NewDisposeScope();
+                long start = Stopwatch.GetTimestamp();
+                var output = model.Forward(sample, timesteps, labels);
+                if (device.type != DeviceType.CPU) output.cpu();
+                if (run >= options.WarmupRuns) timings.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+            var result = LatencyResult.FromTimings(LatencyResult.TorchSharp, batch, options.WarmupRuns, timings);
+            log?.Invoke(result.ToString());
+            results.Add(result);
+        }
+        return results;
+    }
+}

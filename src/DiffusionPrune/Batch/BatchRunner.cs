@@ -1,0 +1,276 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Evaluation;
+using DiffusionPrune.Export;
+using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Training;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Batch;
+
+/// <summary>How a batch runs; the plan says what.</summary>
+public sealed record BatchRunOptions
+{
+    /// <summary>Run every item again, even those finished with the same settings (their folders are emptied first).</summary>
+    public bool Force { get; init; }
+
+    /// <summary>Where pruning and evaluation run; latency is always timed on the CPU (ONNX Runtime's CPU session's peer).</summary>
+    public Device? Device { get; init; }
+
+    /// <summary>One line per step of each item.</summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>Images sampled so far of the current evaluation (done, total).</summary>
+    public Action<int, int>? OnEvalProgress { get; init; }
+
+    /// <summary>EcoDiff's mask-optimisation iterations of the current item.</summary>
+    public Action<EcoDiffIterationReport>? OnPruneIteration { get; init; }
+
+    /// <summary>Checked between the steps of an item; an item cut short leaves no marker and is redone next time.</summary>
+    public CancellationToken Cancellation { get; init; }
+}
+
+/// <summary>What a run did: items run now, items skipped as already finished, items that failed, and the summary files.</summary>
+public sealed record BatchRunResult(int Ran, int Skipped, IReadOnlyList<(BatchItem Item, string Error)> Failed, BatchSummaryFiles Summary);
+
+/// <summary>
+/// Runs a <see cref="BatchPlan"/>: for each model its original and every method x target, each item
+/// pruned (not the original) → evaluated (the original as SSIM reference) → exported as a bundle → timed in ONNX Runtime
+/// (and TorchSharp), in its own folder. An item is finished when its <see cref="ItemFileName"/> exists; that file is
+/// written last and atomically, holding every result, so an interrupted run resumes where it stopped: finished items
+/// with the same settings are skipped, a half-finished one is started over. Then summary.md, summary.csv and
+/// pareto.png are written from the item files (see <see cref="BatchSummary"/>).
+/// </summary>
+public static class BatchRunner
+{
+    public const string ItemFileName = "item.json";
+    public const string ItemFormat = "dprune-batch-item/1";
+    public const string ModelFolderName = "model";
+    public const string BundleFolderName = "bundle";
+    public const string EvalReportName = "eval_report.json";
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null)
+    {
+        options ??= new BatchRunOptions();
+        var log = options.Log ?? (_ => { });
+        var items = plan.Items();
+        Directory.CreateDirectory(plan.Output);
+        log($"batch {Path.GetFileName(plan.PlanPath)}: {items.Count} items ({plan.Models.Count} model(s) x (original + {plan.Methods.Count} method(s) x {plan.Targets.Count} target(s))) in {plan.Output}");
+        int ran = 0, skipped = 0;
+        var failed = new List<(BatchItem, string)>();
+        for (int i = 0; i < items.Count; i++)
+        {
+            options.Cancellation.ThrowIfCancellationRequested();
+            var item = items[i];
+            string prefix = $"[{i + 1}/{items.Count}] {item}";
+            string folder = plan.FolderOf(item);
+            var state = Inspect(plan, item);
+            if (state == ItemState.Finished && !options.Force)
+            {
+                log($"{prefix}: finished earlier, skipped");
+                skipped++;
+                continue;
+            }
+            string? why = options.Force && state != ItemState.Missing ? "--force: running again"
+                : state switch
+                {
+                    ItemState.Unfinished => "an earlier run stopped part-way; starting it over",
+                    ItemState.Stale => "finished earlier with other settings; running again",
+                    _ => null,
+                };
+            if (why is not null) log($"{prefix}: {why}");
+            try
+            {
+                if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+                RunItem(plan, item, folder, options, message => log($"{prefix}: {message}"));
+                ran++;
+            }
+            catch (OperationCanceledException)
+            {
+                log($"{prefix}: cancelled; it will be redone on the next run");
+                throw;
+            }
+            catch (Exception e)
+            {
+                log($"{prefix}: FAILED: {e.Message}");
+                failed.Add((item, e.Message));
+            }
+            finally
+            {
+                NativeMemory.Trim();
+            }
+        }
+        var summary = BatchSummary.Write(plan);
+        log($"wrote {summary.Markdown}, {summary.Csv} and {summary.Pareto}");
+        log($"{ran} item(s) run, {skipped} skipped as finished, {failed.Count} failed");
+        return new BatchRunResult(ran, skipped, failed, summary);
+    }
+
+    public enum ItemState
+    {
+        /// <summary>No folder: never started.</summary>
+        Missing,
+
+        /// <summary>A folder without a readable item file: a run stopped part-way (or the file was deleted).</summary>
+        Unfinished,
+
+        /// <summary>An item file written with settings other than the plan's now.</summary>
+        Stale,
+
+        /// <summary>An item file with the plan's settings.</summary>
+        Finished,
+    }
+
+    public static ItemState Inspect(BatchPlan plan, BatchItem item)
+    {
+        string folder = plan.FolderOf(item);
+        if (!Directory.Exists(folder)) return ItemState.Missing;
+        var record = ReadItem(folder);
+        if (record is null) return ItemState.Unfinished;
+        return JsonNode.DeepEquals(record["settings"], plan.SettingsOf(item)) ? ItemState.Finished : ItemState.Stale;
+    }
+
+    /// <summary>The item file of a finished item, or null when there is none (or it is not ours).</summary>
+    public static JsonObject? ReadItem(string folder)
+    {
+        string path = Path.Combine(folder, ItemFileName);
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path)) is JsonObject o && o["format"]?.GetValue<string>() == ItemFormat ? o : null;
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        {
+            return null;
+        }
+    }
+
+    private static void RunItem(BatchPlan plan, BatchItem item, string folder, BatchRunOptions options, Action<string> log)
+    {
+        var watch = Stopwatch.StartNew();
+        var device = options.Device ?? CPU;
+        var cancel = options.Cancellation;
+        Directory.CreateDirectory(folder);
+
+        // 1. prune (the original is used as it is)
+        string modelFolder = item.Model.Path;
+        string? schedulerConfig = item.Model.SchedulerConfigPath;
+        PruneReport? prune = null;
+        if (!item.IsOriginal)
+        {
+            log($"pruning with {item.Method} to remove {item.Target:0.##%} of the parameters");
+            modelFolder = Path.Combine(folder, ModelFolderName);
+            prune = PruneRunner.Run(new PruneRequest
+            {
+                ModelPath = item.Model.Path,
+                Method = item.Method!,
+                TargetParams = item.Target!.Value,
+                OutputPath = modelFolder,
+                SchedulerConfigPath = item.Model.SchedulerConfigPath,
+                Steps = plan.Prune.Steps,
+                Iterations = plan.Prune.Iterations,
+                Calibration = plan.Prune.Calibration,
+                Seed = plan.Prune.Seed,
+                Scope = plan.Prune.Scope,
+            }, device, null, options.OnPruneIteration);
+            schedulerConfig = null; // the pruned folder holds a copy
+            log(string.Create(CultureInfo.InvariantCulture, $"removed {prune.AchievedParams:0.0%} of the parameters ({prune.ParametersBefore:N0} -> {prune.ParametersAfter:N0}) in {prune.Seconds:F1} s"));
+        }
+        cancel.ThrowIfCancellationRequested();
+
+        // 2. evaluate, with the original as the paired-SSIM reference
+        log($"evaluating: {plan.Eval.Samples} samples x {plan.Eval.Steps} {plan.Eval.Scheduler} steps" + (item.IsOriginal ? "" : ", and the original from the same noise"));
+        var eval = ModelEvaluator.Evaluate(new EvalRequest
+        {
+            ModelPath = modelFolder,
+            SchedulerConfigPath = schedulerConfig,
+            SchedulerName = plan.Eval.Scheduler,
+            Samples = plan.Eval.Samples,
+            Steps = plan.Eval.Steps,
+            GuidanceScale = plan.Eval.GuidanceScale,
+            Seed = plan.Eval.Seed,
+            BatchSize = plan.Eval.BatchSize,
+            ReferenceModelPath = item.IsOriginal ? null : item.Model.Path,
+            FeatureNetFolder = plan.Eval.FeatureNetFolder,
+            BootstrapResamples = plan.Eval.BootstrapResamples,
+        }, device, options.OnEvalProgress);
+        // beside the pruned model, so the bundle's model card lists it (the original's folder is the user's: left alone)
+        if (!item.IsOriginal) eval.Save(Path.Combine(modelFolder, EvalReportName));
+        string ssim = eval.Ssim is double value ? string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {value:F4}") : "";
+        log(string.Create(CultureInfo.InvariantCulture, $"FID-proxy {eval.Fid.Value:F3} [{eval.Fid.Lower:F3}, {eval.Fid.Upper:F3}], KID {eval.Kid.Mean:F5}{ssim}"));
+        cancel.ThrowIfCancellationRequested();
+
+        // 3. export the bundle
+        string bundle = Path.Combine(folder, BundleFolderName);
+        log($"exporting {string.Join(", ", plan.ExportFormats.Select(f => f.ToString().ToLowerInvariant()))}");
+        var export = ModelExporter.Export(new ExportRequest
+        {
+            ModelPath = modelFolder,
+            OutputPath = bundle,
+            Formats = plan.ExportFormats,
+            SchedulerConfigPath = schedulerConfig,
+        });
+        cancel.ThrowIfCancellationRequested();
+
+        // 4. latency: ONNX Runtime on the bundle's model.onnx, TorchSharp on the same model and inputs
+        JsonObject? latency = null;
+        if (plan.Latency is { } settings)
+        {
+            string batches = string.Join(", ", settings.Batches);
+            log($"timing ONNX Runtime at batch {batches} ({settings.Warmup} warm-up + {settings.Runs} runs)");
+            var onnx = OnnxLatency.Measure(Path.Combine(bundle, OnnxContract.FileName), settings.Batches, settings.ToOptions());
+            latency = new JsonObject { [LatencyResult.OnnxRuntimeCpu] = new JsonArray(onnx.Select(r => (JsonNode)r.ToJson()).ToArray()) };
+            cancel.ThrowIfCancellationRequested();
+            if (settings.Torch)
+            {
+                log($"timing TorchSharp at batch {batches}");
+                using var model = DiffusersModelLoader.Load(modelFolder, device: CPU);
+                var torch = TorchLatency.Measure(model, settings.Batches, settings.ToOptions());
+                latency[LatencyResult.TorchSharp] = new JsonArray(torch.Select(r => (JsonNode)r.ToJson()).ToArray());
+            }
+            log(string.Join("; ", onnx.Select(r => string.Create(CultureInfo.InvariantCulture, $"ONNX Runtime batch {r.Batch}: {r.MedianMs:F2} ms"))));
+        }
+        cancel.ThrowIfCancellationRequested();
+
+        // 5. the marker: everything, written last and atomically
+        var record = new JsonObject
+        {
+            ["format"] = ItemFormat,
+            ["item"] = item.RelativeFolder.Replace('\\', '/'),
+            ["model"] = item.Model.Name,
+            ["method"] = item.Method ?? BatchItem.OriginalName,
+            ["target_removed_params"] = item.Target,
+            ["achieved_removed_params"] = prune?.AchievedParams ?? 0.0,
+            ["parameters"] = eval.Parameters,
+            ["macs"] = eval.Macs,
+            ["settings"] = plan.SettingsOf(item),
+            ["model_folder"] = item.IsOriginal ? Path.GetFullPath(item.Model.Path) : ModelFolderName,
+            ["prune"] = prune?.ToJson(),
+            ["eval"] = eval.ToJson(),
+            ["export"] = new JsonObject
+            {
+                ["folder"] = BundleFolderName,
+                ["files"] = new JsonArray(export.Files.Select(f => (JsonNode)f).ToArray()),
+            },
+            ["latency"] = latency,
+            ["seconds"] = Math.Round(watch.Elapsed.TotalSeconds, 2),
+            ["finished_at"] = DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+        };
+        WriteAtomically(Path.Combine(folder, ItemFileName), record.ToJsonString(Indented));
+        log(string.Create(CultureInfo.InvariantCulture, $"done in {watch.Elapsed.TotalSeconds:F1} s"));
+    }
+
+    /// <summary>Writes beside the target and renames over it, so a reader sees the old file or the whole new one.</summary>
+    internal static void WriteAtomically(string path, string text)
+    {
+        string partial = path + ".partial";
+        File.WriteAllText(partial, text);
+        File.Move(partial, path, overwrite: true);
+    }
+}
