@@ -55,7 +55,7 @@ public sealed class JobsPageTests : MudTestContext
 
         var queue = (RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
         Assert.IsType<SelfCheckJob>(Assert.Single(queue.Enqueued));
-        page.WaitForAssertion(() => Assert.Contains("Self-check", page.Find(".jobs-table tbody tr").TextContent));
+        page.WaitForAssertion(() => Assert.Contains("Self-check", page.Find(".jobs-table tbody tr").TextContent), WaitTimeout);
     }
 
     [Fact]

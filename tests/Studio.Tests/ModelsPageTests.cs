@@ -22,7 +22,7 @@ public sealed class ModelsPageTests : MudTestContext
 
         var page = Context.Render<ModelsPage>();
 
-        page.WaitForAssertion(() => Assert.Equal(2, page.FindAll(".models-table tbody tr").Count));
+        page.WaitForAssertion(() => Assert.Equal(2, page.FindAll(".models-table tbody tr").Count), WaitTimeout);
         var rows = page.FindAll(".models-table tbody tr");
         Assert.Contains("ddpm-tiny", rows[0].TextContent);
         Assert.Contains("UNet2DModel", rows[0].TextContent);
@@ -39,7 +39,7 @@ public sealed class ModelsPageTests : MudTestContext
         var page = Context.Render<ModelsPage>();
 
         page.WaitForAssertion(() => Assert.Contains(
-            "No models yet — train the defaults with dprune train", page.Find(".no-models").TextContent));
+            "No models yet — train the defaults with dprune train", page.Find(".no-models").TextContent), WaitTimeout);
         Assert.Empty(page.FindAll(".models-table"));
     }
 
@@ -50,7 +50,7 @@ public sealed class ModelsPageTests : MudTestContext
 
         var page = Context.Render<ModelsPage>();
 
-        page.WaitForAssertion(() => Assert.Contains("is not valid JSON", page.Find(".models-table tbody tr").TextContent));
+        page.WaitForAssertion(() => Assert.Contains("is not valid JSON", page.Find(".models-table tbody tr").TextContent), WaitTimeout);
     }
 
     [Fact]
@@ -61,7 +61,7 @@ public sealed class ModelsPageTests : MudTestContext
 
         var page = Context.Render<HomePage>();
 
-        page.WaitForAssertion(() => Assert.Equal(2, page.FindAll(".model-card").Count));
+        page.WaitForAssertion(() => Assert.Equal(2, page.FindAll(".model-card").Count), WaitTimeout);
     }
 
     public override async Task DisposeAsync()

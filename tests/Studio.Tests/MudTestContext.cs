@@ -17,6 +17,9 @@ public abstract class MudTestContext : IAsyncLifetime
 
     protected BunitContext Context { get; } = new();
 
+    /// <summary>How long a page may take to show what its services loaded: bUnit's 1 s default fails on a loaded machine.</summary>
+    protected static readonly TimeSpan WaitTimeout = TimeSpan.FromSeconds(15);
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public virtual async Task DisposeAsync() => await Context.DisposeAsync();
