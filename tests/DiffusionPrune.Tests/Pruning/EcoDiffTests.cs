@@ -50,7 +50,7 @@ public class EcoDiffTests(ITestOutputHelper output)
         return model;
     }
 
-    // Fresh norms are the identity and adaLN-zero layers start at zero, which would hide the gates; perturb everything.
+    // Fresh norms are the identity (and a DiT trained from scratch starts its adaLN layers at zero, InitializeForTraining), which would hide the gates; perturb everything.
     private static void Perturb(DiffusionModel model)
     {
         using var noGrad = no_grad();

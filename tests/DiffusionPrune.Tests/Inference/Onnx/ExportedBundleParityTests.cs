@@ -208,7 +208,7 @@ internal static class TinyImageDiT
             PatchSize = 2,
             NumEmbedsAdaNorm = 10,
         });
-        // DiT's adaLN-Zero init makes every block the identity; perturb so the labels and the blocks matter.
+        // Fresh LayerNorms are the identity and small default weights make the labels matter little; perturb so the labels and the blocks matter.
         using (no_grad())
             foreach (var (_, p) in model.named_parameters())
                 p.add_(randn(p.shape) * 0.05);
