@@ -24,6 +24,7 @@ public static class PruneCommand
         var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
+        var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models; use the scale you will sample with).", DefaultValueFactory = _ => 1.0 };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
         var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
@@ -31,7 +32,7 @@ public static class PruneCommand
         var device = CliCommon.DeviceOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, schedulerConfig, seed, output, probeMemory, device,
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, schedulerConfig, seed, output, probeMemory, device,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -88,6 +89,7 @@ public static class PruneCommand
                         var other => throw new ArgumentException($"--gate must be hard-concrete or sigmoid, not '{other}'."),
                     },
                     Checkpointing = !parse.GetValue(noCheckpointing),
+                    GuidanceScale = parse.GetValue(guidance),
                 },
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);

@@ -124,6 +124,7 @@ public static class PruneRunner
             if (eco.History.Count > 0) settings["final_beta"] = eco.History[^1].Beta;
             settings["gate"] = eco.Options.GateMode.ToString();
             settings["checkpointing"] = eco.Options.Checkpointing;
+            settings["guidance_scale"] = eco.Options.GuidanceScale;
             settings["batch_size"] = eco.Options.BatchSize;
         }
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,

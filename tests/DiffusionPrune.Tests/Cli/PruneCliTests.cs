@@ -41,6 +41,27 @@ public class PruneCliTests
         Assert.Equal(report["params_after"]!.GetValue<long>(), pruned.ParameterCount());
     }
 
+    [Fact]
+    public void EcoDiff_calibrates_a_class_conditional_model_with_the_guidance_it_is_given()
+    {
+        using var temp = Fixtures.Temp();
+        string output = temp.File("pruned");
+        var (code, _, stderr) = CliTests.Dprune("prune", "--model", Fixtures.Diffusers("dit-small", "model"),
+            "--scheduler-config", Fixtures.Diffusers("unet2d-small", "scheduler_config.json"),
+            "--method", "ecodiff", "--target-params", "0.1", "--guidance-scale", "2.5",
+            "--steps", "2", "--iterations", "2", "--calibration", "2", "--output", output);
+        Assert.True(code == 0, stderr);
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        Assert.Equal(2.5, report["settings"]!["guidance_scale"]!.GetValue<double>());
+
+        // An unconditional U-Net has no null class to guide with: a one-line error, no folder.
+        (code, _, stderr) = CliTests.Dprune("prune", "--model", TinyModel(temp), "--method", "ecodiff", "--target-params", "0.1",
+            "--guidance-scale", "3", "--steps", "2", "--iterations", "2", "--calibration", "2", "--output", temp.File("p"));
+        Assert.Equal(2, code);
+        Assert.Contains("class-conditional", stderr);
+        Assert.False(Directory.Exists(temp.File("p")));
+    }
+
     [Theory]
     [InlineData("magnitude", "0.2")]
     [InlineData("random", "0.3")]
