@@ -20,6 +20,7 @@ public static class TrainCommand
         var warmup = new Option<int>("--warmup") { Description = "Warm-up steps.", DefaultValueFactory = _ => 200 };
         var ema = new Option<double>("--ema") { Description = "EMA decay.", DefaultValueFactory = _ => 0.999 };
         var classDropout = new Option<double>("--class-dropout") { Description = "Label dropout for classifier-free guidance (models with a null class).", DefaultValueFactory = _ => 0.1 };
+        var attentionInit = new Option<string>("--attention-init") { Description = "DiT only: xavier (the DiT paper) | shared-qk (key projections start equal to the query projections, so attention starts local; see DiTTransformer2DModel.InitializeForTraining).", DefaultValueFactory = _ => "xavier" };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Steps between checkpoints.", DefaultValueFactory = _ => 250 };
         var output = new Option<string>("--output") { Description = "Output folder (diffusers layout + checkpoint/).", Required = true };
@@ -27,7 +28,7 @@ public static class TrainCommand
         var device = CliCommon.DeviceOption();
         var command = new Command("train", "Train a denoiser on MNIST with the DDPM epsilon objective.")
         {
-            arch, config, data, steps, batch, lr, warmup, ema, classDropout, seed, checkpointEvery, output, resume, device,
+            arch, config, data, steps, batch, lr, warmup, ema, classDropout, attentionInit, seed, checkpointEvery, output, resume, device,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -45,7 +46,15 @@ public static class TrainCommand
             var dataset = MnistDataset.Load(dataArg == "mnist" ? null : dataArg);
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
             using var model = DiffusersModelLoader.Create(configJson);
-            if (model is DiTTransformer2DModel dit) dit.InitializeForTraining(); // adaLN-Zero; a resumed run loads its weights over it
+            bool sharedQueryKey = parse.GetValue(attentionInit) switch
+            {
+                "xavier" => false,
+                "shared-qk" => true,
+                var other => throw new ArgumentException($"--attention-init must be xavier or shared-qk, not '{other}'."),
+            };
+            if (sharedQueryKey && model is not DiTTransformer2DModel)
+                throw new ArgumentException("--attention-init shared-qk applies to DiT models (--arch dit).");
+            if (model is DiTTransformer2DModel dit) dit.InitializeForTraining(sharedQueryKey); // adaLN-Zero; a resumed run loads its weights over it
             model.to(dev);
             var options = new TrainOptions
             {

@@ -331,8 +331,12 @@ public sealed class DiTTransformer2DModel : DiffusionModel
     /// because pretrained weights overwrite them): Xavier-uniform linears and patch projection with zero biases,
     /// N(0, 0.02) label tables and timestep MLPs, and adaLN-Zero — every block's modulation and the output layer
     /// start at zero, so each block starts as the identity and the model predicts 0. Uses the global torch seed.
+    /// <para>With <paramref name="sharedQueryKey"/>, every attention layer's key projection starts equal to its query
+    /// projection (a simple form of mimetic initialisation, Trockman &amp; Kolter 2023): each head's scores start as
+    /// x_i·W^T W·x_j, which favours tokens that are alike, mostly in position while the input is noise, so attention
+    /// starts local instead of uniform. On 8,000 MNIST digits, attention without it stayed uniform for thousands of steps.</para>
     /// </summary>
-    public void InitializeForTraining()
+    public void InitializeForTraining(bool sharedQueryKey = false)
     {
         using var noGrad = no_grad();
         foreach (var (name, module) in named_modules())
@@ -361,6 +365,9 @@ public sealed class DiTTransformer2DModel : DiffusionModel
                     break;
             }
         }
+        if (sharedQueryKey)
+            foreach (var block in transformer_blocks.OfType<DiTBlock>())
+                block.Attn1.ToK.weight!.copy_(block.Attn1.ToQ.weight!);
     }
 
     /// <summary>The conditioning embedding the output layer reads: transformer block 0's, even when that block was removed.</summary>

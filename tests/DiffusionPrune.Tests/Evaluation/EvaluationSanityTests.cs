@@ -60,18 +60,21 @@ public class EvaluationSanityTests
         Assert.True(realVsReal < 0.1 * noiseScore, $"real/real {realVsReal:F3} vs noise {noiseScore:F3}");
     }
 
-    [Fact]
-    public void The_trained_default_scores_far_better_than_an_untrained_model_of_its_shape()
+    [Theory]
+    [InlineData("mnist-unet")]
+    [InlineData("mnist-dit")]
+    public void A_trained_default_scores_far_better_than_an_untrained_model_of_its_shape(string name)
     {
         using var scope = NewDisposeScope();
         var testStats = GaussianStats.Load(Path.Combine(FeatureNet.DefaultFolder()!, FeatureNet.ReferenceStatsName));
-        string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-unet");
+        string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", name);
         const int n = 300;
         double Score(DiffusionModel model)
         {
             using var scheduler = Scheduler.FromFile(Path.Combine(folder, "scheduler_config.json"), "ddim");
             var noise = randn([n, 1, 32, 32], generator: new Generator(5));
-            var images = DiffusionSampler.Sample(model, scheduler, noise, null, new SampleOptions(10)).Final.clamp(-1, 1);
+            var labels = model.NumClasses is int classes ? DiffusionSampler.CyclicLabels(n, classes) : null;
+            var images = DiffusionSampler.Sample(model, scheduler, noise, labels, new SampleOptions(10)).Final.clamp(-1, 1);
             return FrechetDistance.Compute(testStats, GaussianStats.FromFeatures(Net.Value.FeaturesOf(images).to_type(ScalarType.Float64)));
         }
         using var trained = DiffusersModelLoader.Load(folder);
@@ -80,5 +83,20 @@ public class EvaluationSanityTests
         untrained.eval();
         double trainedScore = Score(trained), untrainedScore = Score(untrained);
         Assert.True(trainedScore < 0.25 * untrainedScore, $"trained {trainedScore:F2} vs untrained {untrainedScore:F2}");
+    }
+
+    [Fact]
+    public void The_DiT_default_draws_the_requested_digit_at_least_90_percent_of_the_time()
+    {
+        using var scope = NewDisposeScope();
+        string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-dit");
+        using var model = DiffusersModelLoader.Load(folder);
+        using var scheduler = Scheduler.FromFile(Path.Combine(folder, "scheduler_config.json"), "ddim");
+        const int n = 200;
+        var labels = DiffusionSampler.CyclicLabels(n, 10);
+        var noise = randn([n, 1, 32, 32], generator: new Generator(11));
+        var images = DiffusionSampler.Sample(model, scheduler, noise, labels, new SampleOptions(10, GuidanceScale: 3)).Final.clamp(-1, 1);
+        double accuracy = ClassifierAccuracy.Compute(Net.Value.LogitsOf(images), labels);
+        Assert.True(accuracy >= 0.9, $"class accuracy {accuracy:P1} at guidance 3");
     }
 }

@@ -35,4 +35,32 @@ public class DiTInitializationTests
         var table = ((Embedding)modules["transformer_blocks.0.norm1.emb.class_embedder.embedding_table"]).weight!;
         Assert.InRange(table.std().item<float>(), 0.01, 0.03);
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Shared_query_key_init_starts_every_key_projection_equal_to_its_query_projection(bool shared)
+    {
+        manual_seed(5);
+        using var model = new DiTTransformer2DModel(new DiTConfig
+        {
+            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = 3,
+            SampleSize = 8, PatchSize = 4, NumEmbedsAdaNorm = 5, NormNumGroups = 1,
+        });
+        model.InitializeForTraining(sharedQueryKey: shared);
+        using var noGrad = no_grad();
+        foreach (var block in model.Blocks.OfType<DiTBlock>())
+        {
+            var q = block.Attn1.ToQ.weight!;
+            var k = block.Attn1.ToK.weight!;
+            Assert.Equal(shared, q.allclose(k, rtol: 0, atol: 0));
+            Assert.Equal(0.0, block.Attn1.ToK.bias!.abs().max().item<float>());
+        }
+        // Only the key projections change: the query weights are the same draw either way.
+        manual_seed(5);
+        using var reference = new DiTTransformer2DModel(model.Config);
+        reference.InitializeForTraining(sharedQueryKey: !shared);
+        Assert.True(model.Blocks.OfType<DiTBlock>().Zip(reference.Blocks.OfType<DiTBlock>())
+            .All(pair => pair.First.Attn1.ToQ.weight!.allclose(pair.Second.Attn1.ToQ.weight!, rtol: 0, atol: 0)));
+    }
 }
