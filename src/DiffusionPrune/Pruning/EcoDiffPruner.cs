@@ -128,9 +128,14 @@ public sealed class EcoDiffPruner : IImportanceCriterion
         for (int iteration = 1; iteration <= Options.Iterations; iteration++)
         {
             var clock = Stopwatch.StartNew();
-            optimizer.ZeroGrad();
-            var loss = objective.Backward((iteration - 1) % objective.BatchCount);
-            optimizer.Step(Options.LearningRate);
+            int batchIndex = (iteration - 1) % objective.BatchCount;
+            var loss = Training.GcPause.Run(() =>
+            {
+                optimizer.ZeroGrad();
+                var result = objective.Backward(batchIndex);
+                optimizer.Step(Options.LearningRate);
+                return result;
+            });
             NativeMemory.Trim();
             double beta = objective.Beta, kept = objective.ExpectedKeptFraction();
             if (Options.TargetKeptFraction is double target)

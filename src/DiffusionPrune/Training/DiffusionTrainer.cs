@@ -113,10 +113,12 @@ public sealed class DiffusionTrainer
         for (; step < o.Steps; step++)
         {
             cancellation.ThrowIfCancellationRequested();
-            using (var scope = NewDisposeScope())
+            int currentStep = step;
+            lastLoss = GcPause.Run(() =>
             {
+                using var scope = NewDisposeScope();
                 // Every draw of this step comes from a generator seeded by (seed, step): resumable exactly.
-                var generator = new Generator((ulong)(o.Seed * 1_000_003L + step + 1), device);
+                var generator = new Generator((ulong)(o.Seed * 1_000_003L + currentStep + 1), device);
                 var indices = randint(0, _data.Count, [o.BatchSize], ScalarType.Int64, generator: generator).data<long>().Select(i => (int)i).ToArray();
                 var images = _data.Images(indices).to(device);
                 Tensor? labels = null;
@@ -138,10 +140,10 @@ public sealed class DiffusionTrainer
                 var loss = nn.functional.mse_loss(prediction, noise);
                 loss.backward();
                 optimizer.ClipGradNorm(o.GradClip);
-                optimizer.Step(o.LearningRateAt(step));
-                UpdateEma(named, ema, step);
-                lastLoss = loss.item<float>();
-            }
+                optimizer.Step(o.LearningRateAt(currentStep));
+                UpdateEma(named, ema, currentStep);
+                return (double)loss.item<float>();
+            });
             NativeMemory.Trim();
 
             int done = step + 1 - startStep;
