@@ -7,8 +7,11 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Tests.Training;
 
+[Collection(Collection)]
 public class TrainerTests
 {
+    public const string Collection = "training runs compared bit for bit";
+
     private const string TinyUNet = """
         {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
          "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
@@ -37,12 +40,19 @@ public class TrainerTests
     public void A_run_interrupted_mid_way_and_resumed_equals_an_uninterrupted_run()
     {
         using var straightFolder = Fixtures.Temp();
+        // Both runs start from the same weights, copied rather than re-drawn: other test classes run in parallel
+        // and may draw from the global generator between a manual_seed and a model's construction.
+        Dictionary<string, Tensor> initial;
         using (var model = Build(TinyUNet, 5))
+        {
+            initial = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone(), StringComparer.Ordinal);
             new DiffusionTrainer(model, Data.Value.Train, Options(6), straightFolder.Path).Train(resume: false);
+        }
 
         using var resumedFolder = Fixtures.Temp();
         using (var model = Build(TinyUNet, 5))
         {
+            DiffusersModelLoader.LoadStrict(model, initial, "the straight run's initial weights");
             using var cancel = new CancellationTokenSource();
             var trainer = new DiffusionTrainer(model, Data.Value.Train, Options(6), resumedFolder.Path);
             // "Crash" after step 4: the last checkpoint is at step 3.
