@@ -178,6 +178,7 @@ public static class BatchRunner
                 Calibration = plan.Prune.Calibration,
                 Seed = plan.Prune.Seed,
                 Scope = plan.Prune.Scope,
+                GuidanceIfConditional = plan.Eval.GuidanceScale, // EcoDiff calibrates as the plan samples
             }, device, null, options.OnPruneIteration);
             schedulerConfig = null; // the pruned folder holds a copy
             log(string.Create(CultureInfo.InvariantCulture, $"removed {prune.AchievedParams:0.0%} of the parameters ({prune.ParametersBefore:N0} -> {prune.ParametersAfter:N0}) in {prune.Seconds:F1} s"));

@@ -32,6 +32,13 @@ public sealed record PruneRequest
     /// get no reconstruction gradient and cannot reopen (docs/BENCHMARKS.md), so it is an option, not the default.
     /// </summary>
     public bool SteerBetaToTarget { get; init; }
+
+    /// <summary>
+    /// EcoDiff: classifier-free guidance for the calibration trajectories of a model with a null class (a DiT),
+    /// ignored for other models. For runs over mixed models (batch plans); a single run sets
+    /// <see cref="EcoDiffOptions.GuidanceScale"/>, which is an error on a model without a null class.
+    /// </summary>
+    public double? GuidanceIfConditional { get; init; }
 }
 
 public sealed record PruneReport(
@@ -84,6 +91,7 @@ public static class PruneRunner
             ? new EcoDiffPruner(request.EcoDiff with
             {
                 Iterations = request.Iterations,
+                GuidanceScale = request.GuidanceIfConditional is double g && model.NullClass is not null ? g : request.EcoDiff.GuidanceScale,
                 TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
             }, onIteration)
             : ImportanceCriteria.Create(request.Method);
