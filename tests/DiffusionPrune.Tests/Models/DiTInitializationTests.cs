@@ -56,11 +56,5 @@ public class DiTInitializationTests
             Assert.Equal(shared, q.allclose(k, rtol: 0, atol: 0));
             Assert.Equal(0.0, block.Attn1.ToK.bias!.abs().max().item<float>());
         }
-        // Only the key projections change: the query weights are the same draw either way.
-        manual_seed(5);
-        using var reference = new DiTTransformer2DModel(model.Config);
-        reference.InitializeForTraining(sharedQueryKey: !shared);
-        Assert.True(model.Blocks.OfType<DiTBlock>().Zip(reference.Blocks.OfType<DiTBlock>())
-            .All(pair => pair.First.Attn1.ToQ.weight!.allclose(pair.Second.Attn1.ToQ.weight!, rtol: 0, atol: 0)));
     }
 }

@@ -162,7 +162,7 @@ public sealed class SchedulerBehaviourTests(SchedulerFixture fixture) : IClassFi
         using var scope = torch.NewDisposeScope();
         var modelOutput = fixture.Float("step_model_output");
         var sample = fixture.Float("step_sample");
-        var noise = torch.randn(sample.shape, generator: torch.manual_seed(3));
+        var noise = torch.randn(sample.shape, generator: new torch.Generator(3));
 
         var withNoise = scheduler.Step(modelOutput, 700, sample, noise).PrevSample;
         var withZeroNoise = scheduler.Step(modelOutput, 700, sample, torch.zeros_like(sample)).PrevSample;
@@ -175,9 +175,9 @@ public sealed class SchedulerBehaviourTests(SchedulerFixture fixture) : IClassFi
         var etaZero = deterministic.Step(modelOutput, 700, sample).PrevSample;
         Assert.False(TensorAssert.BitExact(etaZero, withZeroNoise));
 
-        var drawn1 = scheduler.Step(modelOutput, 700, sample, generator: torch.manual_seed(7)).PrevSample;
-        var drawn2 = scheduler.Step(modelOutput, 700, sample, generator: torch.manual_seed(7)).PrevSample;
-        Assert.True(TensorAssert.BitExact(drawn1, drawn2));
+        var drawn1 = scheduler.Step(modelOutput, 700, sample, generator: new torch.Generator(7)).PrevSample;
+        var drawn2 = scheduler.Step(modelOutput, 700, sample, generator: new torch.Generator(7)).PrevSample;
+        Assert.True(TensorAssert.BitExact(drawn1, drawn2)); // own generators: parallel tests draw from the global one
         Assert.Throws<ArgumentException>(() => scheduler.Step(modelOutput, 700, sample, noise, torch.manual_seed(7)));
     }
 
@@ -192,7 +192,7 @@ public sealed class SchedulerBehaviourTests(SchedulerFixture fixture) : IClassFi
         using var scope = torch.NewDisposeScope();
         var modelOutput = fixture.Float("step_model_output");
         var sample = fixture.Float("step_sample");
-        var noise = torch.randn(sample.shape, generator: torch.manual_seed(5));
+        var noise = torch.randn(sample.shape, generator: new torch.Generator(5));
 
         foreach (long t in new long[] { 999, 500, 10 })
         {
