@@ -113,7 +113,7 @@ public static class ModelExporter
         if (schedulerPath is not null)
             File.Copy(schedulerPath, schedulerTarget, overwrite: true);
         else
-            File.WriteAllText(schedulerTarget, DiffusionTrainer.DefaultSchedulerJson.Trim() + "\n");
+            File.WriteAllText(schedulerTarget, DiffusionTrainer.SchedulerJsonFor(model));
         files.Add(SchedulerConfigName);
         if (onnx is not null)
         {
@@ -122,7 +122,7 @@ public static class ModelExporter
             files.Add(OnnxContract.FileName);
             files.Add(OnnxMetadataName);
         }
-        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.DefaultSchedulerJson)";
+        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor)";
         var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
         File.WriteAllText(Path.Combine(output, ModelCardName), card);
         files.Add(ModelCardName);

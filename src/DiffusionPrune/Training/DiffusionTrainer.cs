@@ -68,6 +68,17 @@ public sealed class DiffusionTrainer
         }
         """;
 
+    /// <summary>
+    /// The scheduler config a trained model ships with: <see cref="DefaultSchedulerJson"/>, except that
+    /// class-conditional models (sampled with classifier-free guidance) get <c>clip_sample: false</c>. Guidance
+    /// pushes the predicted x0 far outside [-1, 1]; diffusers' DDIM then steps with the clipped x0 but the
+    /// unclipped noise prediction, an inconsistency that compounds with every step. Measured on the DiT default
+    /// (guidance 3, N = 200): clipping gave 63.5% / 37% class accuracy at 10 / 25 DDIM steps, no clipping 76% / 73%.
+    /// </summary>
+    public static string SchedulerJsonFor(DiffusionModel model) => model.NumClasses is null
+        ? DefaultSchedulerJson.Trim() + "\n"
+        : DefaultSchedulerJson.Trim().Replace("\"clip_sample\": true", "\"clip_sample\": false", StringComparison.Ordinal) + "\n";
+
     private readonly DiffusionModel _model;
     private readonly MnistSplit _data;
     private readonly TrainOptions _options;
@@ -189,7 +200,7 @@ public sealed class DiffusionTrainer
     private void SaveReleased(DiffusionModel model, SchedulerConfig schedulerConfig, int steps, double loss, TimeSpan wall, int startStep)
     {
         DiffusersModelLoader.Save(model, _output, new Dictionary<string, string> { ["dprune_train_steps"] = steps.ToString() });
-        File.WriteAllText(Path.Combine(_output, "scheduler_config.json"), DefaultSchedulerJson.Trim() + "\n");
+        File.WriteAllText(Path.Combine(_output, "scheduler_config.json"), SchedulerJsonFor(model));
         var args = new JsonObject
         {
             ["steps"] = steps,

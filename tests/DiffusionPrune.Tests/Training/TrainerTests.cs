@@ -1,6 +1,7 @@
 using DiffusionPrune.Data;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Schedulers;
 using DiffusionPrune.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -85,7 +86,7 @@ public class TrainerTests
                 .Train(false, p => losses.Add(p.Loss));
         Assert.True(losses.Skip(25).Average() < losses.Take(5).Average() * 0.8, $"loss did not fall: {losses.First():F3} -> {losses.Last():F3}");
         using var loaded = DiffusersModelLoader.Load(folder.Path);
-        Assert.True(File.Exists(Path.Combine(folder.Path, "scheduler_config.json")));
+        Assert.True(SchedulerConfig.Parse(File.ReadAllText(Path.Combine(folder.Path, "scheduler_config.json"))).ClipSample, "an unconditional model keeps diffusers' clip_sample default");
         Assert.True(File.Exists(Path.Combine(folder.Path, "training_args.json")));
     }
 
@@ -100,5 +101,8 @@ public class TrainerTests
         trainer.Train(resume: false);
         using var loaded = DiffusersModelLoader.Load(folder.Path);
         Assert.Equal(10, loaded.NullClass);
+        var scheduler = SchedulerConfig.Parse(File.ReadAllText(Path.Combine(folder.Path, "scheduler_config.json")));
+        Assert.False(scheduler.ClipSample, "a guided model must not clip x0 (DDIM would step with a clipped x0 and an unclipped noise prediction)");
+        Assert.Equal(0.02, scheduler.BetaEnd, 6);
     }
 }
