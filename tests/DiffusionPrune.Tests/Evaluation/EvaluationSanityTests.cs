@@ -86,11 +86,14 @@ public class EvaluationSanityTests
     }
 
     /// <summary>
-    /// The shipped DiT is an interim model: 62% class accuracy at N = 2000 (guidance 3, 10 DDIM steps), short of
-    /// the 90% issue 3 asks for. This guards what it does reach, four times chance; raise the bar with the model.
+    /// Issue 3: class-conditional DiT samples must be classified as the requested digit at least 90% of the time
+    /// (guidance 3, the model's own scheduler config, 200 samples with labels cycling 0-9). 25 steps guards the
+    /// scheduler config too: with diffusers' default x0 clipping, guided DDIM drifts with every step.
     /// </summary>
-    [Fact]
-    public void The_DiT_default_draws_the_requested_digit_far_more_often_than_chance()
+    [Theory]
+    [InlineData(10)]
+    [InlineData(25)]
+    public void The_DiT_default_draws_the_requested_digit_at_least_90_percent_of_the_time(int steps)
     {
         using var scope = NewDisposeScope();
         string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-dit");
@@ -99,8 +102,8 @@ public class EvaluationSanityTests
         const int n = 200;
         var labels = DiffusionSampler.CyclicLabels(n, 10);
         var noise = randn([n, 1, 32, 32], generator: new Generator(11));
-        var images = DiffusionSampler.Sample(model, scheduler, noise, labels, new SampleOptions(10, GuidanceScale: 3)).Final.clamp(-1, 1);
+        var images = DiffusionSampler.Sample(model, scheduler, noise, labels, new SampleOptions(steps, GuidanceScale: 3)).Final.clamp(-1, 1);
         double accuracy = ClassifierAccuracy.Compute(Net.Value.LogitsOf(images), labels);
-        Assert.True(accuracy >= 0.4, $"class accuracy {accuracy:P1} at guidance 3");
+        Assert.True(accuracy >= 0.9, $"class accuracy {accuracy:P1} at guidance 3, {steps} DDIM steps");
     }
 }
