@@ -122,7 +122,7 @@ public static class ModelExporter
             files.Add(OnnxContract.FileName);
             files.Add(OnnxMetadataName);
         }
-        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor)";
+        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor: no x0 clipping for class-conditional models)";
         var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
         File.WriteAllText(Path.Combine(output, ModelCardName), card);
         files.Add(ModelCardName);

@@ -89,7 +89,10 @@ public class ModelExporterTests
         var result = ModelExporter.Export(new ExportRequest { ModelPath = DiTFixture, OutputPath = bundle, Formats = [ExportFormat.Onnx] });
         Assert.False(File.Exists(Path.Combine(bundle, "config.json")));
         Assert.False(File.Exists(Path.Combine(bundle, "diffusion_pytorch_model.safetensors")));
-        Assert.Equal(DiffusionPrune.Training.DiffusionTrainer.DefaultSchedulerJson.Trim().Replace("\"clip_sample\": true", "\"clip_sample\": false") + "\n", File.ReadAllText(Path.Combine(bundle, "scheduler_config.json")));
+        var written = DiffusionPrune.Schedulers.SchedulerConfig.Parse(File.ReadAllText(Path.Combine(bundle, "scheduler_config.json")));
+        var defaults = DiffusionPrune.Schedulers.SchedulerConfig.Parse(DiffusionPrune.Training.DiffusionTrainer.DefaultSchedulerJson);
+        Assert.False(written.ClipSample, "a class-conditional model's default config must not clip x0");
+        Assert.Equal((defaults.NumTrainTimesteps, defaults.BetaStart, defaults.BetaEnd, defaults.BetaSchedule), (written.NumTrainTimesteps, written.BetaStart, written.BetaEnd, written.BetaSchedule));
         Assert.Contains("default", result.SchedulerSource);
 
         var meta = JsonNode.Parse(File.ReadAllText(Path.Combine(bundle, "onnx_model.json")))!.AsObject();

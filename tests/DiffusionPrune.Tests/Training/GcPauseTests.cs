@@ -16,6 +16,7 @@ public class GcPauseTests
     {
         int value = GcPause.Run(() =>
         {
+            Assert.Equal(GCLatencyMode.NoGCRegion, GCSettings.LatencyMode); // the collector is paused inside the unit
             var garbage = new List<byte[]>();
             for (int i = 0; i < 100; i++) garbage.Add(new byte[10_000]); // 1 MB, well inside the budget
             return garbage.Count;
