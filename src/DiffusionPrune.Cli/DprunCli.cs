@@ -17,6 +17,7 @@ public static class DprunCli
         PruneCommand.Create(),
         ExportCommand.Create(),
         BatchCommand.Create(),
+        DoctorCommand.Create(),
     };
 
     public static int Run(string[] args) => Build().Parse(args).Invoke();

@@ -47,7 +47,8 @@ public static class CliCommon
     /// <summary>Errors a user can cause and fix: bad paths, corrupt files, wrong arguments, impossible targets.</summary>
     public static bool IsUserError(Exception e) => e is ModelFormatException or SafetensorsFormatException or SchedulerConfigException
         or MnistFormatException or PruningPlanException or FileNotFoundException or DirectoryNotFoundException or ArgumentException
-        or KeyNotFoundException or NotSupportedException or InvalidDataException or OnnxExportException;
+        or KeyNotFoundException or NotSupportedException or InvalidDataException or OnnxExportException
+        or Runtime.NumericsFaultException or Runtime.NonFiniteValueException;
 
     /// <summary>
     /// Runs a command body; errors a user can cause (bad path, corrupt file, wrong arguments) print one

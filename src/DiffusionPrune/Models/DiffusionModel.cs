@@ -10,7 +10,15 @@ namespace DiffusionPrune.Models;
 /// </summary>
 public abstract class DiffusionModel : nn.Module
 {
-    protected DiffusionModel(string name) : base(name) { }
+    /// <remarks>
+    /// The first model a process builds makes sure this CPU's kernels compute right (<see cref="Runtime.NumericsGuard"/>:
+    /// a cached per-machine decision, or a sub-second op check), so every face (CLI, Studio, tests) runs with the
+    /// workaround where a CPU needs it before any model computes.
+    /// </remarks>
+    protected DiffusionModel(string name) : base(name)
+    {
+        Runtime.NumericsGuard.EnsureDefault();
+    }
 
     /// <summary>diffusers class name written to config.json.</summary>
     public abstract string ClassName { get; }

@@ -117,6 +117,7 @@ public sealed class EcoDiffPruner : IImportanceCriterion
     public UnitScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
+        Runtime.NumericsGuard.RequireHealthy();
         _history.Clear();
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
         long seed = Options.Seed ?? context.Seed;
@@ -133,6 +134,9 @@ public sealed class EcoDiffPruner : IImportanceCriterion
             {
                 optimizer.ZeroGrad();
                 var result = objective.Backward(batchIndex);
+                Runtime.NonFiniteCheck.Loss("ecodiff", iteration, result.Reconstruction, "reconstruction loss");
+                Runtime.NonFiniteCheck.Loss("ecodiff", iteration, result.Loss);
+                Runtime.NonFiniteCheck.Gradients("ecodiff", iteration, objective.NamedParameters().Select(p => (p.name, (Tensor?)p.param.grad)));
                 optimizer.Step(Options.LearningRate);
                 return result;
             });

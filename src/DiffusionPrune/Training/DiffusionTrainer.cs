@@ -104,6 +104,7 @@ public sealed class DiffusionTrainer
         using var alphasCumprod = NoiseSchedule.AlphasCumprod(betas);
         int numTrainTimesteps = (int)alphasCumprod.shape[0];
 
+        Runtime.NumericsGuard.RequireHealthy();
         _model.train();
         var named = _model.named_parameters().ToList();
         using var optimizer = new AdamW(named) { WeightDecay = o.WeightDecay };
@@ -151,10 +152,14 @@ public sealed class DiffusionTrainer
                 var prediction = _model.Predict(noisy, timesteps, labels);
                 var loss = nn.functional.mse_loss(prediction, noise);
                 loss.backward();
+                // Fail fast: a non-finite loss or gradient would poison the weights and the EMA for good.
+                double lossValue = loss.item<float>();
+                Runtime.NonFiniteCheck.Loss("train", currentStep + 1, lossValue);
+                Runtime.NonFiniteCheck.Gradients("train", currentStep + 1, named.Select(n => (n.name, (Tensor?)n.parameter.grad)));
                 optimizer.ClipGradNorm(o.GradClip);
                 optimizer.Step(o.LearningRateAt(currentStep));
                 UpdateEma(named, ema, currentStep);
-                return (double)loss.item<float>();
+                return lossValue;
             });
             NativeMemory.Trim();
 

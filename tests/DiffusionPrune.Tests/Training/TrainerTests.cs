@@ -38,6 +38,18 @@ public class TrainerTests
     };
 
     [Fact]
+    public void A_non_finite_loss_stops_training_at_that_step_with_one_line()
+    {
+        using var folder = Fixtures.Temp();
+        using var model = Build(TinyUNet, 5);
+        using (no_grad()) model.named_parameters().First(p => p.name == "conv_out.weight").parameter.fill_(float.NaN);
+        var e = Assert.Throws<DiffusionPrune.Runtime.NonFiniteValueException>(() =>
+            new DiffusionTrainer(model, Data.Value.Train, Options(3), folder.Path).Train(resume: false));
+        Assert.Contains("train step 1", e.Message);
+        Assert.Contains("dprune doctor", e.Message);
+    }
+
+    [Fact]
     public void A_run_interrupted_mid_way_and_resumed_equals_an_uninterrupted_run()
     {
         using var straightFolder = Fixtures.Temp();

@@ -149,7 +149,10 @@ public static class GatedGroupNorm
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
         var xg = x.view(b, groups, c / groups, h * w);
         var g = gate.view(1, groups, c / groups, 1);
-        var count = g.sum(2, keepdim: true) * (h * w) + 1e-12f;
+        // Weighted element count per group. A group whose gates are all 0 would divide by ~0 and send 1e12-sized
+        // gradients into its gates; at least one element keeps the statistics finite (the gates zero that group's
+        // output anyway) and equals the true count whenever one channel of the group is kept (count >= H*W >= 1).
+        var count = (g.sum(2, keepdim: true) * (h * w)).clamp_min(1.0);
         var mean = (xg * g).sum([2, 3], keepdim: true) / count;
         var centered = xg - mean;
         var variance = (centered * centered * g).sum([2, 3], keepdim: true) / count;

@@ -127,6 +127,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(Options.MicroBatch);
         var schedulerConfig = SchedulerConfig.Load(context.SchedulerConfigPath);
         var device = model.parameters().First().device;
+        Runtime.NumericsGuard.RequireHealthy();
 
         // The distinct tensors whose gradients are needed (a bias shared by two views is counted once).
         var coupled = groups.Units.SelectMany(g => g.Coupled).DistinctBy(c => c.Key).ToDictionary(c => c.Key, c => c.Tensor, StringComparer.Ordinal);
@@ -155,6 +156,8 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
             foreach (long t in TimestepGrid(schedulerConfig.NumTrainTimesteps, Options.TimestepStride))
             {
                 double loss = GradientAt(model, schedulerConfig.PredictionType, alphasCumprod, x0, classLabels, t, generator, device);
+                Runtime.NonFiniteCheck.Loss("taylor", (int)t, loss, $"loss at timestep {t}");
+                Runtime.NonFiniteCheck.Gradients("taylor", (int)t, coupled.Select(c => (c.Key, c.Value.grad)));
                 bool accept = rule.Accept(loss);
                 trace.Add(new TimestepLoss(t, loss, accept));
                 context.Log?.Invoke($"taylor: t={t} L_t={loss:G4} L_max={rule.MaxLoss:G4} {(accept ? "accumulated" : $"< {Options.Threshold} L_max: stop")}");

@@ -1,0 +1,73 @@
+using Microsoft.ML.OnnxRuntime;
+using TorchSharp;
+
+namespace DiffusionPrune.Runtime;
+
+/// <summary>
+/// What <c>dprune doctor</c> and the Studio's system page show: the machine, the native libraries, the kernels in use,
+/// and every op our models use checked against float64. Running it re-checks this CPU and refreshes the guard's cache.
+/// </summary>
+public sealed record DoctorReport(
+    CpuInfo Cpu,
+    string LibTorchVersion,
+    string TorchSharpVersion,
+    string? OneDnnVersion,
+    string? AtenCpuCapability,
+    string OnnxRuntimeVersion,
+    int Threads,
+    bool? OneDnnEnabled,
+    NumericsStatus Guard,
+    OpCheckReport FullCheck)
+{
+    /// <summary>The guard's decision holds and every op passed with the kernels now in use.</summary>
+    public bool Passed => Guard.Healthy && FullCheck.Passed;
+
+    public static DoctorReport Run()
+    {
+        var guard = NumericsGuard.Default.Recheck();
+        var full = OpCheck.RunFull();
+        string? config = LibTorchContext.BuildConfig();
+        return new DoctorReport(CpuInfo.Read(), LibTorchContext.LibTorchVersion, LibTorchContext.TorchSharpVersion,
+            OneDnnVersionFrom(config), LibTorchContext.AtenCpuCapability(), ReadOnnxRuntimeVersion(), torch.get_num_threads(),
+            LibTorchContext.CanSwitchOneDnn ? LibTorchContext.OneDnnEnabled : null, guard, full);
+    }
+
+    /// <summary>The report as text lines, the same in the CLI and the Studio.</summary>
+    public IEnumerable<string> Lines()
+    {
+        yield return $"cpu:          {Cpu.Model}";
+        yield return $"vector flags: {string.Join(' ', Cpu.VectorFlags)}";
+        yield return $"libtorch:     {LibTorchVersion} (TorchSharp {TorchSharpVersion}); oneDNN {OneDnnVersion ?? "version unknown"}";
+        yield return $"ATen ISA:     {AtenCpuCapability ?? "unknown"}";
+        yield return $"onnxruntime:  {OnnxRuntimeVersion}";
+        yield return $"threads:      {Threads}";
+        yield return $"oneDNN:       {(OneDnnEnabled is null ? "cannot be switched in this build" : OneDnnEnabled.Value ? "enabled" : "disabled")}";
+        yield return $"workaround:   {(Guard.WorkaroundActive ? "active" : "not active")} — {(Guard.DefaultsPassed ? "default kernels passed the check" : "default kernels failed the check")}";
+        yield return $"guard:        {Guard.Detail}";
+        yield return "";
+        yield return $"{"op",-22} {"shape",-34} {"forward",9} {"backward",9}";
+        foreach (var r in FullCheck.Results)
+            yield return $"{r.Op,-22} {r.Shape,-34} {r.ForwardError,9:E1} {r.BackwardError,9:E1}{(r.Passed ? "" : "  FAIL")}";
+        yield return "";
+        yield return Passed
+            ? $"passed: {FullCheck.Results.Count} ops within {OpCheck.Tolerance:E0} of float64 ({FullCheck.Elapsed.TotalSeconds:F1} s)"
+            : $"FAILED: {FullCheck.Summary}";
+    }
+
+    private static string? OneDnnVersionFrom(string? config)
+    {
+        if (config is null) return null;
+        int at = config.IndexOf("MKL-DNN v", StringComparison.Ordinal);
+        if (at < 0) at = config.IndexOf("oneDNN v", StringComparison.Ordinal);
+        if (at < 0) return null;
+        int start = config.IndexOf('v', at) + 1, end = start;
+        while (end < config.Length && (char.IsDigit(config[end]) || config[end] == '.')) end++;
+        return config[start..end];
+    }
+
+    private static string ReadOnnxRuntimeVersion()
+    {
+        try { return OrtEnv.Instance().GetVersionString(); }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or OnnxRuntimeException) { return "not loadable"; }
+    }
+}
