@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Cost of the numerics guard's workaround (oneDNN off: convolutions on libtorch's im2col + BLAS path) on the default
-# U-Net: training steps (forward + backward) and sampling (forward only), each with libtorch's default kernels and with
-# DPRUNE_ONEDNN=off, which forces the workaround. Prints the machine, CPU model and vector flags beside the figures.
+# Cost of the numerics guard's workarounds on the default U-Net: training steps (forward + backward) and sampling
+# (forward only), each with libtorch's default kernels, with oneDNN capped at SSE4.1 (ONEDNN_MAX_CPU_ISA=SSE41, what
+# the guard applies at start-up on a machine whose check failed), and with oneDNN off (DPRUNE_ONEDNN=off: convolutions
+# on libtorch's im2col + BLAS path, the in-process fallback). Prints the machine, CPU model and vector flags.
 # Usage: benchmarks/onednn-workaround.sh [train-steps] [batch] [sample-count]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +21,10 @@ time_it() { # label, then the command
   start=$(date +%s.%N); "$@" >/dev/null 2>&1; end=$(date +%s.%N)
   awk -v l="$label" -v s="$start" -v e="$end" 'BEGIN { printf "%-44s %7.2f s\n", l, e - s }'
 }
-for mode in default off; do
-  if [ "$mode" = off ]; then export DPRUNE_ONEDNN=off; else unset DPRUNE_ONEDNN; fi
+for mode in default sse41 off; do
+  unset DPRUNE_ONEDNN ONEDNN_MAX_CPU_ISA
+  if [ "$mode" = off ]; then export DPRUNE_ONEDNN=off; fi
+  if [ "$mode" = sse41 ]; then export ONEDNN_MAX_CPU_ISA=SSE41; fi
   echo "--- oneDNN: $mode"
   time_it "train $steps steps, batch $batch (fwd+bwd)" "$dprune" train --arch unet --config samples/configs/mnist-unet.json \
     --steps "$steps" --batch "$batch" --warmup 5 --checkpoint-every 100000 --output "$out/train-$mode" --device cpu

@@ -7,6 +7,10 @@ using MudBlazor.Services;
 // it must be chosen before the builder exists. --webroot still overrides it.
 // The content root is the build output (appsettings.json is copied there), so settings load the same
 // whichever directory the Studio is started from.
+// First, before any tensor exists: on a machine whose kernel check failed before, cap oneDNN's instruction set while
+// that can still take effect (docs/PLATFORMS.md).
+DiffusionPrune.Runtime.NumericsGuard.ApplyDefaultAtStartup();
+
 var repositoryRoot = RepositoryLayout.FindRoot();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions
 {

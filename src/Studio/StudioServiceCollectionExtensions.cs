@@ -1,4 +1,6 @@
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Studio.Catalog;
+using DiffusionPrune.Studio.Diagnostics;
 using DiffusionPrune.Studio.Hosting;
 using DiffusionPrune.Studio.Jobs;
 using Microsoft.Extensions.Options;
@@ -8,7 +10,7 @@ namespace DiffusionPrune.Studio;
 /// <summary>Every service the Studio registers, in one place, with its lifetime stated.</summary>
 public static class StudioServiceCollectionExtensions
 {
-    /// <summary>Adds the Studio's options, model catalog, job state and background job queue.</summary>
+    /// <summary>Adds the Studio's options, model catalog, job state, background job queue and system check.</summary>
     public static IServiceCollection AddStudioServices(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<StudioOptions>().Bind(configuration.GetSection(StudioOptions.SectionName));
@@ -26,6 +28,9 @@ public static class StudioServiceCollectionExtensions
         services.AddSingleton<ChannelJobQueue>();
         services.AddSingleton<IJobQueue>(provider => provider.GetRequiredService<ChannelJobQueue>());
         services.AddHostedService(provider => provider.GetRequiredService<ChannelJobQueue>());
+
+        // Singleton: the check is process-wide (it can switch oneDNN off for every job), so its last report is too.
+        services.AddSingleton(new SystemCheckService(DoctorReport.Run));
 
         return services;
     }

@@ -96,6 +96,13 @@ public static class ModelEvaluator
         var data = MnistDataset.Load();
 
         var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress);
+        // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
+        return Training.GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
+    }
+
+    private static EvalReport Score(InferenceModel model, EvalRequest request, FeatureNet featureNet, MnistDataset data, Tensor generated,
+        Tensor? labels, Tensor? reproduced, double msPerImage, Stopwatch total)
+    {
         using var scope = NewDisposeScope();
         var generatedFeatures = featureNet.FeaturesOf(generated).to_type(ScalarType.Float64);
         var realImages = data.Test.All();

@@ -44,11 +44,16 @@ public static class DiffusionSampler
         var trajectory = options.KeepTrajectory ? new List<Tensor>(timesteps.Length) : null;
         for (int i = 0; i < timesteps.Length; i++)
         {
-            using var scope = NewDisposeScope();
-            var t = tensor(timesteps[i], device: latents.device);
-            var prediction = Guided(denoise, latents, t, classLabels, nullClass, options.GuidanceScale);
-            var next = scheduler.Step(prediction, timesteps[i], latents, generator: generator).PrevSample;
-            next.MoveToOuterDisposeScope();
+            var current = latents;
+            long timestep = timesteps[i];
+            // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
+            var next = Training.GcPause.Run(() =>
+            {
+                using var scope = NewDisposeScope();
+                var t = tensor(timestep, device: current.device);
+                var prediction = Guided(denoise, current, t, classLabels, nullClass, options.GuidanceScale);
+                return scheduler.Step(prediction, timestep, current, generator: generator).PrevSample.MoveToOuterDisposeScope();
+            });
             if (trajectory is not null) trajectory.Add(next);
             latents = next;
             progress?.Invoke(i + 1, timesteps.Length);

@@ -125,16 +125,20 @@ public static class FeatureNetTrainer
             int batches = 0;
             foreach (var (images, labels) in data.Train.Batches(batchSize, (int)(seed * 1000 + epoch)))
             {
-                using var scope = NewDisposeScope();
-                var generator = new Generator((ulong)(seed * 7919 + step + 1));
-                var shifted = RandomShift(images, 2, generator);
-                optimizer.ZeroGrad();
-                var loss = nn.functional.cross_entropy(net.call(shifted), labels);
-                loss.backward();
-                // Cosine decay over the whole run.
-                double lr = learningRate * 0.5 * (1 + Math.Cos(Math.PI * step / total));
-                optimizer.Step(lr);
-                lossSum += loss.item<float>();
+                int current = step;
+                lossSum += Training.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
+                {
+                    using var scope = NewDisposeScope();
+                    var generator = new Generator((ulong)(seed * 7919 + current + 1));
+                    var shifted = RandomShift(images, 2, generator);
+                    optimizer.ZeroGrad();
+                    var loss = nn.functional.cross_entropy(net.call(shifted), labels);
+                    loss.backward();
+                    // Cosine decay over the whole run.
+                    double lr = learningRate * 0.5 * (1 + Math.Cos(Math.PI * current / total));
+                    optimizer.Step(lr);
+                    return (double)loss.item<float>();
+                });
                 batches++;
                 step++;
                 images.Dispose();

@@ -17,7 +17,8 @@ public sealed record DoctorReport(
     int Threads,
     bool? OneDnnEnabled,
     NumericsStatus Guard,
-    OpCheckReport FullCheck)
+    OpCheckReport FullCheck,
+    string? OneDnnMaxIsa = null)
 {
     /// <summary>The guard's decision holds and every op passed with the kernels now in use.</summary>
     public bool Passed => Guard.Healthy && FullCheck.Passed;
@@ -29,29 +30,42 @@ public sealed record DoctorReport(
         string? config = LibTorchContext.BuildConfig();
         return new DoctorReport(CpuInfo.Read(), LibTorchContext.LibTorchVersion, LibTorchContext.TorchSharpVersion,
             OneDnnVersionFrom(config), LibTorchContext.AtenCpuCapability(), ReadOnnxRuntimeVersion(), torch.get_num_threads(),
-            LibTorchContext.CanSwitchOneDnn ? LibTorchContext.OneDnnEnabled : null, guard, full);
+            LibTorchContext.CanSwitchOneDnn ? LibTorchContext.OneDnnEnabled : null, guard, full,
+            NativeEnvironment.Get(OneDnnIsaCapWorkaround.Variable));
     }
+
+    /// <summary>The machine and kernel facts at the head of the report, as (label, value): the CLI and the Studio show the same.</summary>
+    public IReadOnlyList<(string Label, string Value)> Facts() =>
+    [
+        ("cpu", Cpu.Model),
+        ("vector flags", string.Join(' ', Cpu.VectorFlags)),
+        ("libtorch", $"{LibTorchVersion} (TorchSharp {TorchSharpVersion}); oneDNN {OneDnnVersion ?? "version unknown"}"),
+        ("ATen ISA", AtenCpuCapability ?? "unknown"),
+        ("onnxruntime", OnnxRuntimeVersion),
+        ("threads", Threads.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+        ("oneDNN", OneDnnEnabled is null ? "cannot be switched in this build" : OneDnnEnabled.Value ? "enabled" : "disabled"),
+        ("oneDNN ISA", OneDnnMaxIsa is null ? "the highest this CPU has (no cap)" : $"capped at {OneDnnMaxIsa} ({OneDnnIsaCapWorkaround.Variable})"),
+        ("workaround", (Guard.WorkaroundActive ? $"active: {Guard.ActiveWorkaround ?? "yes"}" : "not active") + " — " +
+            (Guard.DefaultsPassed ? "default kernels passed the check" : "default kernels failed the check on this machine")),
+        ("guard", Guard.Detail),
+    ];
+
+    /// <summary>The last line: passed, with the op count and tolerance, or what failed.</summary>
+    public string Verdict => Passed
+        ? $"passed: {FullCheck.Results.Count} ops within {OpCheck.Tolerance:E0} of float64 ({FullCheck.Elapsed.TotalSeconds:F1} s)"
+        : $"FAILED: {(Guard.Healthy ? "" : $"guard: {Guard.Detail}; ")}{FullCheck.Summary}";
 
     /// <summary>The report as text lines, the same in the CLI and the Studio.</summary>
     public IEnumerable<string> Lines()
     {
-        yield return $"cpu:          {Cpu.Model}";
-        yield return $"vector flags: {string.Join(' ', Cpu.VectorFlags)}";
-        yield return $"libtorch:     {LibTorchVersion} (TorchSharp {TorchSharpVersion}); oneDNN {OneDnnVersion ?? "version unknown"}";
-        yield return $"ATen ISA:     {AtenCpuCapability ?? "unknown"}";
-        yield return $"onnxruntime:  {OnnxRuntimeVersion}";
-        yield return $"threads:      {Threads}";
-        yield return $"oneDNN:       {(OneDnnEnabled is null ? "cannot be switched in this build" : OneDnnEnabled.Value ? "enabled" : "disabled")}";
-        yield return $"workaround:   {(Guard.WorkaroundActive ? "active" : "not active")} — {(Guard.DefaultsPassed ? "default kernels passed the check" : "default kernels failed the check")}";
-        yield return $"guard:        {Guard.Detail}";
+        foreach (var (label, value) in Facts())
+            yield return $"{label + ":",-14}{value}";
         yield return "";
         yield return $"{"op",-22} {"shape",-34} {"forward",9} {"backward",9}";
         foreach (var r in FullCheck.Results)
             yield return $"{r.Op,-22} {r.Shape,-34} {r.ForwardError,9:E1} {r.BackwardError,9:E1}{(r.Passed ? "" : "  FAIL")}";
         yield return "";
-        yield return Passed
-            ? $"passed: {FullCheck.Results.Count} ops within {OpCheck.Tolerance:E0} of float64 ({FullCheck.Elapsed.TotalSeconds:F1} s)"
-            : $"FAILED: {FullCheck.Summary}";
+        yield return Verdict;
     }
 
     private static string? OneDnnVersionFrom(string? config)

@@ -6,7 +6,7 @@ using System.Text.Json;
 
 namespace DiffusionPrune.Runtime;
 
-/// <summary>A kernel workaround the guard can switch on when the op check fails (by default: oneDNN off).</summary>
+/// <summary>A kernel workaround the guard can switch on when the op check fails.</summary>
 public interface IKernelWorkaround
 {
     /// <summary>What it does, for reports (e.g. "oneDNN disabled").</summary>
@@ -17,6 +17,7 @@ public interface IKernelWorkaround
 }
 
 /// <summary>Turns libtorch's oneDNN kernels off for this process: convolutions then take libtorch's im2col + BLAS path.</summary>
+/// <remarks>Takes effect at once, so it is the fallback within a process whose check just failed.</remarks>
 public sealed class OneDnnOffWorkaround : IKernelWorkaround
 {
     public string Name => "oneDNN disabled (convolutions run libtorch's im2col + BLAS path)";
@@ -25,15 +26,34 @@ public sealed class OneDnnOffWorkaround : IKernelWorkaround
     public void Activate() => LibTorchContext.OneDnnEnabled = false;
 }
 
+/// <summary>
+/// Caps oneDNN's instruction set at SSE4.1 (<c>ONEDNN_MAX_CPU_ISA=SSE41</c> in the native environment). oneDNN reads
+/// the variable once, when it first runs, so this only works at the very start of a process; the guard applies it
+/// there on machines whose check failed before. Cheaper than turning oneDNN off, and the cap the fault's reporter
+/// verified on the failing CPU (docs/PLATFORMS.md).
+/// </summary>
+public sealed class OneDnnIsaCapWorkaround : IKernelWorkaround
+{
+    public const string Variable = "ONEDNN_MAX_CPU_ISA";
+    public const string Value = "SSE41";
+    public string Name => $"oneDNN capped at SSE4.1 ({Variable}={Value})";
+    /// <summary>On x86, unless the user set the variable to something else (theirs is respected).</summary>
+    public bool Available => RuntimeInformation.ProcessArchitecture is Architecture.X64 or Architecture.X86
+        && NativeEnvironment.Get(Variable) is null or Value;
+    public bool Active => Available && string.Equals(NativeEnvironment.Get(Variable), Value, StringComparison.OrdinalIgnoreCase);
+    public void Activate() => NativeEnvironment.Set(Variable, Value);
+}
+
 /// <summary>What the guard found and did on this machine.</summary>
 /// <param name="Fingerprint">Hash of CPU model, vector flags, libtorch and check version: the cache key.</param>
 /// <param name="FromCache">The decision came from an earlier check on this machine (no check ran now).</param>
 /// <param name="DefaultsPassed">The op check passed with libtorch's default kernels.</param>
-/// <param name="WorkaroundActive">The workaround is on in this process.</param>
-/// <param name="Healthy">The kernels in use are right (the check passed, with or without the workaround).</param>
+/// <param name="WorkaroundActive">A workaround is on in this process.</param>
+/// <param name="Healthy">The kernels in use are right (the check passed, with or without a workaround).</param>
 /// <param name="Report">The last check that ran now (null when the decision came from the cache).</param>
+/// <param name="ActiveWorkaround">The workaround in use, for reports (null when none is).</param>
 public sealed record NumericsStatus(string Fingerprint, bool FromCache, bool DefaultsPassed, bool WorkaroundActive, bool Healthy,
-    string Detail, OpCheckReport? Report);
+    string Detail, OpCheckReport? Report, string? ActiveWorkaround = null);
 
 /// <summary>Thrown when this CPU computes wrong float32 results even with the workaround: a user-facing, one-line error.</summary>
 public sealed class NumericsFaultException(string message) : Exception(message);
@@ -41,28 +61,38 @@ public sealed class NumericsFaultException(string message) : Exception(message);
 /// <summary>
 /// Detects, rather than guesses, whether this CPU's float32 kernels are right: before the first model is built it runs
 /// <see cref="OpCheck.RunQuick"/> (narrow-convolution forward and backward against float64), and only where that fails
-/// switches the workaround on and checks again. The decision is cached per machine (CPU model, flags, libtorch), so
-/// later processes pay only a file read. <c>dprune doctor</c> re-checks from scratch and refreshes the cache.
+/// turns oneDNN off and checks again. The decision is cached per machine (CPU model, flags, libtorch), so later
+/// processes pay only a file read; on a machine that failed, they cap oneDNN's ISA at start-up instead
+/// (<see cref="ApplyAtStartup"/>), which is cheaper than oneDNN off, verify that once, and fall back to oneDNN off if
+/// the cap is not enough. <c>dprune doctor</c> re-checks from scratch and refreshes the cache.
 /// </summary>
 public sealed class NumericsGuard
 {
     /// <summary>Bump when the check changes, so cached decisions of the old check are not trusted.</summary>
     public const int CheckVersion = 1;
 
+    private const string Passed = "passed", Failed = "failed";
+
     private readonly string? _cacheDirectory;
     private readonly Func<OpCheckReport> _check;
     private readonly IKernelWorkaround _workaround;
+    private readonly IKernelWorkaround? _startupWorkaround;
     private readonly object _lock = new();
     private NumericsStatus? _status;
     private readonly bool _forceWorkaround;
+    private bool _startupApplied;
 
-    /// <param name="forceWorkaround">Switch the workaround on without checking (<c>DPRUNE_ONEDNN=off</c> for the default guard).</param>
-    public NumericsGuard(string? cacheDirectory, Func<OpCheckReport> check, IKernelWorkaround workaround, string fingerprint, bool forceWorkaround = false)
+    /// <param name="workaround">Switched on within the process when the check fails (oneDNN off).</param>
+    /// <param name="startupWorkaround">Applied by <see cref="ApplyAtStartup"/> on machines that failed before (oneDNN's ISA cap).</param>
+    /// <param name="forceWorkaround">Switch <paramref name="workaround"/> on without checking (<c>DPRUNE_ONEDNN=off</c> for the default guard).</param>
+    public NumericsGuard(string? cacheDirectory, Func<OpCheckReport> check, IKernelWorkaround workaround, string fingerprint,
+        bool forceWorkaround = false, IKernelWorkaround? startupWorkaround = null)
     {
         _forceWorkaround = forceWorkaround;
         _cacheDirectory = cacheDirectory;
         _check = check;
         _workaround = workaround;
+        _startupWorkaround = startupWorkaround;
         Fingerprint = fingerprint;
     }
 
@@ -70,13 +100,20 @@ public sealed class NumericsGuard
 
     public string? CacheFile => _cacheDirectory is null ? null : Path.Combine(_cacheDirectory, $"numerics-{Fingerprint}.json");
 
-    /// <summary>The process-wide guard: the real op check, oneDNN as the workaround, the user's cache folder.</summary>
-    /// <remarks><c>DPRUNE_ONEDNN=off</c> forces the workaround (to measure its cost, or on a CPU whose fault the check misses).</remarks>
+    /// <summary>The process-wide guard: the real op check, oneDNN off and oneDNN's ISA cap as workarounds, the user's cache folder.</summary>
+    /// <remarks><c>DPRUNE_ONEDNN=off</c> forces oneDNN off (to measure its cost, or on a CPU whose fault the check misses).</remarks>
     public static NumericsGuard Default { get; } = new(DefaultCacheDirectory(), OpCheck.RunQuick, new OneDnnOffWorkaround(), MachineFingerprint(),
-        forceWorkaround: string.Equals(Environment.GetEnvironmentVariable("DPRUNE_ONEDNN"), "off", StringComparison.OrdinalIgnoreCase));
+        forceWorkaround: string.Equals(Environment.GetEnvironmentVariable("DPRUNE_ONEDNN"), "off", StringComparison.OrdinalIgnoreCase),
+        startupWorkaround: new OneDnnIsaCapWorkaround());
 
     /// <summary>Runs <see cref="Ensure"/> on the default guard (once per process; later calls return the same status).</summary>
     public static NumericsStatus EnsureDefault() => Default.Ensure();
+
+    /// <summary>
+    /// For the first line of a program (the CLI, the Studio), before any tensor exists: <see cref="ApplyAtStartup"/> on
+    /// the default guard. Reads only the cache file; on a machine without a cached failure it does nothing.
+    /// </summary>
+    public static bool ApplyDefaultAtStartup() => Default.ApplyAtStartup();
 
     /// <summary>
     /// For training, pruning and distillation: makes sure the kernels are right, and throws a one-line
@@ -90,6 +127,23 @@ public sealed class NumericsGuard
                 "produce garbage. Run `dprune doctor` for the full report.");
     }
 
+    /// <summary>
+    /// Where this machine failed the check before (and the start-up workaround has not failed too), switches the
+    /// start-up workaround on: it must run before libtorch's kernels first run, which only the program's entry point can
+    /// promise. The next <see cref="Ensure"/> verifies it once. Returns whether it was applied.
+    /// </summary>
+    public bool ApplyAtStartup()
+    {
+        lock (_lock)
+        {
+            if (_status is not null || _forceWorkaround || _startupWorkaround is not { Available: true } || _startupWorkaround.Active) return false;
+            var cached = ReadCache();
+            if (cached is null || !cached.NeedsWorkaround || cached.StartupWorkaround == Failed) return false;
+            _startupWorkaround.Activate();
+            return _startupApplied = true;
+        }
+    }
+
     /// <summary>Decides once per process: from the cache when this machine was checked before, else by checking now.</summary>
     public NumericsStatus Ensure()
     {
@@ -100,16 +154,23 @@ public sealed class NumericsGuard
             {
                 _workaround.Activate();
                 return _status = new NumericsStatus(Fingerprint, false, DefaultsPassed: false, WorkaroundActive: true, Healthy: true,
-                    $"{_workaround.Name}, forced by DPRUNE_ONEDNN=off (not checked)", Report: null);
+                    $"{_workaround.Name}, forced by DPRUNE_ONEDNN=off (not checked)", Report: null, _workaround.Name);
             }
             var cached = ReadCache();
-            if (cached is not null)
+            if (cached is null) return _status = Decide();
+            if (!cached.NeedsWorkaround)
+                return _status = new NumericsStatus(Fingerprint, FromCache: true, DefaultsPassed: true, WorkaroundActive: false, Healthy: true,
+                    cached.Detail, Report: null);
+            if (_startupApplied)
             {
-                if (cached.NeedsWorkaround && _workaround.Available) _workaround.Activate();
-                return _status = new NumericsStatus(Fingerprint, FromCache: true, DefaultsPassed: !cached.NeedsWorkaround,
-                    WorkaroundActive: _workaround.Available && _workaround.Active, Healthy: true, cached.Detail, Report: null);
+                if (cached.StartupWorkaround == Passed)
+                    return _status = new NumericsStatus(Fingerprint, FromCache: true, DefaultsPassed: false, WorkaroundActive: true, Healthy: true,
+                        cached.Detail, Report: null, _startupWorkaround!.Name);
+                return _status = VerifyStartupWorkaround(cached);
             }
-            return _status = Decide();
+            if (_workaround.Available) _workaround.Activate();
+            return _status = new NumericsStatus(Fingerprint, FromCache: true, DefaultsPassed: false, WorkaroundActive: _workaround.Available && _workaround.Active,
+                Healthy: true, cached.Detail, Report: null, _workaround.Available ? _workaround.Name : null);
         }
     }
 
@@ -119,28 +180,63 @@ public sealed class NumericsGuard
         lock (_lock) return _status = Decide();
     }
 
+    /// <summary>The first process with the start-up workaround on this machine checks it once and records the verdict.</summary>
+    private NumericsStatus VerifyStartupWorkaround(CachedDecision cached)
+    {
+        var withCap = _check();
+        string name = _startupWorkaround!.Name;
+        if (withCap.Passed)
+        {
+            var detail = $"{cached.Detail}; with {name}: {withCap.Summary}";
+            WriteCache(cached with { StartupWorkaround = Passed, Detail = detail });
+            return new NumericsStatus(Fingerprint, false, false, true, true, detail, withCap, name);
+        }
+        WriteCache(cached with { StartupWorkaround = Failed });
+        return Fallback($"with {name}: {withCap.Summary}", startupFailed: true);
+    }
+
     private NumericsStatus Decide()
     {
         var first = _check();
+        string? inUse = ActiveNames();
         if (first.Passed)
         {
-            // Passed as things are now; if the workaround is already on, that pass says nothing about the defaults.
-            bool workaroundOn = _workaround.Available && _workaround.Active;
-            if (!workaroundOn) WriteCache(new CachedDecision(false, first.Summary));
-            return new NumericsStatus(Fingerprint, false, DefaultsPassed: !workaroundOn, workaroundOn, true,
-                workaroundOn ? $"{first.Summary} with {_workaround.Name}" : first.Summary, first);
+            // Passed as things are now; if a workaround is already on, that pass says nothing about the defaults.
+            if (inUse is null) WriteCache(new CachedDecision(false, first.Summary));
+            else if (_startupApplied && !_workaround.Active && ReadCache() is { } known)
+                WriteCache(known with { StartupWorkaround = Passed });
+            return new NumericsStatus(Fingerprint, false, DefaultsPassed: inUse is null, inUse is not null, true,
+                inUse is null ? first.Summary : $"{first.Summary} with {inUse}", first, inUse);
         }
+        string label = inUse is null ? "default kernels" : $"with {inUse}";
         if (!_workaround.Available || _workaround.Active)
-            return new NumericsStatus(Fingerprint, false, false, _workaround.Available && _workaround.Active, false,
-                first.Summary + (_workaround.Available ? $" with {_workaround.Name}" : $"; the workaround ({_workaround.Name}) is not available in this build"), first);
-        _workaround.Activate();
-        var second = _check();
-        string detail = $"default kernels: {first.Summary}; with {_workaround.Name}: {second.Summary}";
-        if (second.Passed) WriteCache(new CachedDecision(true, detail));
-        return new NumericsStatus(Fingerprint, false, false, true, second.Passed, detail, second);
+            return new NumericsStatus(Fingerprint, false, false, inUse is not null, false,
+                $"{label}: {first.Summary}" + (_workaround.Available ? "" : $"; the workaround ({_workaround.Name}) is not available in this build"),
+                first, inUse);
+        return Fallback($"{label}: {first.Summary}", startupFailed: _startupWorkaround is { Active: true });
     }
 
-    private sealed record CachedDecision(bool NeedsWorkaround, string Detail);
+    /// <summary>Turns the in-process workaround on, checks again, and caches a decision that holds.</summary>
+    private NumericsStatus Fallback(string whatFailed, bool startupFailed)
+    {
+        _workaround.Activate();
+        var second = _check();
+        string detail = $"{whatFailed}; with {_workaround.Name}: {second.Summary}";
+        if (second.Passed) WriteCache(new CachedDecision(true, detail, startupFailed ? Failed : null));
+        return new NumericsStatus(Fingerprint, false, false, true, second.Passed, detail, second, ActiveNames());
+    }
+
+    private string? ActiveNames()
+    {
+        var names = new List<string>();
+        if (_startupWorkaround is { Available: true, Active: true }) names.Add(_startupWorkaround.Name);
+        if (_workaround.Available && _workaround.Active) names.Add(_workaround.Name);
+        return names.Count == 0 ? null : string.Join(" + ", names);
+    }
+
+    /// <param name="NeedsWorkaround">The default kernels failed the check on this machine.</param>
+    /// <param name="StartupWorkaround">Whether the start-up workaround passed the check here, failed it, or was not tried (null).</param>
+    private sealed record CachedDecision(bool NeedsWorkaround, string Detail, string? StartupWorkaround = null);
 
     private CachedDecision? ReadCache()
     {

@@ -8,10 +8,14 @@ namespace DiffusionPrune.Tests.Cli;
 /// <summary>The dprune contract, exercised through the real executable (as batch tooling uses it).</summary>
 public class CliTests
 {
-    internal static (int exitCode, string stdout, string stderr) Dprune(params string[] args)
+    internal static (int exitCode, string stdout, string stderr) Dprune(params string[] args) => DprunWith(new Dictionary<string, string>(), args);
+
+    /// <summary>Runs dprune with extra environment variables.</summary>
+    internal static (int exitCode, string stdout, string stderr) DprunWith(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "dprune.dll");
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (name, value) in environment) info.Environment[name] = value;
         info.ArgumentList.Add(dll);
         foreach (var a in args) info.ArgumentList.Add(a);
         using var process = Process.Start(info)!;

@@ -5,9 +5,9 @@ namespace DiffusionPrune.Tests.Runtime;
 /// <summary>The guard's decision, with an injected op check and workaround: no CPU fault is needed to test it.</summary>
 public class NumericsGuardTests
 {
-    private sealed class FakeWorkaround : IKernelWorkaround
+    private sealed class FakeWorkaround(string name = "fake workaround") : IKernelWorkaround
     {
-        public string Name => "fake workaround";
+        public string Name => name;
         public bool Available { get; init; } = true;
         public bool Active { get; private set; }
         public int Activations { get; private set; }
@@ -134,11 +134,123 @@ public class NumericsGuardTests
         Assert.Contains("DPRUNE_ONEDNN=off", status.Detail);
     }
 
+    /// <summary>Writes what a first process on a faulty machine leaves behind: the defaults failed, oneDNN off passed.</summary>
+    private static void FirstRunOnAFaultyMachine(string cache, string machine)
+    {
+        var off = new FakeWorkaround();
+        var status = new NumericsGuard(cache, FaultyUntilWorkaround(off, []), off, machine, startupWorkaround: new FakeWorkaround("cap")).Ensure();
+        Assert.True(status.Healthy);
+    }
+
+    [Fact]
+    public void The_start_up_workaround_is_applied_only_where_the_machine_failed_before()
+    {
+        using var cache = Fixtures.Temp();
+        var cap = new FakeWorkaround("cap");
+        Assert.False(new NumericsGuard(cache.Path, () => Report(true), new FakeWorkaround(), "healthy", startupWorkaround: cap).ApplyAtStartup());
+        Assert.False(cap.Active); // no cache yet: nothing to act on
+
+        new NumericsGuard(cache.Path, () => Report(true), new FakeWorkaround(), "healthy").Ensure();
+        Assert.False(new NumericsGuard(cache.Path, () => Report(true), new FakeWorkaround(), "healthy", startupWorkaround: cap).ApplyAtStartup());
+        Assert.False(cap.Active); // a machine that passed keeps its default kernels
+    }
+
+    [Fact]
+    public void On_a_machine_that_failed_before_the_start_up_cap_is_verified_once_and_oneDNN_stays_on()
+    {
+        using var cache = Fixtures.Temp();
+        FirstRunOnAFaultyMachine(cache.Path, "faulty");
+
+        // Second process: the cap goes on at start-up; the check (right only with the cap) runs once to verify it.
+        var cap = new FakeWorkaround("cap");
+        var off = new FakeWorkaround();
+        int checks = 0;
+        var guard = new NumericsGuard(cache.Path, () => { checks++; return Report(passed: cap.Active && !off.Active); }, off, "faulty", startupWorkaround: cap);
+        Assert.True(guard.ApplyAtStartup());
+        var status = guard.Ensure();
+        Assert.Equal(1, checks);
+        Assert.True(status.Healthy);
+        Assert.True(status.WorkaroundActive);
+        Assert.False(off.Active); // the cheaper cap is enough: oneDNN stays on
+        Assert.Equal("cap", status.ActiveWorkaround);
+
+        // Third process: the verdict is cached, so no check runs at all.
+        var cap3 = new FakeWorkaround("cap");
+        var guard3 = new NumericsGuard(cache.Path, () => throw new InvalidOperationException("must not check"), new FakeWorkaround(), "faulty", startupWorkaround: cap3);
+        Assert.True(guard3.ApplyAtStartup());
+        var third = guard3.Ensure();
+        Assert.True(third.FromCache);
+        Assert.True(third.Healthy);
+        Assert.Equal("cap", third.ActiveWorkaround);
+    }
+
+    [Fact]
+    public void A_start_up_cap_that_is_not_enough_falls_back_to_oneDNN_off_and_is_not_applied_again()
+    {
+        using var cache = Fixtures.Temp();
+        FirstRunOnAFaultyMachine(cache.Path, "faulty");
+
+        var cap = new FakeWorkaround("cap");
+        var off = new FakeWorkaround();
+        var calls = new List<bool>();
+        var guard = new NumericsGuard(cache.Path, FaultyUntilWorkaround(off, calls), off, "faulty", startupWorkaround: cap);
+        Assert.True(guard.ApplyAtStartup());
+        var status = guard.Ensure();
+        Assert.Equal([false, true], calls); // the cap failed, then oneDNN off passed
+        Assert.True(status.Healthy);
+        Assert.True(off.Active);
+        Assert.Contains("cap", status.Detail);
+
+        // The next process does not try the cap again: oneDNN off from the cache, no check.
+        var cap3 = new FakeWorkaround("cap");
+        var off3 = new FakeWorkaround();
+        var guard3 = new NumericsGuard(cache.Path, () => throw new InvalidOperationException("must not check"), off3, "faulty", startupWorkaround: cap3);
+        Assert.False(guard3.ApplyAtStartup());
+        Assert.True(guard3.Ensure().Healthy);
+        Assert.False(cap3.Active);
+        Assert.True(off3.Active);
+    }
+
     [Fact]
     public void A_NaN_error_fails_a_result()
     {
         Assert.False(new OpCheckResult("conv2d", "x", double.NaN, 0, OpCheck.Tolerance).Passed);
         Assert.False(new OpCheckResult("conv2d", "x", 0, 0.5, OpCheck.Tolerance).Passed);
         Assert.True(new OpCheckResult("conv2d", "x", 1e-6, 1e-6, OpCheck.Tolerance).Passed);
+    }
+}
+
+/// <summary>The real start-up workaround, in a real dprune process: the cap must reach oneDNN before it first runs.</summary>
+public class StartupWorkaroundTests
+{
+    [Fact]
+    public void On_a_machine_cached_as_faulty_dprune_caps_oneDNN_at_start_up_verifies_it_and_still_matches_diffusers()
+    {
+        using var cache = Fixtures.Temp();
+        string file = Path.Combine(cache.Path, $"numerics-{NumericsGuard.MachineFingerprint()}.json");
+        File.WriteAllText(file, """{"NeedsWorkaround":true,"Detail":"default kernels: simulated failure","StartupWorkaround":null}""");
+        var environment = new Dictionary<string, string> { ["DPRUNE_CACHE_DIR"] = cache.Path, ["ONEDNN_VERBOSE"] = "1" };
+
+        var (code, stdout, stderr) = Cli.CliTests.DprunWith(environment, "forward", "--model", Fixtures.Diffusers("unet2d-small", "model"),
+            "--input", Fixtures.Diffusers("unet2d-small", "io.safetensors"), "--output", cache.File("out.safetensors"), "--device", "cpu");
+
+        Assert.True(code == 0, stderr);
+        Assert.Contains("isa:Intel SSE4.1", stdout); // oneDNN's own report of the ISA it runs
+        Assert.Contains("\"StartupWorkaround\":\"passed\"", File.ReadAllText(file));
+        using var output = DiffusionPrune.Formats.SafetensorsFile.Open(cache.File("out.safetensors"));
+        using var io = DiffusionPrune.Formats.SafetensorsFile.Open(Fixtures.Diffusers("unet2d-small", "io.safetensors"));
+        using var actual = output.Read("output");
+        using var expected = io.ReadFloat("output");
+        Assert.True(Fixtures.RelativeError(actual, expected) <= 1e-4);
+    }
+
+    [Fact]
+    public void The_native_environment_is_what_native_code_reads()
+    {
+        string name = $"DPRUNE_TEST_{Guid.NewGuid():N}";
+        Assert.Null(NativeEnvironment.Get(name));
+        NativeEnvironment.Set(name, "SSE41");
+        Assert.Equal("SSE41", NativeEnvironment.Get(name));
+        Assert.Equal("SSE41", Environment.GetEnvironmentVariable(name));
     }
 }

@@ -61,11 +61,14 @@ public class OpCheckTests(ITestOutputHelper output)
     }
 }
 
-[CollectionDefinition(Name)]
+/// <summary>
+/// Tests that flip a process-wide switch (libtorch's oneDNN, the collector's no-GC region) run alone, after the
+/// parallel ones: a test comparing two runs bit for bit must never see oneDNN go off between them.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
 public class OneDnnSwitchCollection
 {
-    /// <summary>Tests that flip libtorch's process-wide oneDNN switch run one at a time.</summary>
-    public const string Name = "libtorch's oneDNN switch";
+    public const string Name = "process-wide switches";
 }
 
 public class GatedGroupNormTests

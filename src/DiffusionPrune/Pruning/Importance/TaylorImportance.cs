@@ -204,8 +204,9 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
         for (long start = 0; start < count; start += Options.MicroBatch)
         {
             long length = Math.Min(Options.MicroBatch, count - start);
-            using (var scope = NewDisposeScope())
+            total += Training.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
             {
+                using var scope = NewDisposeScope();
                 var original = x0.narrow(0, start, length);
                 var eps = noise.narrow(0, start, length);
                 var timesteps = full([length], t, ScalarType.Int64);
@@ -221,8 +222,8 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
                 // Weighted by the micro-batch's share, so the gradients add up to those of the mean over all images.
                 var loss = nn.functional.mse_loss(prediction, target.to(device)) * (length / (double)count);
                 loss.backward();
-                total += loss.item<float>();
-            }
+                return (double)loss.item<float>();
+            });
             NativeMemory.Trim();
         }
         return total;
