@@ -6,8 +6,12 @@ namespace DiffusionPrune.Cli;
 /// <summary>The <c>dprune</c> command tree; a thin shell over the core library.</summary>
 public static class DprunCli
 {
+    /// <summary>Shows libtorch's native warnings (e.g. NNPACK's on CPUs it does not support), which are silenced otherwise.</summary>
+    public static Option<bool> VerboseOption { get; } = new("--verbose") { Description = "Show libtorch's native warnings.", Recursive = true };
+
     public static RootCommand Build() => new("dprune — load, prune, evaluate and export diffusion models (diffusers layout).")
     {
+        VerboseOption,
         ForwardCommand.Create(),
         SampleCommand.Create(),
         InfoCommand.Create(),
@@ -20,5 +24,10 @@ public static class DprunCli
         DoctorCommand.Create(),
     };
 
-    public static int Run(string[] args) => Build().Parse(args).Invoke();
+    public static int Run(string[] args)
+    {
+        var parse = Build().Parse(args);
+        if (parse.GetValue(VerboseOption)) Runtime.LibTorchContext.ShowNativeWarnings = true; // before any model is built
+        return parse.Invoke();
+    }
 }

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Tests;
 
-/// <summary>Locates the shared reference fixtures (../shared/fixtures/diffusers beside the repository).</summary>
+/// <summary>Locates the repository and its reference fixtures (tests/fixtures/diffusers).</summary>
 public static class Fixtures
 {
     private static readonly Lazy<string> Root = new(() =>
@@ -17,18 +17,40 @@ public static class Fixtures
 
     public static string RepoRoot => Root.Value;
 
+    /// <summary>
+    /// tests/fixtures/diffusers: diffusers' reference outputs, vendored so a clone stands alone (copied from
+    /// ../shared/fixtures/diffusers, the source; <see cref="FixtureManifestTests"/> checks both).
+    /// </summary>
     public static string DiffusersRoot
     {
         get
         {
-            string path = Path.GetFullPath(Path.Combine(RepoRoot, "..", "shared", "fixtures", "diffusers"));
+            string path = Path.Combine(RepoRoot, "tests", "fixtures", "diffusers");
             if (!Directory.Exists(path))
-                throw new DirectoryNotFoundException($"The shared diffusers fixtures are missing: expected {path}.");
+                throw new DirectoryNotFoundException($"The diffusers reference fixtures are missing: expected {path}.");
             return path;
         }
     }
 
-    public static string Diffusers(params string[] parts) => Path.Combine([DiffusersRoot, .. parts]);
+    /// <summary>The source the fixtures are copied from, when it sits beside the clone (null otherwise).</summary>
+    public static string? SharedDiffusersRoot
+    {
+        get
+        {
+            string path = Path.GetFullPath(Path.Combine(RepoRoot, "..", "shared", "fixtures", "diffusers"));
+            return Directory.Exists(path) ? path : null;
+        }
+    }
+
+    /// <summary>A fixture file or folder; a missing one fails the test that asks for it, naming the path.</summary>
+    public static string Diffusers(params string[] parts)
+    {
+        string path = Path.Combine([DiffusersRoot, .. parts]);
+        if (!File.Exists(path) && !Directory.Exists(path))
+            throw new FileNotFoundException($"The diffusers reference fixture '{string.Join('/', parts)}' is missing (expected {path}); " +
+                "tests/fixtures/diffusers.sha256 lists every fixture.", path);
+        return path;
+    }
 
     /// <summary>A fresh temporary folder, removed when disposed.</summary>
     public static TempFolder Temp() => new();

@@ -12,35 +12,35 @@ public static class BatchCommand
         var output = new Option<string?>("--output") { Description = "Results folder (default: the plan's \"output\")." };
         var force = new Option<bool>("--force") { Description = "Run every item again, even those already finished." };
         var device = CliCommon.DeviceOption();
+        var quiet = CliOutput.QuietOption();
+        var json = CliOutput.JsonOption();
         var command = new Command("batch", "Prune, evaluate, export and time models x methods x targets from a plan; resumable; writes summary.md/csv and pareto.png.")
         {
-            plan, output, force, device,
+            plan, output, force, device, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
             var batchPlan = BatchPlan.Load(parse.GetValue(plan)!, parse.GetValue(output));
-            bool progressShown = false;
-            void Log(string line)
-            {
-                if (progressShown) Console.Error.WriteLine();
-                progressShown = false;
-                Console.WriteLine(line);
-            }
+            var console = CliOutput.From(parse, quiet, json);
             var result = BatchRunner.Run(batchPlan, new BatchRunOptions
             {
                 Force = parse.GetValue(force),
                 Device = CliCommon.ResolveDevice(parse.GetValue(device)!),
-                Log = Log,
-                OnEvalProgress = (done, total) =>
-                {
-                    Console.Error.Write($"\r  sampled {done}/{total}   ");
-                    progressShown = true;
-                },
-                OnPruneIteration = it =>
-                {
-                    Console.Error.Write($"\r  EcoDiff iteration {it.Iteration}/{batchPlan.Prune.Iterations} loss {it.Loss:F5}   ");
-                    progressShown = true;
-                },
+                Log = console.Result,
+                OnEvalProgress = (done, total) => console.Progress("  sampled", done, total),
+                OnPruneIteration = it => console.Progress("  EcoDiff iteration", it.Iteration, batchPlan.Prune.Iterations, $"loss {it.Loss:F5}"),
+            });
+            console.EndProgress();
+            console.Summary(new
+            {
+                result.Ran,
+                result.Skipped,
+                Failed = result.Failed.Select(f => new { Item = f.Item.ToString(), f.Error }).ToList(),
+                SummaryMarkdown = Path.GetFullPath(result.Summary.Markdown),
+                SummaryCsv = Path.GetFullPath(result.Summary.Csv),
+                Pareto = Path.GetFullPath(result.Summary.Pareto),
+                Finished = result.Summary.Rows.Count,
+                Unfinished = result.Summary.Unfinished.Count,
             });
             if (result.Failed.Count == 0) return 0;
             Console.Error.WriteLine($"error: {result.Failed.Count} item(s) failed; run the plan again to retry them:");

@@ -22,9 +22,11 @@ public static class EvalCommand
         var device = CliCommon.DeviceOption();
         var backend = CliCommon.BackendOption();
         var provider = CliCommon.ProviderOption();
+        var quiet = CliOutput.QuietOption();
+        var json = CliOutput.JsonOption();
         var command = new Command("eval", "Measure a model: FID-proxy (bootstrap interval), KID, precision/recall, class accuracy, SSIM/PSNR, params, MACs, latency.")
         {
-            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, output, device, backend, provider,
+            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, output, device, backend, provider, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -43,25 +45,27 @@ public static class EvalCommand
                 Backend = parse.GetValue(backend)!,
                 Provider = parse.GetValue(provider)!,
             };
+            var console = CliOutput.From(parse, quiet, json);
             var report = ModelEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!),
-                (i, n) => Console.Error.Write($"\rsampled {i}/{n}"), CliCommon.ReportProvider);
-            Console.Error.WriteLine();
-            Console.WriteLine($"{"model",-22} {report.Model}");
-            Console.WriteLine($"{"runtime",-22} {report.Runtime}");
-            Console.WriteLine($"{"parameters",-22} {report.Parameters:N0}");
-            Console.WriteLine($"{"MACs / image",-22} {report.Macs:N0}");
-            Console.WriteLine($"{"samples x steps",-22} {report.Samples} x {report.Steps} ({report.Scheduler})");
-            Console.WriteLine($"{"FID-proxy",-22} {report.Fid.Value:F3}  [{report.Fid.Lower:F3}, {report.Fid.Upper:F3}] 95% bootstrap, N={report.Fid.SampleCount}");
-            Console.WriteLine($"{"KID",-22} {report.Kid.Mean:F5} ± {report.Kid.Std:F5}");
-            Console.WriteLine($"{"precision / recall",-22} {report.PrecisionRecall.Precision:F3} / {report.PrecisionRecall.Recall:F3}");
-            if (report.ClassAccuracy is double acc) Console.WriteLine($"{"class accuracy",-22} {acc:P1}");
-            if (report.Ssim is double ssim) Console.WriteLine($"{"SSIM / PSNR to ref",-22} {ssim:F4} / {report.Psnr:F2} dB");
-            Console.WriteLine($"{"sampler ms / image",-22} {report.SamplerMillisecondsPerImage:F1}");
+                (i, n) => console.Progress("sampled", i, n), console.Note);
+            console.EndProgress();
+            console.Result($"{"model",-22} {report.Model}");
+            console.Result($"{"runtime",-22} {report.Runtime}");
+            console.Result($"{"parameters",-22} {report.Parameters:N0}");
+            console.Result($"{"MACs / image",-22} {report.Macs:N0}");
+            console.Result($"{"samples x steps",-22} {report.Samples} x {report.Steps} ({report.Scheduler})");
+            console.Result($"{"FID-proxy",-22} {report.Fid.Value:F3}  [{report.Fid.Lower:F3}, {report.Fid.Upper:F3}] 95% bootstrap, N={report.Fid.SampleCount}");
+            console.Result($"{"KID",-22} {report.Kid.Mean:F5} ± {report.Kid.Std:F5}");
+            console.Result($"{"precision / recall",-22} {report.PrecisionRecall.Precision:F3} / {report.PrecisionRecall.Recall:F3}");
+            if (report.ClassAccuracy is double acc) console.Result($"{"class accuracy",-22} {acc:P1}");
+            if (report.Ssim is double ssim) console.Result($"{"SSIM / PSNR to ref",-22} {ssim:F4} / {report.Psnr:F2} dB");
+            console.Result($"{"sampler ms / image",-22} {report.SamplerMillisecondsPerImage:F1}");
             if (parse.GetValue(output) is string path)
             {
                 report.Save(path);
-                Console.WriteLine($"wrote {path}");
+                console.Result($"wrote {path}");
             }
+            console.Summary(report.ToJson());
             return 0;
         }));
         return command;

@@ -30,9 +30,12 @@ public static class PruneCommand
         var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
         var probeMemory = new Option<bool>("--probe-memory") { Description = "Benchmark: run one EcoDiff iteration at --steps and print peak RSS and time (see benchmarks/ecodiff-memory.sh)." };
         var device = CliCommon.DeviceOption();
+        var quiet = CliOutput.QuietOption();
+        var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
             model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, schedulerConfig, seed, output, probeMemory, device,
+            quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -93,17 +96,22 @@ public static class PruneCommand
                 },
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
+            var console = CliOutput.From(parse, quiet, json);
             var started = DateTime.UtcNow;
-            var report = PruneRunner.Run(request, dev, Console.Error.WriteLine, it =>
+            var report = PruneRunner.Run(request, dev, console.Note, it =>
             {
                 var elapsed = DateTime.UtcNow - started;
                 var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / it.Iteration * (request.Iterations - it.Iteration));
-                Console.Error.Write($"\riteration {it.Iteration}/{request.Iterations} loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} beta {it.Beta:G3} eta {eta:hh\\:mm\\:ss}   ");
+                console.Progress("iteration", it.Iteration, request.Iterations,
+                    $"loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} beta {it.Beta:G3} eta {eta:hh\\:mm\\:ss}");
             });
-            Console.Error.WriteLine();
-            Console.WriteLine($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
+            console.EndProgress();
+            console.Result($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
                 $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
-            Console.WriteLine($"wrote {report.OutputPath} ({PruneRunner.ReportName})");
+            console.Result($"wrote {report.OutputPath} ({PruneRunner.ReportName})");
+            var summary = report.ToJson();
+            summary["output_path"] = Path.GetFullPath(report.OutputPath); // for the script on this machine; the report file keeps the name only
+            console.Summary(summary);
             return 0;
         }));
         return command;

@@ -48,9 +48,10 @@ public static class SampleCommand
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var started = DateTime.UtcNow;
-            SampleRunner.Run(request, dev, (i, n) => Console.Error.Write($"\rstep {i}/{n}"), CliCommon.ReportProvider);
-            Console.Error.WriteLine();
-            Console.WriteLine($"wrote {request.OutputPath} ({(DateTime.UtcNow - started).TotalSeconds:F1} s)");
+            var console = new CliOutput(quiet: false, json: false);
+            SampleRunner.Run(request, dev, (i, n) => console.Progress("step", i, n), console.Note);
+            console.EndProgress();
+            console.Result($"wrote {request.OutputPath} ({(DateTime.UtcNow - started).TotalSeconds:F1} s)");
             return 0;
         }));
         return command;

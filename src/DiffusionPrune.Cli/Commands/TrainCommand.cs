@@ -26,9 +26,11 @@ public static class TrainCommand
         var output = new Option<string>("--output") { Description = "Output folder (diffusers layout + checkpoint/).", Required = true };
         var resume = new Option<bool>("--resume") { Description = "Continue from the checkpoint in --output." };
         var device = CliCommon.DeviceOption();
+        var quiet = CliOutput.QuietOption();
+        var json = CliOutput.JsonOption();
         var command = new Command("train", "Train a denoiser on MNIST with the DDPM epsilon objective.")
         {
-            arch, config, data, steps, batch, lr, warmup, ema, classDropout, attentionInit, seed, checkpointEvery, output, resume, device,
+            arch, config, data, steps, batch, lr, warmup, ema, classDropout, attentionInit, seed, checkpointEvery, output, resume, device, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -67,18 +69,27 @@ public static class TrainCommand
                 Seed = parse.GetValue(seed),
                 CheckpointEvery = parse.GetValue(checkpointEvery),
             };
-            Console.WriteLine($"training {model.ClassName}: {model.ParameterCount():N0} parameters, {dataset.Train.Count} images, {options.Steps} steps x {options.BatchSize}");
+            var console = CliOutput.From(parse, quiet, json);
+            console.Result($"training {model.ClassName}: {model.ParameterCount():N0} parameters, {dataset.Train.Count} images, {options.Steps} steps x {options.BatchSize}");
             var trainer = new DiffusionTrainer(model, dataset.Train, options, parse.GetValue(output)!);
             double smoothed = double.NaN;
             var result = trainer.Train(parse.GetValue(resume), p =>
             {
                 smoothed = double.IsNaN(smoothed) ? p.Loss : 0.98 * smoothed + 0.02 * p.Loss;
-                int width = 30, filled = (int)(width * (double)p.Step / p.TotalSteps);
                 string rss = p.ResidentBytes is long b ? $" rss {b / (1 << 20)} MB" : "";
-                Console.Error.Write($"\r[{new string('#', filled)}{new string('.', width - filled)}] {p.Step}/{p.TotalSteps} loss {smoothed:F4} {p.ImagesPerSecond:F0} img/s eta {p.Eta:hh\\:mm\\:ss}{rss}   ");
+                console.Progress("step", p.Step, p.TotalSteps, $"loss {smoothed:F4} {p.ImagesPerSecond:F0} img/s eta {p.Eta:hh\\:mm\\:ss}{rss}");
             });
-            Console.Error.WriteLine();
-            Console.WriteLine($"done: {result.Steps} steps, final loss {result.FinalLoss:F4}, {result.WallTime:hh\\:mm\\:ss}; model in {result.OutputFolder}");
+            console.EndProgress();
+            console.Result($"done: {result.Steps} steps, final loss {result.FinalLoss:F4}, {result.WallTime:hh\\:mm\\:ss}; model in {result.OutputFolder}");
+            console.Summary(new
+            {
+                Model = model.ClassName,
+                Parameters = model.ParameterCount(),
+                result.Steps,
+                result.FinalLoss,
+                WallSeconds = Math.Round(result.WallTime.TotalSeconds, 1),
+                OutputPath = Path.GetFullPath(result.OutputFolder),
+            });
             return 0;
         }));
         return command;

@@ -41,7 +41,7 @@ public sealed record EvalReport(
 {
     public JsonObject ToJson() => new()
     {
-        ["model"] = Model,
+        ["model"] = Formats.SourceIdentity.Describe(Model), // a name and hash, never a local path
         ["class"] = ClassName,
         ["parameters"] = Parameters,
         ["macs"] = Macs,

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
@@ -105,7 +106,7 @@ public static class ModelExporter
         var files = new List<string>();
         if (request.Formats.Contains(ExportFormat.Safetensors))
         {
-            DiffusersModelLoader.Save(model, output, new Dictionary<string, string> { ["dprune_exported_from"] = source });
+            DiffusersModelLoader.Save(model, output, new Dictionary<string, string> { ["dprune_exported_from"] = SourceIdentity.Describe(source) });
             files.Add("config.json");
             files.Add(DiffusersModelLoader.WeightsName + ".safetensors");
         }
@@ -122,7 +123,7 @@ public static class ModelExporter
             files.Add(OnnxContract.FileName);
             files.Add(OnnxMetadataName);
         }
-        string schedulerSource = schedulerPath ?? "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor: no x0 clipping for class-conditional models)";
+        string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor: no x0 clipping for class-conditional models)";
         var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
         File.WriteAllText(Path.Combine(output, ModelCardName), card);
         files.Add(ModelCardName);
@@ -200,7 +201,7 @@ public static class ModelExporter
         var card = new StringBuilder();
         card.AppendLine(inv, $"# {model.ClassName} — exported bundle");
         card.AppendLine();
-        card.AppendLine(inv, $"Exported by `dprune export` on {exportedAt.UtcDateTime:yyyy-MM-dd} (UTC) from `{source}`.");
+        card.AppendLine(inv, $"Exported by `dprune export` on {exportedAt.UtcDateTime:yyyy-MM-dd} (UTC) from `{SourceIdentity.Describe(source)}`.");
         card.AppendLine();
         card.AppendLine("| | |");
         card.AppendLine("|---|---|");

@@ -62,7 +62,7 @@ public sealed record PruneReport(
             ["kept_fraction_per_layer"] = perLayer,
             ["seconds"] = Math.Round(Seconds, 2),
             ["peak_rss_bytes"] = PeakResidentBytes,
-            ["output"] = OutputPath,
+            ["output"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(OutputPath))), // the folder's name, never a local path
         };
     }
 }
@@ -112,13 +112,13 @@ public static class PruneRunner
             kept[group.Path] = selection.Plan.Keep.TryGetValue(group.Path, out var indices) ? indices.Length / (double)group.Units : 1.0;
         var settings = new JsonObject
         {
-            ["model"] = request.ModelPath,
+            ["model"] = Formats.SourceIdentity.Describe(request.ModelPath), // a name and hash, never a local path
             ["steps"] = request.Steps,
             ["calibration"] = request.Calibration,
             ["seed"] = request.Seed,
             ["scope"] = request.Scope.ToString(),
             ["min_keep_fraction"] = request.MinKeepFraction,
-            ["scheduler_config"] = schedulerPath,
+            ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
         if (criterion is EcoDiffPruner eco)
         {

@@ -18,7 +18,8 @@ public sealed record DoctorReport(
     bool? OneDnnEnabled,
     NumericsStatus Guard,
     OpCheckReport FullCheck,
-    string? OneDnnMaxIsa = null)
+    string? OneDnnMaxIsa = null,
+    bool? NnpackAvailable = null)
 {
     /// <summary>The guard's decision holds and every op passed with the kernels now in use.</summary>
     public bool Passed => Guard.Healthy && FullCheck.Passed;
@@ -31,7 +32,7 @@ public sealed record DoctorReport(
         return new DoctorReport(CpuInfo.Read(), LibTorchContext.LibTorchVersion, LibTorchContext.TorchSharpVersion,
             OneDnnVersionFrom(config), LibTorchContext.AtenCpuCapability(), ReadOnnxRuntimeVersion(), torch.get_num_threads(),
             LibTorchContext.CanSwitchOneDnn ? LibTorchContext.OneDnnEnabled : null, guard, full,
-            NativeEnvironment.Get(OneDnnIsaCapWorkaround.Variable));
+            NativeEnvironment.Get(OneDnnIsaCapWorkaround.Variable), LibTorchContext.QuietNnpack());
     }
 
     /// <summary>The machine and kernel facts at the head of the report, as (label, value): the CLI and the Studio show the same.</summary>
@@ -44,6 +45,12 @@ public sealed record DoctorReport(
         ("onnxruntime", OnnxRuntimeVersion),
         ("threads", Threads.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ("oneDNN", OneDnnEnabled is null ? "cannot be switched in this build" : OneDnnEnabled.Value ? "enabled" : "disabled"),
+        ("NNPACK", NnpackAvailable switch
+        {
+            true => "available",
+            false => "not supported on this CPU (switched off, which keeps libtorch from warning at every convolution)",
+            null => "not probed (--verbose, or not in this build)",
+        }),
         ("oneDNN ISA", OneDnnMaxIsa is null ? "the highest this CPU has (no cap)" : $"capped at {OneDnnMaxIsa} ({OneDnnIsaCapWorkaround.Variable})"),
         ("workaround", (Guard.WorkaroundActive ? $"active: {Guard.ActiveWorkaround ?? "yes"}" : "not active") + " — " +
             (Guard.DefaultsPassed ? "default kernels passed the check" : "default kernels failed the check on this machine")),

@@ -25,6 +25,41 @@ public static class LibTorchContext
     private static readonly string[] SetMkldnnNames = ["_ZN2at7Context20setUserEnabledMkldnnEb", "?setUserEnabledMkldnn@Context@at@@QEAAX_N@Z"];
     private static readonly string[] GetMkldnnNames = ["_ZNK2at7Context17userEnabledMkldnnEv", "?userEnabledMkldnn@Context@at@@QEBA_NXZ"];
 
+    private static readonly string[] SetNnpackNames = ["_ZN2at7Context20setUserEnabledNNPACKEb", "?setUserEnabledNNPACK@Context@at@@QEAAX_N@Z"];
+    private static readonly string[] GetNnpackNames = ["_ZNK2at7Context17userEnabledNNPACKEv", "?userEnabledNNPACK@Context@at@@QEBA_NXZ"];
+    private static readonly string[] NnpackAvailableNames = ["_ZN2at4_ops17_nnpack_available4callEv", "?call@_nnpack_available@_ops@at@@SA_NXZ"];
+    [return: MarshalAs(UnmanagedType.U1)]
+    private delegate bool StaticBoolFn();
+
+    /// <summary>Show libtorch's native warnings instead of silencing the known-noisy ones (<c>dprune --verbose</c>).</summary>
+    public static bool ShowNativeWarnings { get; set; }
+
+    private static readonly object NnpackLock = new();
+    private static bool? _nnpackAvailable;
+
+    /// <summary>
+    /// Whether NNPACK works on this CPU, probed once with native stderr silenced. Where it does not, libtorch would
+    /// print "Could not initialize NNPACK! Reason: Unsupported hardware." at convolutions; this switches NNPACK off so
+    /// it never tries (unless <see cref="ShowNativeWarnings"/>, which leaves libtorch as it is). Null where the symbols
+    /// are missing.
+    /// </summary>
+    public static bool? QuietNnpack()
+    {
+        lock (NnpackLock)
+        {
+            if (_nnpackAvailable is not null || ShowNativeWarnings) return _nnpackAvailable;
+            var available = Export<StaticBoolFn>(NnpackAvailableNames);
+            var set = Export<SetBoolFn>(SetNnpackNames);
+            if (available is null || set is null) return null;
+            _nnpackAvailable = NativeStderr.Silenced(() => available());
+            if (_nnpackAvailable == false) set(Context(), false);
+            return _nnpackAvailable;
+        }
+    }
+
+    /// <summary>Whether libtorch may use NNPACK now (null where the symbol is missing).</summary>
+    public static bool? NnpackEnabled => Export<GetBoolFn>(GetNnpackNames) is { } get ? get(Context()) : null;
+
     /// <summary>Whether oneDNN can be switched here (the symbols were found).</summary>
     public static bool CanSwitchOneDnn => Export<GlobalContextFn>(GlobalContextNames) is not null
         && Export<SetBoolFn>(SetMkldnnNames) is not null && Export<GetBoolFn>(GetMkldnnNames) is not null;

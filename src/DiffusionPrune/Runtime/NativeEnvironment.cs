@@ -42,10 +42,45 @@ public static unsafe class NativeEnvironment
         }
     }
 
-    private static IntPtr Function(string symbol) =>
+    internal static IntPtr Function(string symbol) =>
         Libc.Value != IntPtr.Zero && NativeLibrary.TryGetExport(Libc.Value, symbol, out var address)
             ? address
             : throw new PlatformNotSupportedException($"The C runtime's {symbol} was not found.");
 
     private static byte[] Utf8(string text) => System.Text.Encoding.UTF8.GetBytes(text + '\0');
+}
+
+/// <summary>The process's native stderr (file descriptor 2), where libtorch prints its warnings.</summary>
+public static unsafe class NativeStderr
+{
+    /// <summary>
+    /// Runs <paramref name="body"/> with native stderr sent to /dev/null (Linux and macOS; elsewhere it just runs), so a
+    /// probe that libtorch answers with a warning stays quiet. Anything else writing to stderr meanwhile is lost too, so
+    /// keep the body to one short native call.
+    /// </summary>
+    public static T Silenced<T>(Func<T> body)
+    {
+        if (OperatingSystem.IsWindows()) return body();
+        var dup = (delegate* unmanaged<int, int>)NativeEnvironment.Function("dup");
+        var dup2 = (delegate* unmanaged<int, int, int>)NativeEnvironment.Function("dup2");
+        var close = (delegate* unmanaged<int, int>)NativeEnvironment.Function("close");
+        var open = (delegate* unmanaged<byte*, int, int>)NativeEnvironment.Function("open");
+        Console.Error.Flush();
+        int saved = dup(2);
+        if (saved < 0) return body();
+        int devNull;
+        fixed (byte* path = "/dev/null\0"u8) devNull = open(path, 1 /* O_WRONLY */);
+        if (devNull < 0) { close(saved); return body(); }
+        dup2(devNull, 2);
+        close(devNull);
+        try
+        {
+            return body();
+        }
+        finally
+        {
+            dup2(saved, 2);
+            close(saved);
+        }
+    }
 }

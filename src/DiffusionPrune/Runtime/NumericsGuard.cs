@@ -107,7 +107,12 @@ public sealed class NumericsGuard
         startupWorkaround: new OneDnnIsaCapWorkaround());
 
     /// <summary>Runs <see cref="Ensure"/> on the default guard (once per process; later calls return the same status).</summary>
-    public static NumericsStatus EnsureDefault() => Default.Ensure();
+    /// <remarks>Also quiets libtorch's NNPACK probe where NNPACK cannot run (<see cref="LibTorchContext.QuietNnpack"/>).</remarks>
+    public static NumericsStatus EnsureDefault()
+    {
+        LibTorchContext.QuietNnpack();
+        return Default.Ensure();
+    }
 
     /// <summary>
     /// For the first line of a program (the CLI, the Studio), before any tensor exists: <see cref="ApplyAtStartup"/> on

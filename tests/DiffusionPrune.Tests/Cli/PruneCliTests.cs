@@ -24,6 +24,37 @@ public class PruneCliTests
     }
 
     [Fact]
+    public void Piped_output_is_a_log_of_whole_lines_and_json_prints_one_summary_on_stdout()
+    {
+        using var temp = Fixtures.Temp();
+        string model = TinyModel(temp);
+        // Redirected, as under `| cat` or in CI: one line per step (3 iterations), no carriage returns.
+        var (code, stdout, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "ecodiff", "--target-params", "0.1",
+            "--steps", "2", "--iterations", "3", "--calibration", "2", "--output", temp.File("a"));
+        Assert.True(code == 0, stderr);
+        Assert.DoesNotContain('\r', stdout + stderr);
+        var lines = stderr.Split('\n');
+        foreach (var i in new[] { 1, 2, 3 }) Assert.Contains(lines, l => l.StartsWith($"iteration {i}/3 loss", StringComparison.Ordinal));
+        Assert.DoesNotContain("NNPACK", stdout + stderr);
+        Assert.Contains("ecodiff: removed", stdout);
+
+        // --json: stdout is exactly one JSON object; the human lines went to stderr.
+        (code, stdout, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "magnitude", "--target-params", "0.1",
+            "--output", temp.File("b"), "--json");
+        Assert.True(code == 0, stderr);
+        var summary = JsonNode.Parse(stdout)!.AsObject();
+        Assert.Equal("magnitude", summary["method"]!.GetValue<string>());
+        Assert.Equal(Path.GetFullPath(temp.File("b")), summary["output_path"]!.GetValue<string>());
+        Assert.Contains("magnitude: removed", stderr);
+
+        // --quiet: nothing at all on success.
+        (code, stdout, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "ecodiff", "--target-params", "0.1",
+            "--steps", "2", "--iterations", "2", "--calibration", "2", "--output", temp.File("c"), "--quiet");
+        Assert.True(code == 0, stderr);
+        Assert.Equal("", stdout + stderr);
+    }
+
+    [Fact]
     public void EcoDiff_prune_runs_end_to_end_and_reports_its_settings()
     {
         using var temp = Fixtures.Temp();

@@ -75,10 +75,25 @@ public class ModelExporterTests
         Assert.Contains("2025-03-04", card);
         Assert.Contains(report.ParametersAfter.ToString("N0", System.Globalization.CultureInfo.InvariantCulture), card);
         Assert.Contains(report.MacsAfter.ToString("N0", System.Globalization.CultureInfo.InvariantCulture), card);
-        Assert.Contains(DiffusersModelLoader.ResolveModelFolder(pruned), card);
+        Assert.Contains("from `pruned (weights sha256 ", card); // the source by name and hash
         Assert.Contains("magnitude", card);
         Assert.Contains("12.345 [11.500, 13.250]", card);
         Assert.Contains("0.9123", card);
+
+        // What a user hands on names no folder of the exporting machine: not the temp folder, not the fixtures' folder.
+        foreach (var file in Directory.EnumerateFiles(bundle).Append(Path.Combine(pruned, PruneRunner.ReportName)).Append(Path.Combine(pruned, "eval.json")))
+        {
+            if (Path.GetExtension(file) is ".safetensors" or ".onnx") continue;
+            string text = File.ReadAllText(file);
+            foreach (var local in new[] { temp.Path, Fixtures.RepoRoot, Path.GetTempPath().TrimEnd('/'), Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) })
+                if (local.Length > 1) Assert.False(text.Contains(local, StringComparison.Ordinal), $"{Path.GetFileName(file)} contains the local path {local}");
+        }
+        string weightsHash = DiffusionPrune.Formats.SourceIdentity.ShortHash(Path.Combine(pruned, "diffusion_pytorch_model.safetensors"));
+        Assert.Contains(weightsHash, card);
+        using (var weights = DiffusionPrune.Formats.SafetensorsFile.Open(Path.Combine(bundle, "diffusion_pytorch_model.safetensors")))
+            Assert.Equal($"pruned (weights sha256 {weightsHash})", weights.Metadata["dprune_exported_from"]);
+        var pruneJson = JsonNode.Parse(File.ReadAllText(Path.Combine(pruned, PruneRunner.ReportName)))!;
+        Assert.Equal("pruned", pruneJson["output"]!.GetValue<string>());
     }
 
     [Fact]

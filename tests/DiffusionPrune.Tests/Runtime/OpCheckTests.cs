@@ -130,3 +130,23 @@ public class NonFiniteCheckTests
         Assert.Contains("1 more group", e.Message);
     }
 }
+
+public class NnpackTests
+{
+    [Fact]
+    public void Where_NNPACK_cannot_run_it_is_switched_off_and_where_it_can_it_stays_on()
+    {
+        bool? available = LibTorchContext.QuietNnpack();
+        Assert.NotNull(available); // the symbols are in libtorch 2.10's CPU build
+        Assert.Equal(available, LibTorchContext.NnpackEnabled);
+        Assert.Equal(available, LibTorchContext.QuietNnpack()); // probed once
+    }
+
+    [Fact]
+    public void Silencing_native_stderr_returns_the_value_and_restores_the_stream_after_an_exception()
+    {
+        Assert.Equal(42, NativeStderr.Silenced(() => 42));
+        Assert.Throws<InvalidOperationException>(() => NativeStderr.Silenced<int>(() => throw new InvalidOperationException()));
+        Assert.Equal(7, NativeStderr.Silenced(() => 7)); // and it works again
+    }
+}
