@@ -12,18 +12,29 @@ public static class BatchCommand
         var output = new Option<string?>("--output") { Description = "Results folder (default: the plan's \"output\")." };
         var force = new Option<bool>("--force") { Description = "Run every item again, even those already finished." };
         var device = CliCommon.DeviceOption();
+        var shard = new Option<string?>("--shard") { Description = "Run only share i of N of the items (e.g. 2/4), for N workers on one output folder; items are claimed atomically. Then --summarize." };
+        var summarize = new Option<bool>("--summarize") { Description = "Only write summary.md, summary.csv and pareto.png from the item folders (after sharded runs)." };
         var quiet = CliOutput.QuietOption();
         var json = CliOutput.JsonOption();
         var command = new Command("batch", "Prune, evaluate, export and time models x methods x targets from a plan; resumable; writes summary.md/csv and pareto.png.")
         {
-            plan, output, force, device, quiet, json,
+            plan, output, force, device, shard, summarize, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
             var batchPlan = BatchPlan.Load(parse.GetValue(plan)!, parse.GetValue(output));
             var console = CliOutput.From(parse, quiet, json);
+            if (parse.GetValue(summarize))
+            {
+                var files = BatchRunner.Summarize(batchPlan);
+                console.Result($"wrote {files.Markdown}, {files.Csv} and {files.Pareto}: {files.Rows.Count} finished item(s), {files.Unfinished.Count} unfinished");
+                console.Summary(new { SummaryMarkdown = Path.GetFullPath(files.Markdown), SummaryCsv = Path.GetFullPath(files.Csv),
+                    Pareto = Path.GetFullPath(files.Pareto), Finished = files.Rows.Count, Unfinished = files.Unfinished.Count });
+                return files.Unfinished.Count == 0 ? 0 : 1;
+            }
             var result = BatchRunner.Run(batchPlan, new BatchRunOptions
             {
+                Shard = parse.GetValue(shard) is string text ? BatchShard.Parse(text) : null,
                 Force = parse.GetValue(force),
                 Device = CliCommon.ResolveDevice(parse.GetValue(device)!),
                 Log = console.Result,
@@ -36,11 +47,12 @@ public static class BatchCommand
                 result.Ran,
                 result.Skipped,
                 Failed = result.Failed.Select(f => new { Item = f.Item.ToString(), f.Error }).ToList(),
-                SummaryMarkdown = Path.GetFullPath(result.Summary.Markdown),
-                SummaryCsv = Path.GetFullPath(result.Summary.Csv),
-                Pareto = Path.GetFullPath(result.Summary.Pareto),
-                Finished = result.Summary.Rows.Count,
-                Unfinished = result.Summary.Unfinished.Count,
+                result.HeldElsewhere,
+                SummaryMarkdown = result.Summary is { } md ? Path.GetFullPath(md.Markdown) : null,
+                SummaryCsv = result.Summary is { } csv ? Path.GetFullPath(csv.Csv) : null,
+                Pareto = result.Summary is { } pareto ? Path.GetFullPath(pareto.Pareto) : null,
+                Finished = result.Summary?.Rows.Count,
+                Unfinished = result.Summary?.Unfinished.Count,
             });
             if (result.Failed.Count == 0) return 0;
             Console.Error.WriteLine($"error: {result.Failed.Count} item(s) failed; run the plan again to retry them:");

@@ -32,10 +32,20 @@ public sealed record BatchRunOptions
 
     /// <summary>Checked between the steps of an item; an item cut short leaves no marker and is redone next time.</summary>
     public CancellationToken Cancellation { get; init; }
+
+    /// <summary>Run only this share of the items (<c>--shard i/N</c>); a sharded run leaves the summary to <see cref="BatchRunner.Summarize"/>.</summary>
+    public BatchShard? Shard { get; init; }
+
+    /// <summary>How long another worker's claim on an item lives without a refresh before it counts as abandoned.</summary>
+    public TimeSpan ClaimLease { get; init; } = ItemClaim.DefaultLease;
 }
 
-/// <summary>What a run did: items run now, items skipped as already finished, items that failed, and the summary files.</summary>
-public sealed record BatchRunResult(int Ran, int Skipped, IReadOnlyList<(BatchItem Item, string Error)> Failed, BatchSummaryFiles Summary);
+/// <summary>
+/// What a run did: items run now, items skipped as already finished, items that failed, the summary files (null for a
+/// sharded run), and items another worker held.
+/// </summary>
+public sealed record BatchRunResult(int Ran, int Skipped, IReadOnlyList<(BatchItem Item, string Error)> Failed, BatchSummaryFiles? Summary,
+    int HeldElsewhere = 0);
 
 /// <summary>
 /// Runs a <see cref="BatchPlan"/>: for each model its original and every method x target, each item
@@ -61,12 +71,15 @@ public static class BatchRunner
         var log = options.Log ?? (_ => { });
         var items = plan.Items();
         Directory.CreateDirectory(plan.Output);
-        log($"batch {Path.GetFileName(plan.PlanPath)}: {items.Count} items ({plan.Models.Count} model(s) x (original + {plan.Methods.Count} method(s) x {plan.Targets.Count} target(s))) in {plan.Output}");
-        int ran = 0, skipped = 0;
+        var shard = options.Shard is { Count: > 1 } s ? s : null;
+        log($"batch {Path.GetFileName(plan.PlanPath)}: {items.Count} items ({plan.Models.Count} model(s) x (original + {plan.Methods.Count} method(s) x {plan.Targets.Count} target(s))) in {plan.Output}" +
+            (shard is null ? "" : $"; shard {shard} runs {Enumerable.Range(0, items.Count).Count(shard.Contains)} of them"));
+        int ran = 0, skipped = 0, held = 0;
         var failed = new List<(BatchItem, string)>();
         for (int i = 0; i < items.Count; i++)
         {
             options.Cancellation.ThrowIfCancellationRequested();
+            if (shard is not null && !shard.Contains(i)) continue;
             var item = items[i];
             string prefix = $"[{i + 1}/{items.Count}] {item}";
             string folder = plan.FolderOf(item);
@@ -74,6 +87,20 @@ public static class BatchRunner
             if (state == ItemState.Finished && !options.Force)
             {
                 log($"{prefix}: finished earlier, skipped");
+                skipped++;
+                continue;
+            }
+            using var claim = ItemClaim.TryAcquire(ClaimPath(plan, item), options.ClaimLease, out var owner);
+            if (claim is null)
+            {
+                log($"{prefix}: being run by another worker ({owner?.ToString() ?? "claim being written"}), skipped");
+                held++;
+                continue;
+            }
+            state = Inspect(plan, item); // another worker may have finished it between the first look and the claim
+            if (state == ItemState.Finished && !options.Force)
+            {
+                log($"{prefix}: finished by another worker, skipped");
                 skipped++;
                 continue;
             }
@@ -106,11 +133,23 @@ public static class BatchRunner
                 NativeMemory.Trim();
             }
         }
-        var summary = BatchSummary.Write(plan);
+        string counts = $"{ran} item(s) run, {skipped} skipped as finished, {failed.Count} failed" + (held > 0 ? $", {held} held by another worker" : "");
+        if (shard is not null)
+        {
+            log($"shard {shard}: {counts}; when every shard has finished, `dprune batch {Path.GetFileName(plan.PlanPath)} --summarize` writes the summary");
+            return new BatchRunResult(ran, skipped, failed, null, held);
+        }
+        var summary = Summarize(plan);
         log($"wrote {summary.Markdown}, {summary.Csv} and {summary.Pareto}");
-        log($"{ran} item(s) run, {skipped} skipped as finished, {failed.Count} failed");
-        return new BatchRunResult(ran, skipped, failed, summary);
+        log(counts);
+        return new BatchRunResult(ran, skipped, failed, summary, held);
     }
+
+    /// <summary>summary.md, summary.csv and pareto.png from the item folders as they are (finished items; the rest are listed as unfinished).</summary>
+    public static BatchSummaryFiles Summarize(BatchPlan plan) => BatchSummary.Write(plan);
+
+    /// <summary>The item's claim file, beside its folder (the folder is emptied when an item starts over).</summary>
+    public static string ClaimPath(BatchPlan plan, BatchItem item) => Path.TrimEndingDirectorySeparator(plan.FolderOf(item)) + ".claim";
 
     public enum ItemState
     {

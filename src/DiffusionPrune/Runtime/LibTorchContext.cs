@@ -51,10 +51,16 @@ public static class LibTorchContext
             var available = Export<StaticBoolFn>(NnpackAvailableNames);
             var set = Export<SetBoolFn>(SetNnpackNames);
             if (available is null || set is null) return null;
-            _nnpackAvailable = NativeStderr.Silenced(() => available());
-            if (_nnpackAvailable == false) set(Context(), false);
-            return _nnpackAvailable;
+            return _nnpackAvailable = QuietNnpack(() => NativeStderr.Silenced(() => available()), enabled => set(Context(), enabled));
         }
+    }
+
+    /// <summary>The decision alone: probe once; where NNPACK cannot run, switch it off. Returns what the probe said.</summary>
+    public static bool QuietNnpack(Func<bool> probe, Action<bool> setEnabled)
+    {
+        bool available = probe();
+        if (!available) setEnabled(false);
+        return available;
     }
 
     /// <summary>Whether libtorch may use NNPACK now (null where the symbol is missing).</summary>

@@ -17,7 +17,7 @@ public class BatchRunnerTests
     /// the pipeline runs for real, but sampling and timing take moments, so the test's time goes to the evaluator's
     /// fixed work (features of the MNIST test split).
     /// </summary>
-    private static (string plan, long parameters) TinyPlan(string folder)
+    internal static (string plan, long parameters) TinyPlan(string folder)
     {
         const string config = """
             {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
@@ -136,7 +136,7 @@ public class BatchRunnerTests
         Assert.True(File.Exists(MarkerOf(1)));
         Assert.Equal(written[0], File.GetLastWriteTimeUtc(MarkerOf(0)));
         Assert.Equal(written[2], File.GetLastWriteTimeUtc(MarkerOf(2)));
-        Assert.Equal(3, resumed.Summary.Rows.Count);
+        Assert.Equal(3, resumed.Summary!.Rows.Count);
 
         // 5. a finished item recorded with other settings is stale, and would be run again
         var record2 = JsonNode.Parse(File.ReadAllText(MarkerOf(2)))!;

@@ -143,6 +143,17 @@ public class NnpackTests
     }
 
     [Fact]
+    public void The_decision_switches_NNPACK_off_only_where_the_probe_says_it_cannot_run()
+    {
+        var calls = new List<bool>();
+        Assert.False(LibTorchContext.QuietNnpack(() => false, calls.Add)); // "Unsupported hardware"
+        Assert.Equal([false], calls);
+        calls.Clear();
+        Assert.True(LibTorchContext.QuietNnpack(() => true, calls.Add));
+        Assert.Empty(calls);
+    }
+
+    [Fact]
     public void Silencing_native_stderr_returns_the_value_and_restores_the_stream_after_an_exception()
     {
         Assert.Equal(42, NativeStderr.Silenced(() => 42));
