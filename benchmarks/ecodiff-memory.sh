@@ -4,7 +4,7 @@
 # VmHWM is a process-lifetime peak (it includes the loaded model; compare the columns, not the absolute).
 # Usage: benchmarks/ecodiff-memory.sh <model folder> [steps...]
 #   e.g. benchmarks/ecodiff-memory.sh ../shared/fixtures/diffusers/unet2d-small/model 5 10 20 50
-# Needs `dprune prune --probe-memory` (wired by the CLI onto DiffusionPrune.Pruning.EcoDiffMemoryProbe.Run),
+# Needs `dprune prune --probe-memory` (wired by the CLI onto DiffusionPrune.Cli.Benchmarks.EcoDiffMemoryProbe.Run),
 # which prints: steps=… checkpointing=on|off peak_rss_mb=… seconds=…
 # Without checkpointing, 50 steps keeps the whole trajectory's graph: on a large model it can need many GB.
 set -euo pipefail

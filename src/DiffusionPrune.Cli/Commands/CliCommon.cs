@@ -67,8 +67,44 @@ public static class CliCommon
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"error: unexpected failure: {e}");
+            // Our bug, not the user's: one line with where the full trace is; the trace itself only under --verbose.
+            string? log = WriteCrashLog(e);
+            Console.Error.WriteLine($"error: unexpected failure ({e.GetType().Name}: {FirstLine(e.Message)}); " +
+                (log is null ? "the trace could not be saved; run again with --verbose to see it." : $"the full trace is in {log}. Please report it."));
+            if (Verbose) Console.Error.WriteLine(e);
             return 1;
         }
+    }
+
+    /// <summary>Set by <c>--verbose</c>: internal errors print their trace on stderr too.</summary>
+    public static bool Verbose { get; set; }
+
+    private static string FirstLine(string text)
+    {
+        int newline = text.IndexOfAny(['\r', '\n']);
+        return newline < 0 ? text : text[..newline];
+    }
+
+    /// <summary>Writes the exception's full trace to <c>&lt;cache&gt;/logs/dprune-*.log</c> (or the temp folder); null if neither is writable.</summary>
+    internal static string? WriteCrashLog(Exception e)
+    {
+        string stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", System.Globalization.CultureInfo.InvariantCulture);
+        string text = $"dprune {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}\n{DateTime.UtcNow:O}\n\n{e}\n";
+        foreach (var folder in new[] { NumericsGuard.DefaultCacheDirectory() is { } cache ? Path.Combine(cache, "logs") : null, Path.GetTempPath() })
+        {
+            if (folder is null) continue;
+            try
+            {
+                Directory.CreateDirectory(folder);
+                string path = Path.Combine(folder, $"dprune-{stamp}-{Environment.ProcessId}.log");
+                File.WriteAllText(path, text);
+                return path;
+            }
+            catch (Exception io) when (io is IOException or UnauthorizedAccessException)
+            {
+                // try the next folder
+            }
+        }
+        return null;
     }
 }

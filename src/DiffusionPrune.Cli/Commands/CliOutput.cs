@@ -114,7 +114,10 @@ public sealed class CliOutput
         lock (_lock)
         {
             if (!Quiet) EndLine();
-            if (Json) _out.WriteLine(JsonSerializer.Serialize(summary, summary.GetType(), JsonOptions));
+            if (!Json) return;
+            _out.WriteLine(summary is System.Text.Json.Nodes.JsonObject report
+                ? Formats.ReportJson.ToText(report) // null and a note for a non-finite figure, never an exception
+                : JsonSerializer.Serialize(summary, summary.GetType(), JsonOptions));
         }
     }
 

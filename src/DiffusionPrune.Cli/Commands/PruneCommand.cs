@@ -1,5 +1,7 @@
 using System.CommandLine;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Cli.Benchmarks;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -11,7 +13,11 @@ public static class PruneCommand
     public static Command Create()
     {
         var model = CliCommon.ModelOption();
-        var method = new Option<string>("--method") { Description = "ecodiff | magnitude | random | taylor.", DefaultValueFactory = _ => "ecodiff" };
+        var method = new Option<string>("--method")
+        {
+            Description = string.Join("; ", ImportanceCriteria.All.Select(m => $"{m.Name}: {m.Description}")) + ".",
+            DefaultValueFactory = _ => "ecodiff",
+        };
         var target = new Option<double?>("--target-params") { Description = "Fraction of parameters to remove, e.g. 0.2 (required unless --probe-memory)." };
         var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
         var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations.", DefaultValueFactory = _ => 100 };

@@ -92,7 +92,7 @@ public sealed record BatchPlan
     /// <summary>Null when the plan turns latency off (<c>"latency": null</c>).</summary>
     public BatchLatencySettings? Latency { get; init; } = new();
 
-    public static readonly IReadOnlyList<string> KnownMethods = ["ecodiff", "magnitude", "random", "taylor"];
+    public static IReadOnlyList<string> KnownMethods => Pruning.Importance.ImportanceCriteria.Names; // the one registry
 
     /// <summary>Every item in run order: per model, the original first, then methods (plan order) x targets (ascending).</summary>
     public IReadOnlyList<BatchItem> Items()

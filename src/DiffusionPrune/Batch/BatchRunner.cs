@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -302,7 +303,7 @@ public static class BatchRunner
             ["seconds"] = Math.Round(watch.Elapsed.TotalSeconds, 2),
             ["finished_at"] = DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
         };
-        WriteAtomically(Path.Combine(folder, ItemFileName), record.ToJsonString(Indented));
+        WriteAtomically(Path.Combine(folder, ItemFileName), Formats.ReportJson.ToText(record));
         log(string.Create(CultureInfo.InvariantCulture, $"done in {watch.Elapsed.TotalSeconds:F1} s"));
     }
 

@@ -23,8 +23,8 @@ public sealed record BatchShard(int Index, int Count)
 }
 
 /// <summary>
-/// A worker's claim on one batch item: a lock file created with O_EXCL (<see cref="FileMode.CreateNew"/>) beside the
-/// item's folder, so two workers sharing an output folder (shards that overlap, a restarted pod, NFS or a mounted
+/// A worker's claim on one batch item: a lock file beside the item's folder, created only if absent (written whole,
+/// then moved into place without overwriting, which fails when the file exists, as O_EXCL does), so two workers sharing an output folder (shards that overlap, a restarted pod, NFS or a mounted
 /// bucket) never run the same item at once. The owner refreshes the file's time while it works; a claim is stale, and
 /// may be taken over, when its owner is a process of this host that is gone, or when it has not been refreshed for
 /// <c>lease</c> (an owner on another host that died). Taking over renames the stale file away first, which only
@@ -72,7 +72,7 @@ public sealed class ItemClaim : IDisposable
                 return null;
             }
             // Stale (or unreadable, e.g. half-written by a worker killed at that instant and older than the lease):
-            // move it aside; of several takers only one rename succeeds, and each then races on CreateNew again.
+            // move it aside; of several takers only one rename succeeds, and each then races to create its own again.
             if (owner is null && DateTime.UtcNow - SafeWriteTime(path) < lease)
             {
                 heldBy = null;
@@ -95,15 +95,18 @@ public sealed class ItemClaim : IDisposable
     {
         using var process = Process.GetCurrentProcess();
         var owner = new Owner(Environment.MachineName, Environment.ProcessId, process.StartTime.ToUniversalTime(), Guid.NewGuid().ToString("N"), DateTime.UtcNow);
+        // Written whole beside the target, then moved into place without overwriting (link(2) on Unix, which fails if
+        // the target exists, as O_EXCL does): a claim is never seen half-written, even if its writer dies at that instant.
+        string temporary = $"{path}.{owner.Token}.tmp";
+        File.WriteAllText(temporary, JsonSerializer.Serialize(owner));
         try
         {
-            using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.Read))
-            using (var writer = new StreamWriter(stream))
-                writer.Write(JsonSerializer.Serialize(owner));
+            File.Move(temporary, path, overwrite: false);
             return new ItemClaim(path, owner.Token, lease);
         }
         catch (IOException) when (File.Exists(path))
         {
+            File.Delete(temporary);
             return null; // someone holds it
         }
     }

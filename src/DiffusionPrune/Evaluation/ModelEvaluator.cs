@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -62,12 +63,8 @@ public sealed record EvalReport(
         ["runtime"] = Runtime,
     };
 
-    public void Save(string path)
-    {
-        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        File.WriteAllText(path, ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-    }
+    /// <summary>Writes the report through <see cref="Formats.ReportJson"/>: a non-finite figure (PSNR of identical images) never loses it.</summary>
+    public void Save(string path) => Formats.ReportJson.Write(path, ToJson());
 }
 
 /// <summary>
@@ -97,7 +94,7 @@ public static class ModelEvaluator
 
         var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress);
         // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
-        return Training.GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
+        return Runtime.GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
     }
 
     private static EvalReport Score(InferenceModel model, EvalRequest request, FeatureNet featureNet, MnistDataset data, Tensor generated,
@@ -161,7 +158,7 @@ public static class ModelEvaluator
             }
             done += count;
             progress?.Invoke(done, request.Samples);
-            Training.NativeMemory.Trim();
+            Runtime.NativeMemory.Trim();
         }
         batchMillis.Sort();
         double median = batchMillis[batchMillis.Count / 2];

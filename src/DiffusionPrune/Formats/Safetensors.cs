@@ -120,12 +120,19 @@ public sealed class SafetensorsFile : IDisposable
                 entries[property.Name] = ParseEntry(path, property, dataLength);
             }
 
+            // The tensors must cover the data exactly: no overlap, no hole, no trailing bytes (as the format requires).
             var ordered = entries.Values.OrderBy(e => e.Begin).ThenBy(e => e.End).ToList();
-            for (int i = 1; i < ordered.Count; i++)
+            long covered = 0;
+            for (int i = 0; i < ordered.Count; i++)
             {
-                if (ordered[i].Begin < ordered[i - 1].End)
+                if (i > 0 && ordered[i].Begin < ordered[i - 1].End)
                     throw new SafetensorsFormatException($"'{path}': tensors '{ordered[i - 1].Name}' [{ordered[i - 1].Begin}, {ordered[i - 1].End}) and '{ordered[i].Name}' [{ordered[i].Begin}, {ordered[i].End}) overlap. The file is corrupt.");
+                if (ordered[i].Begin > covered)
+                    throw new SafetensorsFormatException($"'{path}': bytes [{covered}, {ordered[i].Begin}) of the data, before tensor '{ordered[i].Name}', belong to no tensor (a hole). The file is corrupt.");
+                covered = ordered[i].End;
             }
+            if (covered != dataLength)
+                throw new SafetensorsFormatException($"'{path}': the data holds {dataLength} bytes but the tensors cover only {covered}; the last {dataLength - covered} bytes belong to no tensor. The file is corrupt.");
             return (entries, metadata);
         }
     }
@@ -168,6 +175,8 @@ public sealed class SafetensorsFile : IDisposable
         }
         if (expected != end - begin)
             throw new SafetensorsFormatException($"'{path}': tensor '{name}' has shape [{string.Join(", ", shape)}] of {dtype} ({expected} bytes) but its data_offsets span {end - begin} bytes.");
+        if (begin % ElementSize(dtype) != 0)
+            throw new SafetensorsFormatException($"'{path}': tensor '{name}' ({dtype}) starts at byte {begin} of the data, which is not a multiple of its {ElementSize(dtype)}-byte element size. The file is corrupt.");
         return new SafetensorsEntry(name, dtype, shape.ToArray(), begin, end);
     }
 
@@ -259,7 +268,8 @@ public static class SafetensorsWriter
 {
     public static void Write(string path, IEnumerable<KeyValuePair<string, Tensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var items = tensors.ToList();
+        // Larger elements first, then by name (as the reference writer orders them), so every tensor starts aligned to its element size.
+        var items = tensors.OrderByDescending(t => t.Value.ElementSize).ThenBy(t => t.Key, StringComparer.Ordinal).ToList();
         var header = new Dictionary<string, object>(StringComparer.Ordinal);
         if (metadata is { Count: > 0 })
             header["__metadata__"] = metadata;

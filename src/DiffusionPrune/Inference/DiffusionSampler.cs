@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Models;
 using DiffusionPrune.Schedulers;
 using TorchSharp;
@@ -47,7 +48,7 @@ public static class DiffusionSampler
             var current = latents;
             long timestep = timesteps[i];
             // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
-            var next = Training.GcPause.Run(() =>
+            var next = Runtime.GcPause.Run(() =>
             {
                 using var scope = NewDisposeScope();
                 var t = tensor(timestep, device: current.device);

@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Data;
@@ -126,7 +127,7 @@ public static class FeatureNetTrainer
             foreach (var (images, labels) in data.Train.Batches(batchSize, (int)(seed * 1000 + epoch)))
             {
                 int current = step;
-                lossSum += Training.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
+                lossSum += Runtime.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
                 {
                     using var scope = NewDisposeScope();
                     var generator = new Generator((ulong)(seed * 7919 + current + 1));

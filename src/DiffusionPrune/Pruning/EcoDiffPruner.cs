@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Models;
@@ -9,7 +10,7 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Pruning;
 
-/// <summary>EcoDiff mask-optimisation settings (arXiv 2412.02852; see docs/METHODS.md).</summary>
+/// <summary>EcoDiff mask-optimisation settings (arXiv 2412.02852).</summary>
 public sealed record EcoDiffOptions
 {
     /// <summary>Optimisation iterations; each runs one calibration batch through the whole sampler. Default 100.</summary>
@@ -130,7 +131,7 @@ public sealed class EcoDiffPruner : IImportanceCriterion
         {
             var clock = Stopwatch.StartNew();
             int batchIndex = (iteration - 1) % objective.BatchCount;
-            var loss = Training.GcPause.Run(() =>
+            var loss = Runtime.GcPause.Run(() =>
             {
                 optimizer.ZeroGrad();
                 var result = objective.Backward(batchIndex);

@@ -1,3 +1,5 @@
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -137,7 +139,7 @@ public static class PruneRunner
         }
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, request.OutputPath);
-        File.WriteAllText(Path.Combine(request.OutputPath, ReportName), report.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        Formats.ReportJson.Write(Path.Combine(request.OutputPath, ReportName), report.ToJson());
         return report;
     }
 }

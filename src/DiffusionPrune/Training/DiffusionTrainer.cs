@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;

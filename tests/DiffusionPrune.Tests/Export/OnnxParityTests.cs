@@ -1,3 +1,4 @@
+using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Export;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;

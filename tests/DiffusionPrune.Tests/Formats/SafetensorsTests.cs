@@ -184,6 +184,55 @@ public class SafetensorsTests
     }
 
     [Fact]
+    public void A_hole_before_the_first_tensor_or_between_tensors_is_rejected()
+    {
+        using var temp = Fixtures.Temp();
+        string first = WriteRaw(temp, "hole0.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[64,72]}}", new byte[72]);
+        var e = Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(first));
+        Assert.Contains("bytes [0, 64)", e.Message);
+        Assert.Contains("hole", e.Message);
+        string between = WriteRaw(temp, "hole1.safetensors",
+            "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}", new byte[20]);
+        e = Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(between));
+        Assert.Contains("before tensor 'b'", e.Message);
+    }
+
+    [Fact]
+    public void Trailing_bytes_after_the_last_tensor_are_rejected()
+    {
+        using var temp = Fixtures.Temp();
+        string path = WriteRaw(temp, "trailing.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[16]);
+        var e = Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(path));
+        Assert.Contains("the last 8 bytes belong to no tensor", e.Message);
+    }
+
+    [Fact]
+    public void A_tensor_not_aligned_to_its_element_size_is_rejected()
+    {
+        using var temp = Fixtures.Temp();
+        string path = WriteRaw(temp, "misaligned.safetensors",
+            "{\"h\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]},\"f\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[2,6]}}", new byte[6]);
+        var e = Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(path));
+        Assert.Contains("'f'", e.Message);
+        Assert.Contains("not a multiple of its 4-byte element size", e.Message);
+    }
+
+    [Fact]
+    public void The_writer_orders_mixed_dtypes_so_every_tensor_is_aligned()
+    {
+        using var temp = Fixtures.Temp();
+        string path = temp.File("mixed.safetensors");
+        using (var half = TorchSharp.torch.ones(3, TorchSharp.torch.ScalarType.Float16))
+        using (var single = TorchSharp.torch.ones(2))
+        using (var wide = TorchSharp.torch.ones(1, TorchSharp.torch.ScalarType.Int64))
+            SafetensorsWriter.Write(path, new Dictionary<string, TorchSharp.torch.Tensor> { ["a_half"] = half, ["b_single"] = single, ["c_long"] = wide });
+        using var file = SafetensorsFile.Open(path); // would throw if a tensor were misaligned or the data had a hole
+        Assert.Equal(0, file.Entries["c_long"].Begin);
+        Assert.Equal(8, file.Entries["b_single"].Begin);
+        Assert.Equal(16, file.Entries["a_half"].Begin);
+    }
+
+    [Fact]
     public void Offsets_past_the_end_of_the_data_are_rejected()
     {
         using var temp = Fixtures.Temp();

@@ -1,3 +1,4 @@
+using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Data;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;

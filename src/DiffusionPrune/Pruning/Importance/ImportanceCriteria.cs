@@ -1,16 +1,30 @@
-namespace DiffusionPrune.Pruning;
+namespace DiffusionPrune.Pruning.Importance;
 
-/// <summary>Criteria by name (command line, reports). To add one, add a line to <see cref="Factories"/>.</summary>
+/// <summary>
+/// The one registry of pruning methods, by name: the CLI's help and validation, batch plans and the Studio all read it.
+/// To add a method, add a line to <see cref="Entries"/>.
+/// </summary>
 public static class ImportanceCriteria
 {
+    /// <summary>A method: its name, what it does in one line, and a factory for its criterion with default settings.</summary>
+    public sealed record Entry(string Name, string Description, Func<IImportanceCriterion> Create);
+
+    private static readonly IReadOnlyList<Entry> Entries =
+    [
+        new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffPruner()),
+        new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance()),
+        new("random", "baseline: seeded random scores", () => new RandomImportance()),
+        new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images", () => new TaylorImportance()),
+    ];
+
     private static readonly IReadOnlyDictionary<string, Func<IImportanceCriterion>> Factories =
-        new Dictionary<string, Func<IImportanceCriterion>>(StringComparer.OrdinalIgnoreCase)
-        {
-            ["random"] = () => new RandomImportance(),
-            ["magnitude"] = () => new MagnitudeImportance(),
-            ["taylor"] = () => new TaylorImportance(),
-            ["ecodiff"] = () => new EcoDiffPruner(),
-        };
+        Entries.ToDictionary(e => e.Name, e => e.Create, StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Every method with its description, sorted by name.</summary>
+    public static IReadOnlyList<Entry> All => Entries.OrderBy(e => e.Name, StringComparer.Ordinal).ToArray();
+
+    /// <summary>"a | b | c": for option help.</summary>
+    public static string Choices => string.Join(" | ", Names);
 
     /// <summary>Known names, sorted.</summary>
     public static IReadOnlyList<string> Names => Factories.Keys.Order(StringComparer.Ordinal).ToArray();

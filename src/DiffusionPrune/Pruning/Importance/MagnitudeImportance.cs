@@ -1,6 +1,6 @@
 using DiffusionPrune.Models;
 
-namespace DiffusionPrune.Pruning;
+namespace DiffusionPrune.Pruning.Importance;
 
 /// <summary>
 /// The magnitude baseline: a unit's L1 norm over all the weights it owns — every coupled tensor's slices

@@ -1,7 +1,7 @@
 using DiffusionPrune.Data;
 using DiffusionPrune.Models;
 
-namespace DiffusionPrune.Pruning;
+namespace DiffusionPrune.Pruning.Importance;
 
 /// <summary>
 /// The random baseline: each unit gets a uniform score in [0, 1). Each group draws from its own

@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Data;
 using DiffusionPrune.Models;
 using DiffusionPrune.Schedulers;
@@ -5,7 +6,7 @@ using DiffusionPrune.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Pruning;
+namespace DiffusionPrune.Pruning.Importance;
 
 /// <summary>Settings of <see cref="TaylorImportance"/>; the defaults are the ones described there.</summary>
 public sealed record TaylorOptions
@@ -204,7 +205,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
         for (long start = 0; start < count; start += Options.MicroBatch)
         {
             long length = Math.Min(Options.MicroBatch, count - start);
-            total += Training.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
+            total += Runtime.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
             {
                 using var scope = NewDisposeScope();
                 var original = x0.narrow(0, start, length);

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Pruning;
+namespace DiffusionPrune.Pruning.Importance;
 
 /// <summary>How a criterion scales each group's raw per-unit sums before they are compared across groups.</summary>
 public enum UnitNormalization

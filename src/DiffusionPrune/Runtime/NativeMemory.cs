@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace DiffusionPrune.Training;
+namespace DiffusionPrune.Runtime;
 
 /// <summary>
 /// glibc keeps freed native memory in its arenas; without a trim, libtorch's per-step allocations make

@@ -1,11 +1,12 @@
+using DiffusionPrune.Runtime;
 using System.Runtime;
 using System.Runtime.InteropServices;
 using DiffusionPrune.Tests.Runtime;
-using DiffusionPrune.Training;
+
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Tests.Training;
+namespace DiffusionPrune.Tests.Runtime;
 
 /// <summary>
 /// The pause is process-wide, so these tests run alone (no other test's units open or close the region under them).

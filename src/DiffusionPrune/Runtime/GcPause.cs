@@ -1,6 +1,6 @@
 using System.Runtime;
 
-namespace DiffusionPrune.Training;
+namespace DiffusionPrune.Runtime;
 
 /// <summary>
 /// Runs one unit of native work (a training step, a mask-optimisation iteration, a sampling step, a Taylor

@@ -1,3 +1,4 @@
+using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Globalization;
 using DiffusionPrune.Models;
@@ -5,7 +6,9 @@ using DiffusionPrune.Schedulers;
 using DiffusionPrune.Training;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning;
+
+namespace DiffusionPrune.Cli.Benchmarks;
 
 /// <summary>Peak memory and time of one EcoDiff iteration (what benchmarks/ecodiff-memory.sh prints).</summary>
 public sealed record EcoDiffMemoryProbeResult(int Steps, bool Checkpointing, long? PeakResidentBytes, double Seconds)
