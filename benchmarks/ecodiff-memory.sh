@@ -3,7 +3,7 @@
 # with and without time-step gradient checkpointing. Each configuration runs in a fresh process, because
 # VmHWM is a process-lifetime peak (it includes the loaded model; compare the columns, not the absolute).
 # Usage: benchmarks/ecodiff-memory.sh <model folder> [steps...]
-#   e.g. benchmarks/ecodiff-memory.sh ../shared/fixtures/diffusers/unet2d-small/model 5 10 20 50
+#   e.g. benchmarks/ecodiff-memory.sh tests/fixtures/diffusers/unet2d-small/model 5 10 20 50
 # Needs `dprune prune --probe-memory` (wired by the CLI onto DiffusionPrune.Cli.Benchmarks.EcoDiffMemoryProbe.Run),
 # which prints: steps=… checkpointing=on|off peak_rss_mb=… seconds=…
 # Without checkpointing, 50 steps keeps the whole trajectory's graph: on a large model it can need many GB.

@@ -7,9 +7,14 @@ using MudBlazor.Services;
 // it must be chosen before the builder exists. --webroot still overrides it.
 // The content root is the build output (appsettings.json is copied there), so settings load the same
 // whichever directory the Studio is started from.
-// First, before any tensor exists: on a machine whose kernel check failed before, cap oneDNN's instruction set while
-// that can still take effect (docs/PLATFORMS.md).
-DiffusionPrune.Runtime.NumericsGuard.ApplyDefaultAtStartup();
+// The hidden child of the first start on a machine: the default kernels' check, printed as JSON (ChildKernelCheck).
+if (args is ["--check-kernels"]) return DiffusionPrune.Runtime.ChildKernelCheck.RunAndPrint(Console.Out);
+
+// First, before any tensor exists: on a machine whose kernel check failed (cached, or checked now in a child process
+// when this machine has no decision yet), cap oneDNN's instruction set while that can still take effect
+// (docs/PLATFORMS.md).
+DiffusionPrune.Runtime.NumericsGuard.ApplyDefaultAtStartup(() => DiffusionPrune.Runtime.ChildKernelCheck.Run(
+    DiffusionPrune.Runtime.ChildKernelCheck.Self("--check-kernels"), TimeSpan.FromMinutes(2)));
 
 var repositoryRoot = RepositoryLayout.FindRoot();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions
@@ -44,3 +49,4 @@ app.MapStaticAssets();
 app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
 
 app.Run();
+return 0;

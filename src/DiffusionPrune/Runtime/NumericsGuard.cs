@@ -118,7 +118,11 @@ public sealed class NumericsGuard
     /// For the first line of a program (the CLI, the Studio), before any tensor exists: <see cref="ApplyAtStartup"/> on
     /// the default guard. Reads only the cache file; on a machine without a cached failure it does nothing.
     /// </summary>
-    public static bool ApplyDefaultAtStartup() => Default.ApplyAtStartup();
+    /// <param name="childCheck">
+    /// Where this machine has no cached decision yet: how to run the kernel check in a child process (see
+    /// <see cref="ChildKernelCheck"/>), so even the first process on a faulty machine gets the start-up workaround.
+    /// </param>
+    public static bool ApplyDefaultAtStartup(Func<OpCheckReport?>? childCheck = null) => Default.ApplyAtStartup(childCheck);
 
     /// <summary>
     /// For training, pruning and distillation: makes sure the kernels are right, and throws a one-line
@@ -137,12 +141,18 @@ public sealed class NumericsGuard
     /// start-up workaround on: it must run before libtorch's kernels first run, which only the program's entry point can
     /// promise. The next <see cref="Ensure"/> verifies it once. Returns whether it was applied.
     /// </summary>
-    public bool ApplyAtStartup()
+    public bool ApplyAtStartup(Func<OpCheckReport?>? childCheck = null)
     {
         lock (_lock)
         {
             if (_status is not null || _forceWorkaround || _startupWorkaround is not { Available: true } || _startupWorkaround.Active) return false;
             var cached = ReadCache();
+            if (cached is null && childCheck?.Invoke() is { } child)
+            {
+                // The defaults, checked in a process of their own: this one has not run oneDNN yet, so it can still cap it.
+                cached = new CachedDecision(!child.Passed, $"default kernels (checked in a child process): {child.Summary}");
+                WriteCache(cached);
+            }
             if (cached is null || !cached.NeedsWorkaround || cached.StartupWorkaround == Failed) return false;
             _startupWorkaround.Activate();
             return _startupApplied = true;

@@ -212,6 +212,50 @@ public class NumericsGuardTests
     }
 
     [Fact]
+    public void On_a_new_machine_a_failing_child_check_caps_oneDNN_before_this_process_runs_it()
+    {
+        using var cache = Fixtures.Temp();
+        var cap = new FakeWorkaround("cap");
+        var off = new FakeWorkaround();
+        int inProcess = 0;
+        var guard = new NumericsGuard(cache.Path, () => { inProcess++; return Report(passed: cap.Active); }, off, "new-faulty", startupWorkaround: cap);
+
+        Assert.True(guard.ApplyAtStartup(() => Report(passed: false))); // the child saw the defaults fail
+        Assert.True(cap.Active);
+        var status = guard.Ensure(); // verifies the cap once, in-process
+        Assert.Equal(1, inProcess);
+        Assert.True(status.Healthy);
+        Assert.False(off.Active);
+        Assert.Contains("checked in a child process", status.Detail);
+    }
+
+    [Fact]
+    public void On_a_new_healthy_machine_the_child_check_is_cached_and_nothing_is_switched()
+    {
+        using var cache = Fixtures.Temp();
+        var cap = new FakeWorkaround("cap");
+        var guard = new NumericsGuard(cache.Path, () => throw new InvalidOperationException("must not check in-process"), new FakeWorkaround(), "new-healthy",
+            startupWorkaround: cap);
+        Assert.False(guard.ApplyAtStartup(() => Report(passed: true)));
+        Assert.False(cap.Active);
+        var status = guard.Ensure();
+        Assert.True(status.FromCache);
+        Assert.True(status.DefaultsPassed);
+    }
+
+    [Fact]
+    public void A_child_that_could_not_run_leaves_the_decision_to_the_in_process_check()
+    {
+        using var cache = Fixtures.Temp();
+        var cap = new FakeWorkaround("cap");
+        var guard = new NumericsGuard(cache.Path, () => Report(passed: true), new FakeWorkaround(), "no-child", startupWorkaround: cap);
+        Assert.False(guard.ApplyAtStartup(() => null));
+        Assert.False(cap.Active);
+        Assert.False(File.Exists(guard.CacheFile));
+        Assert.False(guard.Ensure().FromCache); // checked now
+    }
+
+    [Fact]
     public void A_NaN_error_fails_a_result()
     {
         Assert.False(new OpCheckResult("conv2d", "x", double.NaN, 0, OpCheck.Tolerance).Passed);
@@ -242,6 +286,25 @@ public class StartupWorkaroundTests
         using var actual = output.Read("output");
         using var expected = io.ReadFloat("output");
         Assert.True(Fixtures.RelativeError(actual, expected) <= 1e-4);
+    }
+
+    [Fact]
+    public void The_hidden_child_check_prints_a_report_that_parses_and_a_new_machine_caches_it()
+    {
+        var (code, stdout, stderr) = Cli.CliTests.Dprune("__check-kernels");
+        Assert.True(code == 0, stderr);
+        var report = ChildKernelCheck.Parse(stdout);
+        Assert.NotNull(report);
+        Assert.Equal(OpCheck.RunQuick().Results.Count, report!.Results.Count);
+        Assert.True(report.Passed, report.Summary); // this machine's defaults (the in-process regression test says the same)
+
+        using var cache = Fixtures.Temp(); // a machine dprune has never run on
+        (code, _, stderr) = Cli.CliTests.DprunWith(new Dictionary<string, string> { ["DPRUNE_CACHE_DIR"] = cache.Path }, "info", "--model",
+            Fixtures.Diffusers("unet2d-small", "model"));
+        Assert.True(code == 0, stderr);
+        string decision = File.ReadAllText(Path.Combine(cache.Path, $"numerics-{NumericsGuard.MachineFingerprint()}.json"));
+        Assert.Contains("checked in a child process", decision);
+        Assert.Contains("\"NeedsWorkaround\":false", decision);
     }
 
     [Fact]

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Tests.Schedulers;
 
-/// <summary>Every tensor of shared/fixtures/diffusers/schedulers, compared with what diffusers computed.</summary>
+/// <summary>Every tensor of tests/fixtures/diffusers/schedulers, compared with what diffusers computed.</summary>
 public sealed class DiffusersFixtureTests(SchedulerFixture fixture, ITestOutputHelper output) : IClassFixture<SchedulerFixture>
 {
     public static TheoryData<string> BetaSchedules => new() { "linear", "scaled_linear", "squaredcos_cap_v2" };

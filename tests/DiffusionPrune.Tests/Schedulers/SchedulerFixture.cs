@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Tests.Schedulers;
 
-/// <summary>shared/fixtures/diffusers/schedulers: schedulers.safetensors (tensors diffusers computed) and case.json.</summary>
+/// <summary>tests/fixtures/diffusers/schedulers: schedulers.safetensors (tensors diffusers computed) and case.json.</summary>
 public sealed class SchedulerFixture : IDisposable
 {
     public string Folder { get; } = Path.Combine(Fixtures.DiffusersRoot, "schedulers");
