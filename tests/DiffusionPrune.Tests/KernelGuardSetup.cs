@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using DiffusionPrune.Runtime;
 
@@ -16,13 +15,8 @@ internal static class KernelGuardSetup
 #pragma warning restore CA2255
     internal static void ApplyStartupWorkaround()
     {
-        string dprune = Path.Combine(AppContext.BaseDirectory, "dprune.dll");
+        bool built = File.Exists(Path.Combine(AppContext.BaseDirectory, "dprune.dll"));
         NumericsGuard.ApplyDefaultAtStartup(() =>
-        {
-            var start = new ProcessStartInfo("dotnet");
-            start.ArgumentList.Add(dprune);
-            start.ArgumentList.Add("__check-kernels");
-            return File.Exists(dprune) ? ChildKernelCheck.Run(start, TimeSpan.FromMinutes(2)) : null;
-        });
+            built ? ChildKernelCheck.Run(Cli.CliTests.DprunStartInfo("__check-kernels"), TimeSpan.FromMinutes(2)) : null);
     }
 }

@@ -1,12 +1,11 @@
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Globalization;
 using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using DiffusionPrune.Training;
 using static TorchSharp.torch;
-
-using DiffusionPrune.Pruning;
 
 namespace DiffusionPrune.Cli.Benchmarks;
 

@@ -30,7 +30,11 @@ public static class BatchCommand
                 console.Result($"wrote {files.Markdown}, {files.Csv} and {files.Pareto}: {files.Rows.Count} finished item(s), {files.Unfinished.Count} unfinished");
                 console.Summary(new { SummaryMarkdown = Path.GetFullPath(files.Markdown), SummaryCsv = Path.GetFullPath(files.Csv),
                     Pareto = Path.GetFullPath(files.Pareto), Finished = files.Rows.Count, Unfinished = files.Unfinished.Count });
-                return files.Unfinished.Count == 0 ? 0 : 1;
+                if (files.Unfinished.Count == 0) return 0;
+                Console.Error.WriteLine($"error: {files.Unfinished.Count} item(s) are not finished yet: " +
+                    string.Join(", ", files.Unfinished.Take(8)) + (files.Unfinished.Count > 8 ? ", ..." : "") +
+                    "; run the shards that hold them again (finished items are skipped), then --summarize.");
+                return 1;
             }
             var result = BatchRunner.Run(batchPlan, new BatchRunOptions
             {

@@ -1,13 +1,13 @@
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Evaluation;
 using DiffusionPrune.Export;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
 using static TorchSharp.torch;
 
@@ -64,7 +64,6 @@ public static class BatchRunner
     public const string BundleFolderName = "bundle";
     public const string EvalReportName = "eval_report.json";
 
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null)
     {

@@ -1,31 +1,14 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
+using DiffusionPrune.Runtime;
 
 namespace DiffusionPrune.Batch;
 
-/// <summary>Which share of a plan's items one worker runs: item i (0-based, plan order) belongs to shard (i mod N) + 1.</summary>
-public sealed record BatchShard(int Index, int Count)
-{
-    /// <summary>"2/4": the second of four shards.</summary>
-    public static BatchShard Parse(string text)
-    {
-        var parts = text.Split('/');
-        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int index)
-            || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int count) || count < 1 || index < 1 || index > count)
-            throw new BatchPlanException($"--shard must be i/N with 1 <= i <= N (e.g. 2/4), not '{text}'.");
-        return new BatchShard(index, count);
-    }
-
-    public bool Contains(int itemIndex) => itemIndex % Count == Index - 1;
-
-    public override string ToString() => $"{Index}/{Count}";
-}
-
 /// <summary>
 /// A worker's claim on one batch item: a lock file beside the item's folder, created only if absent (written whole,
-/// then moved into place without overwriting, which fails when the file exists, as O_EXCL does), so two workers sharing an output folder (shards that overlap, a restarted pod, NFS or a mounted
-/// bucket) never run the same item at once. The owner refreshes the file's time while it works; a claim is stale, and
+/// then published with <see cref="AtomicFile.TryPublish"/>, which fails when the file exists, as O_EXCL does), so two workers
+/// sharing an output folder (shards that overlap, a restarted pod, NFS or a mounted bucket) never run the same item at
+/// once. The owner refreshes the file's time while it works; a claim is stale, and
 /// may be taken over, when its owner is a process of this host that is gone, or when it has not been refreshed for
 /// <c>lease</c> (an owner on another host that died). Taking over renames the stale file away first, which only
 /// one taker can do.
@@ -95,19 +78,17 @@ public sealed class ItemClaim : IDisposable
     {
         using var process = Process.GetCurrentProcess();
         var owner = new Owner(Environment.MachineName, Environment.ProcessId, process.StartTime.ToUniversalTime(), Guid.NewGuid().ToString("N"), DateTime.UtcNow);
-        // Written whole beside the target, then moved into place without overwriting (link(2) on Unix, which fails if
-        // the target exists, as O_EXCL does): a claim is never seen half-written, even if its writer dies at that instant.
+        // Written whole beside the target, then published only if the name is free (AtomicFile: link(2) on Unix, which
+        // fails if the target exists, as O_EXCL does): a claim is never seen half-written, even if its writer dies then.
         string temporary = $"{path}.{owner.Token}.tmp";
-        File.WriteAllText(temporary, JsonSerializer.Serialize(owner));
         try
         {
-            File.Move(temporary, path, overwrite: false);
-            return new ItemClaim(path, owner.Token, lease);
+            File.WriteAllText(temporary, JsonSerializer.Serialize(owner));
+            return AtomicFile.TryPublish(temporary, path) ? new ItemClaim(path, owner.Token, lease) : null;
         }
-        catch (IOException) when (File.Exists(path))
+        finally
         {
-            File.Delete(temporary);
-            return null; // someone holds it
+            File.Delete(temporary); // gone already after a successful publish
         }
     }
 

@@ -1,12 +1,12 @@
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Data;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Metrics;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -94,7 +94,7 @@ public static class ModelEvaluator
 
         var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress);
         // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
-        return Runtime.GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
+        return GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
     }
 
     private static EvalReport Score(InferenceModel model, EvalRequest request, FeatureNet featureNet, MnistDataset data, Tensor generated,
@@ -158,7 +158,7 @@ public static class ModelEvaluator
             }
             done += count;
             progress?.Invoke(done, request.Samples);
-            Runtime.NativeMemory.Trim();
+            NativeMemory.Trim();
         }
         batchMillis.Sort();
         double median = batchMillis[batchMillis.Count / 2];

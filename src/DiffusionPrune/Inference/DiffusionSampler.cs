@@ -1,5 +1,5 @@
-using DiffusionPrune.Runtime;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -48,7 +48,7 @@ public static class DiffusionSampler
             var current = latents;
             long timestep = timesteps[i];
             // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
-            var next = Runtime.GcPause.Run(() =>
+            var next = GcPause.Run(() =>
             {
                 using var scope = NewDisposeScope();
                 var t = tensor(timestep, device: current.device);

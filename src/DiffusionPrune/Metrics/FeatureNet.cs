@@ -1,12 +1,12 @@
-using DiffusionPrune.Runtime;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using DiffusionPrune.Data;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
-using TorchSharp;
 using TorchSharp.Modules;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace DiffusionPrune.Metrics;
@@ -127,7 +127,7 @@ public static class FeatureNetTrainer
             foreach (var (images, labels) in data.Train.Batches(batchSize, (int)(seed * 1000 + epoch)))
             {
                 int current = step;
-                lossSum += Runtime.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
+                lossSum += GcPause.Run(() => // implicit scalars must outlive the native calls that read them
                 {
                     using var scope = NewDisposeScope();
                     var generator = new Generator((ulong)(seed * 7919 + current + 1));

@@ -1,11 +1,11 @@
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using DiffusionPrune.Training;
-using TorchSharp;
 using TorchSharp.Modules;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace DiffusionPrune.Pruning;
@@ -131,7 +131,7 @@ public sealed class EcoDiffPruner : IImportanceCriterion
         {
             var clock = Stopwatch.StartNew();
             int batchIndex = (iteration - 1) % objective.BatchCount;
-            var loss = Runtime.GcPause.Run(() =>
+            var loss = GcPause.Run(() =>
             {
                 optimizer.ZeroGrad();
                 var result = objective.Backward(batchIndex);

@@ -47,7 +47,7 @@ public static unsafe class NativeEnvironment
             ? address
             : throw new PlatformNotSupportedException($"The C runtime's {symbol} was not found.");
 
-    private static byte[] Utf8(string text) => System.Text.Encoding.UTF8.GetBytes(text + '\0');
+    internal static byte[] Utf8(string text) => System.Text.Encoding.UTF8.GetBytes(text + '\0');
 }
 
 /// <summary>The process's native stderr (file descriptor 2), where libtorch prints its warnings.</summary>

@@ -59,12 +59,17 @@ public sealed record NumericsStatus(string Fingerprint, bool FromCache, bool Def
 public sealed class NumericsFaultException(string message) : Exception(message);
 
 /// <summary>
-/// Detects, rather than guesses, whether this CPU's float32 kernels are right: before the first model is built it runs
-/// <see cref="OpCheck.RunQuick"/> (narrow-convolution forward and backward against float64), and only where that fails
-/// turns oneDNN off and checks again. The decision is cached per machine (CPU model, flags, libtorch), so later
-/// processes pay only a file read; on a machine that failed, they cap oneDNN's ISA at start-up instead
-/// (<see cref="ApplyAtStartup"/>), which is cheaper than oneDNN off, verify that once, and fall back to oneDNN off if
-/// the cap is not enough. <c>dprune doctor</c> re-checks from scratch and refreshes the cache.
+/// Detects, rather than guesses, whether this CPU's float32 kernels are right (docs/PLATFORMS.md):
+/// <list type="number">
+/// <item>At a program's start (<see cref="ApplyAtStartup"/>), on a machine with no cached decision, the default kernels
+/// are checked in a child process (<see cref="ChildKernelCheck"/>); where they fail, oneDNN's ISA is capped before it
+/// first runs here.</item>
+/// <item>When the first model is built (<see cref="Ensure"/>), a start-up cap is verified once; without a cached
+/// decision the check (<see cref="OpCheck.RunQuick"/>) runs in-process, and only where it fails oneDNN is turned off and
+/// the check repeated.</item>
+/// </list>
+/// The decision is cached per machine (CPU model, flags, libtorch), so later processes pay only a file read.
+/// <c>dprune doctor</c> re-checks from scratch and refreshes the cache.
 /// </summary>
 public sealed class NumericsGuard
 {

@@ -1,10 +1,10 @@
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json;
 using DiffusionPrune.Data;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using DiffusionPrune.Batch;
+using DiffusionPrune.Tests.Cli;
 
 namespace DiffusionPrune.Tests.Batch;
 
@@ -22,6 +23,28 @@ public class ItemClaimTests
         Assert.False(File.Exists(path));
         using var again = ItemClaim.TryAcquire(path, TimeSpan.FromMinutes(5), out _);
         Assert.NotNull(again);
+    }
+
+    [Fact]
+    public void Of_many_workers_racing_for_one_item_exactly_one_gets_it()
+    {
+        using var temp = Fixtures.Temp();
+        for (int round = 0; round < 30; round++)
+        {
+            string path = temp.File($"item{round}.claim");
+            using var start = new Barrier(8);
+            var claims = new ItemClaim?[8];
+            var threads = Enumerable.Range(0, 8).Select(t => new Thread(() =>
+            {
+                start.SignalAndWait();
+                claims[t] = ItemClaim.TryAcquire(path, TimeSpan.FromMinutes(5), out _);
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+            Assert.Single(claims, c => c is not null);
+            foreach (var claim in claims) claim?.Dispose();
+            Assert.Empty(Directory.GetFiles(temp.Path, "*.tmp")); // no temporary left behind by the losers
+        }
     }
 
     [Fact]
@@ -83,21 +106,15 @@ public class ItemClaimTests
 /// <summary>Two shards as separate processes on one output folder, one killed mid-item and restarted, then --summarize.</summary>
 public class ShardProcessTests
 {
-    private static Process StartBatch(params string[] args)
-    {
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dprune.dll"));
-        info.ArgumentList.Add("batch");
-        foreach (var a in args) info.ArgumentList.Add(a);
-        return Process.Start(info)!;
-    }
+    private static Process StartBatch(params string[] args) => Process.Start(CliTests.DprunStartInfo(["batch", .. args]))!;
 
     private static (int Code, string Out) Finish(Process process)
     {
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(5))) { process.Kill(true); throw new TimeoutException("dprune batch did not finish"); }
-        return (process.ExitCode, stdout.Result + stderr.Result);
+        using (process)
+        {
+            var (code, stdout, stderr) = CliTests.Finish(process, TimeSpan.FromMinutes(5));
+            return (code, stdout + stderr);
+        }
     }
 
     [Fact]
@@ -110,7 +127,7 @@ public class ShardProcessTests
         Assert.Equal(3, items.Count);
 
         // Shard 1 starts and is killed while it holds its first item's claim (before that item's marker exists).
-        var victim = StartBatch(planPath, "--shard", "1/2");
+        using var victim = StartBatch(planPath, "--shard", "1/2");
         _ = victim.StandardOutput.ReadToEndAsync();
         _ = victim.StandardError.ReadToEndAsync();
         string firstClaim = BatchRunner.ClaimPath(plan, items[0]);
@@ -121,6 +138,12 @@ public class ShardProcessTests
         victim.WaitForExit();
         Assert.Null(BatchRunner.ReadItem(plan.FolderOf(items[0]))); // killed mid-item: no marker
         Assert.True(File.Exists(firstClaim));                        // and its claim is left behind
+
+        // Summarizing too early says which items are missing and what to do.
+        var (codeEarly, outEarly) = Finish(StartBatch(planPath, "--summarize"));
+        Assert.Equal(1, codeEarly);
+        Assert.Contains("3 item(s) are not finished yet: tiny-unet original, tiny-unet magnitude 20%, tiny-unet random 20%; run the shards", outEarly);
+        File.Delete(Path.Combine(plan.Output, BatchSummary.MarkdownName)); // (it still wrote what there is; shards must not)
 
         // Shard 2 runs alongside the restarted shard 1, which takes over its own abandoned claim.
         var second = StartBatch(planPath, "--shard", "2/2");

@@ -13,15 +13,27 @@ public class CliTests
     /// <summary>Runs dprune with extra environment variables.</summary>
     internal static (int exitCode, string stdout, string stderr) DprunWith(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        string dll = Path.Combine(AppContext.BaseDirectory, "dprune.dll");
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var info = DprunStartInfo(args);
         foreach (var (name, value) in environment) info.Environment[name] = value;
-        info.ArgumentList.Add(dll);
-        foreach (var a in args) info.ArgumentList.Add(a);
         using var process = Process.Start(info)!;
+        return Finish(process, TimeSpan.FromMinutes(3));
+    }
+
+    /// <summary>How to start the dprune built beside the tests (as <c>dotnet dprune.dll ARGS</c>), output redirected.</summary>
+    internal static ProcessStartInfo DprunStartInfo(params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dprune.dll"));
+        foreach (var a in args) info.ArgumentList.Add(a);
+        return info;
+    }
+
+    /// <summary>Waits for a started dprune and returns its exit code and output; kills it after <paramref name="timeout"/>.</summary>
+    internal static (int exitCode, string stdout, string stderr) Finish(Process process, TimeSpan timeout)
+    {
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(TimeSpan.FromMinutes(3))) { process.Kill(true); throw new TimeoutException("dprune did not finish"); }
+        if (!process.WaitForExit(timeout)) { process.Kill(true); throw new TimeoutException("dprune did not finish"); }
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 

@@ -23,9 +23,6 @@ public static class ImportanceCriteria
     /// <summary>Every method with its description, sorted by name.</summary>
     public static IReadOnlyList<Entry> All => Entries.OrderBy(e => e.Name, StringComparer.Ordinal).ToArray();
 
-    /// <summary>"a | b | c": for option help.</summary>
-    public static string Choices => string.Join(" | ", Names);
-
     /// <summary>Known names, sorted.</summary>
     public static IReadOnlyList<string> Names => Factories.Keys.Order(StringComparer.Ordinal).ToArray();
 

@@ -1,6 +1,6 @@
-using DiffusionPrune.Runtime;
 using DiffusionPrune.Data;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;
 using DiffusionPrune.Training;
 using TorchSharp;
@@ -205,7 +205,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
         for (long start = 0; start < count; start += Options.MicroBatch)
         {
             long length = Math.Min(Options.MicroBatch, count - start);
-            total += Runtime.GcPause.Run(() => // implicit scalars must outlive the native calls that read them
+            total += GcPause.Run(() => // implicit scalars must outlive the native calls that read them
             {
                 using var scope = NewDisposeScope();
                 var original = x0.narrow(0, start, length);

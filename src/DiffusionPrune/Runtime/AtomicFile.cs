@@ -1,0 +1,47 @@
+using System.Runtime.InteropServices;
+
+namespace DiffusionPrune.Runtime;
+
+/// <summary>Publishing a finished file under a name only if that name is free, as one atomic step.</summary>
+public static unsafe class AtomicFile
+{
+    private const int EEXIST = 17; // Linux and macOS
+
+    /// <summary>
+    /// Makes <paramref name="complete"/> (a fully written file) appear as <paramref name="target"/> unless
+    /// <paramref name="target"/> exists, and removes <paramref name="complete"/>. Returns false, leaving both as they
+    /// were, when <paramref name="target"/> exists. Atomic: of two callers racing for one target exactly one wins, and a
+    /// reader never sees a half-written target. On Unix this is link(2), which fails with EEXIST (.NET's
+    /// <c>File.Move(…, overwrite: false)</c> is a stat and a rename(2) there, which two callers can both pass); on
+    /// Windows it is MoveFileEx without MOVEFILE_REPLACE_EXISTING.
+    /// </summary>
+    public static bool TryPublish(string complete, string target)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            try
+            {
+                File.Move(complete, target, overwrite: false);
+                return true;
+            }
+            catch (IOException) when (File.Exists(target))
+            {
+                return false;
+            }
+        }
+        var link = (delegate* unmanaged<byte*, byte*, int>)NativeEnvironment.Function("link");
+        int result;
+        fixed (byte* from = NativeEnvironment.Utf8(Path.GetFullPath(complete)))
+        fixed (byte* to = NativeEnvironment.Utf8(Path.GetFullPath(target)))
+            result = link(from, to);
+        if (result != 0)
+        {
+            int errno = Marshal.GetLastSystemError();
+            if (errno == EEXIST || File.Exists(target)) return false;
+            throw new IOException($"Could not publish '{complete}' as '{target}': link(2) failed with errno {errno} " +
+                "(the folder must allow hard links, as local disks, NFS, CephFS and Lustre do).");
+        }
+        File.Delete(complete);
+        return true;
+    }
+}
