@@ -30,7 +30,8 @@ public static class StudioServiceCollectionExtensions
         services.AddHostedService(provider => provider.GetRequiredService<ChannelJobQueue>());
 
         // Singleton: the check is process-wide (it can switch oneDNN off for every job), so its last report is too.
-        services.AddSingleton(new SystemCheckService(DoctorReport.Run));
+        services.AddSingleton(new SystemCheckService(() => DoctorReport.Run(environment =>
+            ChildKernelCheck.Run(ChildKernelCheck.Self("--check-kernels"), TimeSpan.FromMinutes(2), environment))));
 
         return services;
     }

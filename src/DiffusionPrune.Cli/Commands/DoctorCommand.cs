@@ -13,7 +13,8 @@ public static class DoctorCommand
             "Re-checks the numerics guard and refreshes its cache. Exits 1 when an op is wrong.");
         command.SetAction(_ => CliCommon.Run(() =>
         {
-            var report = DoctorReport.Run();
+            var report = DoctorReport.Run(environment =>
+                ChildKernelCheck.Run(ChildKernelCheck.Self("__check-kernels"), TimeSpan.FromMinutes(2), environment));
             foreach (var line in report.Lines()) Console.WriteLine(line);
             return report.Passed ? 0 : 1;
         }));

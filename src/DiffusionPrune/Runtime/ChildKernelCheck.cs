@@ -49,13 +49,18 @@ public static class ChildKernelCheck
     /// run, crashed (a kernel fault can crash as well as compute garbage: then the check is simply done in-process) or
     /// took longer than <paramref name="timeout"/>.
     /// </summary>
-    public static OpCheckReport? Run(ProcessStartInfo start, TimeSpan timeout)
+    /// <param name="environment">
+    /// Set in the child's environment: none checks the defaults; <c>dprune doctor</c> passes a workaround's variable
+    /// (oneDNN's ISA cap) to check what the programs on this machine will start with.
+    /// </param>
+    public static OpCheckReport? Run(ProcessStartInfo start, TimeSpan timeout, IReadOnlyDictionary<string, string>? environment = null)
     {
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
         start.UseShellExecute = false;
-        start.Environment.Remove("ONEDNN_MAX_CPU_ISA"); // the child checks the defaults
+        start.Environment.Remove(OneDnnIsaCapWorkaround.Variable); // the child checks the defaults
         start.Environment.Remove("DPRUNE_ONEDNN");
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) start.Environment[name] = value;
         try
         {
             using var process = Process.Start(start);

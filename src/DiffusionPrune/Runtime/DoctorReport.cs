@@ -19,20 +19,27 @@ public sealed record DoctorReport(
     NumericsStatus Guard,
     OpCheckReport FullCheck,
     string? OneDnnMaxIsa = null,
-    bool? NnpackAvailable = null)
+    bool? NnpackAvailable = null,
+    OpCheckReport? StartupCheck = null)
 {
     /// <summary>The guard's decision holds and every op passed with the kernels now in use.</summary>
     public bool Passed => Guard.Healthy && FullCheck.Passed;
 
-    public static DoctorReport Run()
+    /// <param name="childCheck">
+    /// Runs the kernel check in a child process with the given environment (<see cref="ChildKernelCheck"/>): where the
+    /// defaults fail, the report then also says whether the start-up workaround, oneDNN's ISA cap, is right here.
+    /// </param>
+    public static DoctorReport Run(Func<IReadOnlyDictionary<string, string>, OpCheckReport?>? childCheck = null)
     {
+        bool? nnpack = LibTorchContext.QuietNnpack(); // before the first convolution, or libtorch warns at each one
         var guard = NumericsGuard.Default.Recheck();
+        var startup = childCheck is null ? null : NumericsGuard.Default.CheckStartupWorkaroundInChild(childCheck);
         var full = OpCheck.RunFull();
         string? config = LibTorchContext.BuildConfig();
         return new DoctorReport(CpuInfo.Read(), LibTorchContext.LibTorchVersion, LibTorchContext.TorchSharpVersion,
             OneDnnVersionFrom(config), LibTorchContext.AtenCpuCapability(), ReadOnnxRuntimeVersion(), torch.get_num_threads(),
             LibTorchContext.CanSwitchOneDnn ? LibTorchContext.OneDnnEnabled : null, guard, full,
-            NativeEnvironment.Get(OneDnnIsaCapWorkaround.Variable), LibTorchContext.QuietNnpack());
+            NativeEnvironment.Get(OneDnnIsaCapWorkaround.Variable), nnpack, startup);
     }
 
     /// <summary>The machine and kernel facts at the head of the report, as (label, value): the CLI and the Studio show the same.</summary>
@@ -54,8 +61,20 @@ public sealed record DoctorReport(
         ("oneDNN ISA", OneDnnMaxIsa is null ? "the highest this CPU has (no cap)" : $"capped at {OneDnnMaxIsa} ({OneDnnIsaCapWorkaround.Variable})"),
         ("workaround", (Guard.WorkaroundActive ? $"active: {Guard.ActiveWorkaround ?? "yes"}" : "not active") + " — " +
             (Guard.DefaultsPassed ? "default kernels passed the check" : "default kernels failed the check on this machine")),
+        ("runs use", RunsUse()),
         ("guard", Guard.Detail),
     ];
+
+    /// <summary>The kernels that training, pruning and sampling start with on this machine (they may differ from this process's).</summary>
+    private string RunsUse()
+    {
+        if (Guard.DefaultsPassed) return "libtorch's default kernels";
+        var cap = new OneDnnIsaCapWorkaround();
+        if (StartupCheck is null) return $"{cap.Name} where it passes its first check, else {new OneDnnOffWorkaround().Name}";
+        return StartupCheck.Passed
+            ? $"{cap.Name}, checked in a child process: {StartupCheck.Summary}"
+            : $"{new OneDnnOffWorkaround().Name}: {cap.Name} failed in a child process ({StartupCheck.Summary})";
+    }
 
     /// <summary>The last line: passed, with the op count and tolerance, or what failed.</summary>
     public string Verdict => Passed

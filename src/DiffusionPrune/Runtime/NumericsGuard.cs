@@ -14,6 +14,12 @@ public interface IKernelWorkaround
     bool Available { get; }
     bool Active { get; }
     void Activate();
+
+    /// <summary>
+    /// The environment variables that apply it to a new process, for one started to check it (<c>dprune doctor</c>),
+    /// or null where it cannot be applied that way.
+    /// </summary>
+    IReadOnlyDictionary<string, string>? ChildEnvironment => null;
 }
 
 /// <summary>Turns libtorch's oneDNN kernels off for this process: convolutions then take libtorch's im2col + BLAS path.</summary>
@@ -42,6 +48,7 @@ public sealed class OneDnnIsaCapWorkaround : IKernelWorkaround
         && NativeEnvironment.Get(Variable) is null or Value;
     public bool Active => Available && string.Equals(NativeEnvironment.Get(Variable), Value, StringComparison.OrdinalIgnoreCase);
     public void Activate() => NativeEnvironment.Set(Variable, Value);
+    public IReadOnlyDictionary<string, string>? ChildEnvironment => new Dictionary<string, string> { [Variable] = Value };
 }
 
 /// <summary>What the guard found and did on this machine.</summary>
@@ -198,6 +205,30 @@ public sealed class NumericsGuard
     public NumericsStatus Recheck()
     {
         lock (_lock) return _status = Decide();
+    }
+
+    /// <summary>
+    /// For <c>dprune doctor</c> after <see cref="Recheck"/> found the defaults wrong: checks the start-up workaround (oneDNN's
+    /// ISA cap) in a child process started with its variable, since this process ran oneDNN uncapped already, and
+    /// records the verdict, so the report says what the programs on this machine will start with. Null where there is
+    /// nothing to check (the defaults passed, no start-up workaround here) or the child could not run.
+    /// </summary>
+    /// <param name="childCheck">Runs the kernel check in a child process with the given environment variables set.</param>
+    public OpCheckReport? CheckStartupWorkaroundInChild(Func<IReadOnlyDictionary<string, string>, OpCheckReport?> childCheck)
+    {
+        if (_startupWorkaround is not { Available: true, ChildEnvironment: { } environment } startup) return null;
+        lock (_lock)
+        {
+            if (_status is not { DefaultsPassed: false } || ReadCache() is not { NeedsWorkaround: true } cached) return null;
+            var report = childCheck(environment);
+            if (report is null) return null;
+            WriteCache(cached with
+            {
+                StartupWorkaround = report.Passed ? Passed : Failed,
+                Detail = $"{cached.Detail}; with {startup.Name} (in a child process): {report.Summary}",
+            });
+            return report;
+        }
     }
 
     /// <summary>The first process with the start-up workaround on this machine checks it once and records the verdict.</summary>

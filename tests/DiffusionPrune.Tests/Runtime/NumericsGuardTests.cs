@@ -12,6 +12,7 @@ public class NumericsGuardTests
         public bool Active { get; private set; }
         public int Activations { get; private set; }
         public void Activate() { Active = true; Activations++; }
+        public IReadOnlyDictionary<string, string>? ChildEnvironment { get; init; }
     }
 
     private static OpCheckReport Report(bool passed) => new(
@@ -253,6 +254,49 @@ public class NumericsGuardTests
         Assert.False(cap.Active);
         Assert.False(File.Exists(guard.CacheFile));
         Assert.False(guard.Ensure().FromCache); // checked now
+    }
+
+    [Fact]
+    public void Doctor_on_a_faulty_machine_checks_the_start_up_cap_in_a_child_with_its_variable_and_records_the_verdict()
+    {
+        using var cache = Fixtures.Temp();
+        var environment = new Dictionary<string, string> { ["CAP_VARIABLE"] = "SSE41" };
+        var cap = new FakeWorkaround("cap") { ChildEnvironment = environment };
+        var off = new FakeWorkaround();
+        var doctor = new NumericsGuard(cache.Path, FaultyUntilWorkaround(off, []), off, "faulty", startupWorkaround: cap);
+        Assert.True(doctor.Recheck().Healthy); // the defaults failed here; oneDNN off passed in-process
+        IReadOnlyDictionary<string, string>? seen = null;
+        var child = doctor.CheckStartupWorkaroundInChild(env => { seen = env; return Report(passed: true); });
+        Assert.NotNull(child);
+        Assert.Same(environment, seen);
+        Assert.False(cap.Active); // the doctor's own process is not capped: the child was
+
+        // The next program trusts the verdict: capped at start-up, no check at all.
+        var cap2 = new FakeWorkaround("cap") { ChildEnvironment = environment };
+        var next = new NumericsGuard(cache.Path, () => throw new InvalidOperationException("must not check"), new FakeWorkaround(), "faulty", startupWorkaround: cap2);
+        Assert.True(next.ApplyAtStartup());
+        var status = next.Ensure();
+        Assert.Equal("cap", status.ActiveWorkaround);
+        Assert.Contains("in a child process", status.Detail);
+
+        // A cap that fails in the child is recorded too: the next program is not capped and turns oneDNN off.
+        var failing = new NumericsGuard(cache.Path, FaultyUntilWorkaround(new FakeWorkaround(), []), new FakeWorkaround(), "faulty",
+            startupWorkaround: new FakeWorkaround("cap") { ChildEnvironment = environment });
+        failing.Recheck();
+        Assert.False(failing.CheckStartupWorkaroundInChild(_ => Report(passed: false))!.Passed);
+        var cap3 = new FakeWorkaround("cap") { ChildEnvironment = environment };
+        Assert.False(new NumericsGuard(cache.Path, () => Report(true), new FakeWorkaround(), "faulty", startupWorkaround: cap3).ApplyAtStartup());
+        Assert.False(cap3.Active);
+    }
+
+    [Fact]
+    public void Doctor_on_a_healthy_machine_starts_no_child()
+    {
+        using var cache = Fixtures.Temp();
+        var cap = new FakeWorkaround("cap") { ChildEnvironment = new Dictionary<string, string> { ["CAP_VARIABLE"] = "SSE41" } };
+        var doctor = new NumericsGuard(cache.Path, () => Report(passed: true), new FakeWorkaround(), "healthy", startupWorkaround: cap);
+        doctor.Recheck();
+        Assert.Null(doctor.CheckStartupWorkaroundInChild(_ => throw new InvalidOperationException("must not start a child")));
     }
 
     [Fact]
