@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Imaging;
 using DiffusionPrune.Inference.Onnx;
 
@@ -26,7 +27,7 @@ static int Run(DemoOptions options)
     using var session = OnnxDenoiserSession.Open(options.Bundle, options.Provider, Console.WriteLine);
     var model = session.Model;
     string schedulerPath = OnnxBundle.FindSchedulerConfig(options.Bundle)
-        ?? throw new FileNotFoundException($"'{options.Bundle}' has no {OnnxBundle.SchedulerConfigFileName}; it is not a complete bundle. Export the model again.");
+        ?? throw new FileNotFoundException($"'{options.Bundle}' has no {ModelFolder.SchedulerConfig}; it is not a complete bundle. Export the model again.");
     var scheduler = ArrayDDIMScheduler.FromFile(schedulerPath);
     if (model.InChannels is not (1 or 3))
         throw new NotSupportedException($"The model makes {model.InChannels}-channel samples (latents), which cannot be written as a PNG.");

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
@@ -27,12 +29,12 @@ public static class EcoDiffMemoryProbe
     /// <param name="schedulerConfigPath">The model's scheduler_config.json; by default the one the loader finds with the model, or in its parent folder.</param>
     public static EcoDiffMemoryProbeResult Run(string modelPath, int steps, bool checkpointing, string? schedulerConfigPath = null)
     {
-        string? parentConfig = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath.TrimEnd('/', '\\'))) ?? ".", "scheduler_config.json");
+        string? parentConfig = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath.TrimEnd('/', '\\'))) ?? ".", ModelFolder.SchedulerConfig);
         string schedulerConfig = schedulerConfigPath
             ?? DiffusersModelLoader.FindSchedulerConfig(modelPath)
             ?? (File.Exists(parentConfig) ? parentConfig : null)
             ?? throw new FileNotFoundException($"No scheduler_config.json beside or above the model at '{modelPath}'; pass the model's scheduler config.");
-        using var model = DiffusersModelLoader.Load(modelPath);
+        using var model = ModelFamilies.Load(modelPath);
         var groups = PrunableGroups.Of(model);
         using var scheduler = Scheduler.FromFile(schedulerConfig, "ddim");
         var options = new EcoDiffOptions { Iterations = 1, BatchSize = 1, Checkpointing = checkpointing };

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using DiffusionPrune.Families;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Models;
 
@@ -17,7 +18,7 @@ public static class ForwardCommand
         command.SetAction(parse => CliCommon.Run(() =>
         {
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
-            using var loaded = DiffusersModelLoader.Load(parse.GetValue(model)!, device: dev);
+            using var loaded = ModelFamilies.Load(parse.GetValue(model)!, device: dev);
             ForwardRunner.Run(loaded, parse.GetValue(input)!, parse.GetValue(output)!, dev);
             Console.WriteLine($"wrote {parse.GetValue(output)}");
             return 0;

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 
 namespace DiffusionPrune.Cli.Commands;
@@ -14,7 +15,7 @@ public static class InfoCommand
         command.SetAction(parse => CliCommon.Run(() =>
         {
             string path = parse.GetValue(model)!;
-            using var loaded = DiffusersModelLoader.Load(path);
+            using var loaded = ModelFamilies.Load(path);
             var cost = ModelCost.Measure(loaded);
             Console.WriteLine($"model:       {DiffusersModelLoader.ResolveModelFolder(path)}");
             Console.WriteLine($"class:       {loaded.ClassName}");

@@ -1,7 +1,8 @@
 using System.CommandLine;
+using DiffusionPrune.Cli.Benchmarks;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
-using DiffusionPrune.Cli.Benchmarks;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -114,7 +115,7 @@ public static class PruneCommand
             console.EndProgress();
             console.Result($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
                 $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
-            console.Result($"wrote {report.OutputPath} ({PruneRunner.ReportName})");
+            console.Result($"wrote {report.OutputPath} ({ModelFolder.PruneReport})");
             var summary = report.ToJson();
             summary["output_path"] = Path.GetFullPath(report.OutputPath); // for the script on this machine; the report file keeps the name only
             console.Summary(summary);

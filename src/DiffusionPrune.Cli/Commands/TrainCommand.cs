@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Data;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Training;
 using TorchSharp;
@@ -11,7 +12,7 @@ public static class TrainCommand
 {
     public static Command Create()
     {
-        var arch = new Option<string>("--arch") { Description = "unet | dit (must match the config's _class_name).", Required = true };
+        var arch = new Option<string>("--arch") { Description = $"{string.Join(" | ", ModelFamilies.All.Select(f => f.ShortName))} (must match the config's _class_name).", Required = true };
         var config = new Option<string>("--config") { Description = "A diffusers config.json for the model to train.", Required = true };
         var data = new Option<string>("--data") { Description = "Training data: mnist (samples/data), or a path to an mnist.bin.gz file.", DefaultValueFactory = _ => "mnist" };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
@@ -36,27 +37,23 @@ public static class TrainCommand
         {
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var configJson = ConfigJson.Load(parse.GetValue(config)!);
-            string expected = parse.GetValue(arch) switch
-            {
-                "unet" => UNet2DConfig.ClassName,
-                "dit" => DiTConfig.ClassName,
-                var other => throw new ArgumentException($"--arch must be unet or dit, not '{other}'."),
-            };
-            if (configJson.ClassName != expected)
-                throw new ArgumentException($"--arch {parse.GetValue(arch)} needs a {expected} config, but '{parse.GetValue(config)}' describes {configJson.ClassName ?? "no _class_name"}.");
+            var family = ModelFamilies.ForShortName(parse.GetValue(arch)!)
+                ?? throw new ArgumentException($"--arch must be {string.Join(" or ", ModelFamilies.All.Select(f => f.ShortName))}, not '{parse.GetValue(arch)}'.");
+            if (configJson.ClassName != family.ClassName)
+                throw new ArgumentException($"--arch {parse.GetValue(arch)} needs a {family.ClassName} config, but '{parse.GetValue(config)}' describes {configJson.ClassName ?? "no _class_name"}.");
             string dataArg = parse.GetValue(data)!;
             var dataset = MnistDataset.Load(dataArg == "mnist" ? null : dataArg);
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
-            using var model = DiffusersModelLoader.Create(configJson);
+            using var model = ModelFamilies.Create(configJson);
             bool sharedQueryKey = parse.GetValue(attentionInit) switch
             {
                 "xavier" => false,
                 "shared-qk" => true,
                 var other => throw new ArgumentException($"--attention-init must be xavier or shared-qk, not '{other}'."),
             };
-            if (sharedQueryKey && model is not DiTTransformer2DModel)
+            if (sharedQueryKey && !family.SupportsSharedQueryKeyInit)
                 throw new ArgumentException("--attention-init shared-qk applies to DiT models (--arch dit).");
-            if (model is DiTTransformer2DModel dit) dit.InitializeForTraining(sharedQueryKey); // adaLN-Zero; a resumed run loads its weights over it
+            family.InitializeForTraining(model, sharedQueryKey); // DiT: adaLN-Zero; a resumed run loads its weights over it
             model.to(dev);
             var options = new TrainOptions
             {

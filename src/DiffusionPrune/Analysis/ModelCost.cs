@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -65,16 +66,8 @@ public static class ModelCost
             using var noGrad = no_grad();
             var device = model.parameters().FirstOrDefault()?.device ?? CPU;
             var sample = zeros([1, model.InChannels, size[0], size[1]], device: device);
-            var timestep = tensor(500L, device: device);
-            // Whatever conditioning the model takes: a class index, or (class_embed_type "timestep"/"identity", which
-            // have no class count) a value for the timestep projection or a ready-made embedding.
-            Tensor? labels = model switch
-            {
-                UNet2DModel { ClassEmbedding: Identity } unet => zeros([1, unet.Config.TimeEmbedDim], device: device),
-                UNet2DModel { ClassEmbedding: not null } => zeros([1], ScalarType.Int64, device),
-                _ => model.NumClasses is null ? null : zeros([1], ScalarType.Int64, device),
-            };
-            model.Forward(sample, timestep, labels);
+            // Whatever conditioning the model takes (a class index, a ready-made class embedding, nothing), zeroed.
+            model.Forward(sample, ModelFamilies.ConditioningOf(model).Zero(tensor(500L, device: device), 1, device));
         }
         finally
         {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,10 +21,11 @@ public static class TorchLatency
         LatencyOptions.ValidateBatches(batches);
         model.eval();
         var device = model.parameters().FirstOrDefault()?.device ?? CPU;
-        var (classInput, embeddingDim) = model switch
+        var conditioning = ModelFamilies.ConditioningOf(model);
+        var (classInput, embeddingDim) = conditioning.Kind switch
         {
-            UNet2DModel { Config.ClassEmbedType: "identity" } unet => (ClassInputKind.Embedding, unet.Config.TimeEmbedDim),
-            _ when OnnxContract.TakesClassLabels(model) => (ClassInputKind.Labels, 0),
+            ConditioningKind.ClassEmbedding => (ClassInputKind.Embedding, conditioning.EmbeddingDim),
+            ConditioningKind.ClassLabels => (ClassInputKind.Labels, 0),
             _ => (ClassInputKind.None, 0),
         };
         var results = new List<LatencyResult>();

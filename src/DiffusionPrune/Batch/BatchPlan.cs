@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Export;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 
@@ -258,7 +259,7 @@ public sealed record BatchPlan
         JsonNode? config;
         try
         {
-            config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelFolder, "config.json")));
+            config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelFolder, ModelFolder.Config)));
         }
         catch (JsonException e)
         {

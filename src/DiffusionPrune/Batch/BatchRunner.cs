@@ -1,10 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text.Json.Nodes;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Evaluation;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
@@ -62,7 +64,6 @@ public static class BatchRunner
     public const string ItemFormat = "dprune-batch-item/1";
     public const string ModelFolderName = "model";
     public const string BundleFolderName = "bundle";
-    public const string EvalReportName = "eval_report.json";
 
 
     public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null)
@@ -241,7 +242,7 @@ public static class BatchRunner
             BootstrapResamples = plan.Eval.BootstrapResamples,
         }, device, options.OnEvalProgress);
         // beside the pruned model, so the bundle's model card lists it (the original's folder is the user's: left alone)
-        if (!item.IsOriginal) eval.Save(Path.Combine(modelFolder, EvalReportName));
+        if (!item.IsOriginal) eval.Save(Path.Combine(modelFolder, ModelFolder.EvalReport));
         string ssim = eval.Ssim is double value ? string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {value:F4}") : "";
         log(string.Create(CultureInfo.InvariantCulture, $"FID-proxy {eval.Fid.Value:F3} [{eval.Fid.Lower:F3}, {eval.Fid.Upper:F3}], KID {eval.Kid.Mean:F5}{ssim}"));
         cancel.ThrowIfCancellationRequested();
@@ -270,7 +271,7 @@ public static class BatchRunner
             if (settings.Torch)
             {
                 log($"timing TorchSharp at batch {batches}");
-                using var model = DiffusersModelLoader.Load(modelFolder, device: CPU);
+                using var model = ModelFamilies.Load(modelFolder, device: CPU);
                 var torch = TorchLatency.Measure(model, settings.Batches, settings.ToOptions());
                 latency[LatencyResult.TorchSharp] = new JsonArray(torch.Select(r => (JsonNode)r.ToJson()).ToArray());
             }

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
@@ -52,9 +53,6 @@ public sealed record ExportResult(string OutputPath, IReadOnlyList<string> Files
 /// </summary>
 public static class ModelExporter
 {
-    public const string OnnxMetadataName = OnnxModelInfo.FileName;
-    public const string ModelCardName = "README.md";
-    public const string SchedulerConfigName = OnnxBundle.SchedulerConfigFileName;
 
     /// <summary>Parses a comma list such as "safetensors,onnx" (case-insensitive, duplicates ignored, order kept).</summary>
     public static IReadOnlyList<ExportFormat> ParseFormats(string? list)
@@ -87,7 +85,7 @@ public static class ModelExporter
             throw new ArgumentException($"--output '{request.OutputPath}' is a file; give a folder for the bundle.");
 
         // 1. everything that can fail, before writing anything
-        using var model = DiffusersModelLoader.Load(source, device: CPU);
+        using var model = ModelFamilies.Load(source, device: CPU);
         log?.Invoke($"loaded {model.ClassName} from {source}");
         var cost = ModelCost.Measure(model);
         ModelProto? onnx = null;
@@ -107,26 +105,26 @@ public static class ModelExporter
         if (request.Formats.Contains(ExportFormat.Safetensors))
         {
             DiffusersModelLoader.Save(model, output, new Dictionary<string, string> { ["dprune_exported_from"] = SourceIdentity.Describe(source) });
-            files.Add("config.json");
-            files.Add(DiffusersModelLoader.WeightsName + ".safetensors");
+            files.Add(ModelFolder.Config);
+            files.Add(ModelFolder.Weights);
         }
-        string schedulerTarget = Path.Combine(output, SchedulerConfigName);
+        string schedulerTarget = Path.Combine(output, ModelFolder.SchedulerConfig);
         if (schedulerPath is not null)
             File.Copy(schedulerPath, schedulerTarget, overwrite: true);
         else
             File.WriteAllText(schedulerTarget, DiffusionTrainer.SchedulerJsonFor(model));
-        files.Add(SchedulerConfigName);
+        files.Add(ModelFolder.SchedulerConfig);
         if (onnx is not null)
         {
             OnnxModelWriter.Write(onnx, Path.Combine(output, OnnxContract.FileName));
-            File.WriteAllText(Path.Combine(output, OnnxMetadataName), OnnxMetadata(model, onnx, cost).ToJsonString());
+            File.WriteAllText(Path.Combine(output, ModelFolder.OnnxInfo), OnnxMetadata(model, onnx, cost).ToJsonString());
             files.Add(OnnxContract.FileName);
-            files.Add(OnnxMetadataName);
+            files.Add(ModelFolder.OnnxInfo);
         }
         string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor: no x0 clipping for class-conditional models)";
         var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
-        File.WriteAllText(Path.Combine(output, ModelCardName), card);
-        files.Add(ModelCardName);
+        File.WriteAllText(Path.Combine(output, ModelFolder.ModelCard), card);
+        files.Add(ModelFolder.ModelCard);
         log?.Invoke($"wrote {string.Join(", ", files)} to {output}");
         return new ExportResult(output, files, model.ClassName, cost.Parameters, cost.Macs, schedulerSource);
     }
@@ -176,7 +174,7 @@ public static class ModelExporter
         foreach (var file in Directory.EnumerateFiles(folder, "*.json").Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(file);
-            if (name is "config.json" or SchedulerConfigName or PruneRunner.PlanName) continue;
+            if (name is ModelFolder.Config or ModelFolder.SchedulerConfig or ModelFolder.PrunePlan) continue;
             JsonObject? json;
             try
             {
@@ -187,7 +185,7 @@ public static class ModelExporter
                 continue; // not a report of ours; the card simply leaves it out
             }
             if (json is null) continue;
-            if (name == PruneRunner.ReportName) prune = json;
+            if (name == ModelFolder.PruneReport) prune = json;
             else if (json["fid_proxy"] is JsonObject) evals.Add((name, json));
         }
         return (prune, evals);
@@ -224,9 +222,9 @@ public static class ModelExporter
             var inputs = onnx.Graph.Input.Select(i => $"`{i.Name}`");
             string sigma = model.LearnedSigma ? " (all output channels; split off the learned sigma)." : ".";
             card.AppendLine(inv, $"- `{OnnxContract.FileName}`: the denoiser forward pass, ONNX opset {OnnxGraph.Opset}, float32; inputs {string.Join(", ", inputs)} " +
-                $"(batch is dynamic), output `{OnnxContract.Output}`{sigma} `{OnnxMetadataName}` describes the interface.");
+                $"(batch is dynamic), output `{OnnxContract.Output}`{sigma} `{ModelFolder.OnnxInfo}` describes the interface.");
         }
-        card.AppendLine(inv, $"- `{SchedulerConfigName}`: from {schedulerSource}.");
+        card.AppendLine(inv, $"- `{ModelFolder.SchedulerConfig}`: from {schedulerSource}.");
 
         if (reports.prune is { } prune)
         {
@@ -238,7 +236,7 @@ public static class ModelExporter
             card.AppendLine(inv, $"| {Text(prune["method"])} | {Percent(prune["target_removed_params"])} | {Percent(prune["achieved_removed_params"])} | " +
                 $"{Count(prune["params_before"])} → {Count(prune["params_after"])} | {Count(prune["macs_before"])} → {Count(prune["macs_after"])} |");
             card.AppendLine();
-            card.AppendLine(inv, $"From `{PruneRunner.ReportName}` beside the source model.");
+            card.AppendLine(inv, $"From `{ModelFolder.PruneReport}` beside the source model.");
         }
         if (reports.evals.Count > 0)
         {

@@ -1,4 +1,6 @@
 using System.Reflection;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using Google.Protobuf;
@@ -32,19 +34,15 @@ public static class OnnxContract
     public const string ClassLabelsInput = OnnxBundle.ClassLabelsInput;
     public const string Output = OnnxBundle.Output;
     public const string BatchDim = OnnxBundle.BatchDim;
-    public const string FileName = OnnxBundle.ModelFileName;
+    public const string FileName = ModelFolder.OnnxModel;
 
     /// <summary>The input names of a model's graph, in order.</summary>
     public static string[] InputNames(DiffusionModel model) => TakesClassLabels(model)
         ? [SampleInput, TimestepInput, ClassLabelsInput]
         : [SampleInput, TimestepInput];
 
-    public static bool TakesClassLabels(DiffusionModel model) => model switch
-    {
-        DiTTransformer2DModel => true,
-        UNet2DModel unet => unet.ClassEmbedding is not null,
-        _ => false,
-    };
+    /// <summary>Whether the graph has a class_labels input (class indices, or class embeddings for class_embed_type "identity").</summary>
+    public static bool TakesClassLabels(DiffusionModel model) => ModelFamilies.ConditioningOf(model).Kind != ConditioningKind.None;
 }
 
 /// <summary>
@@ -61,12 +59,7 @@ public static class OnnxExporter
         using (var scope = NewDisposeScope())
         using (no_grad())
         {
-            switch (model)
-            {
-                case UNet2DModel unet: UNet2DOnnx.Build(graph, unet); break;
-                case DiTTransformer2DModel dit: DiTOnnx.Build(graph, dit); break;
-                default: throw new OnnxExportException($"ONNX export does not know model class {model.ClassName}.");
-            }
+            ModelFamilies.Of(model).BuildOnnx(graph, model);
         }
         var metadata = new Dictionary<string, string>
         {

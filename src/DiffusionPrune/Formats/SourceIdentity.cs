@@ -10,7 +10,7 @@ public static class SourceIdentity
 {
     /// <summary>The weights (or, failing those, the config) whose hash identifies a model folder, in order of preference.</summary>
     private static readonly string[] IdentifyingFiles =
-        ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "model.onnx", "diffusion_pytorch_model.safetensors.index.json", "config.json"];
+        [ModelFolder.Weights, ModelFolder.WeightsStem + ".fp16.safetensors", ModelFolder.OnnxModel, ModelFolder.WeightsIndex, ModelFolder.Config];
 
     /// <summary>"name (weights sha256 xxxxxxxxxxxx)" for a folder, "name (sha256 xxxxxxxxxxxx)" for a file; the name alone if nothing can be read.</summary>
     public static string Describe(string path)
@@ -23,7 +23,7 @@ public static class SourceIdentity
         {
             string file = Path.Combine(trimmed, candidate);
             if (!File.Exists(file)) continue;
-            string what = candidate == "config.json" ? "config" : candidate.EndsWith(".index.json", StringComparison.Ordinal) ? "weights index" : "weights";
+            string what = candidate == ModelFolder.Config ? "config" : candidate.EndsWith(".index.json", StringComparison.Ordinal) ? "weights index" : "weights";
             return $"{name} ({what} sha256 {ShortHash(file)})";
         }
         return name;

@@ -1,4 +1,5 @@
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Families;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using DiffusionPrune.Schedulers;
@@ -75,7 +76,7 @@ public sealed class InferenceModel : IDisposable
         switch ((backend ?? "").Trim().ToLowerInvariant())
         {
             case "torch":
-                return new InferenceModel(path, DiffusersModelLoader.Load(path, device: device), device);
+                return new InferenceModel(path, ModelFamilies.Load(path, device: device), device);
             case "onnx":
                 OnnxExecutionProviders.Normalize(provider); // an unknown --provider is reported before the bundle is looked at
                 return new InferenceModel(path, OnnxDenoiser.Open(path, provider, report));

@@ -373,8 +373,10 @@ public sealed class DiTTransformer2DModel : DiffusionModel
     /// <summary>The conditioning embedding the output layer reads: transformer block 0's, even when that block was removed.</summary>
     public CombinedTimestepLabelEmbeddings OutputEmbedding => FirstBlockEmbedding;
 
-    public override Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null)
+    public override Tensor Forward(Tensor sample, Conditioning conditioning)
     {
+        conditioning.RejectUnused(ClassName, classLabels: true);
+        var (timestep, classLabels) = (conditioning.Timestep, conditioning.ClassLabels);
         if (classLabels is null)
             throw new ArgumentException("DiTTransformer2DModel needs class_labels (use the null class, index num_embeds_ada_norm, for unconditional).");
         var c = Config;
@@ -394,8 +396,8 @@ public sealed class DiTTransformer2DModel : DiffusionModel
         }
 
         // 3. output: modulated LayerNorm, projection, unpatchify
-        var conditioning = FirstBlockEmbedding.call(timesteps, labels);
-        var chunks = proj_out_1.call(nn.functional.silu(conditioning)).chunk(2, 1);
+        var outputEmbedding = FirstBlockEmbedding.call(timesteps, labels);
+        var chunks = proj_out_1.call(nn.functional.silu(outputEmbedding)).chunk(2, 1);
         var (shift, scale) = (chunks[0], chunks[1]);
         hiddenStates = nn.functional.layer_norm(hiddenStates, [c.InnerDim], null, null, OutputNormEps) * (scale.unsqueeze(1) + 1) + shift.unsqueeze(1);
         hiddenStates = proj_out_2.call(hiddenStates);

@@ -12,25 +12,25 @@ namespace DiffusionPrune.Models;
 /// diffusion_pytorch_model[.variant].safetensors (or a sharded index), or a pipeline folder with
 /// model_index.json whose <c>unet</c> / <c>transformer</c> subfolder holds the denoiser.
 /// Loading is strict: every key must match in name and shape, so a model never runs with random weights.
+/// Which class a config builds is the family registry's business (<c>Families.ModelFamilies.Load</c>); this holds the files.
 /// </summary>
 public static partial class DiffusersModelLoader
 {
-    public const string WeightsName = "diffusion_pytorch_model";
     private static readonly string[] PickleExtensions = [".bin", ".ckpt", ".pt", ".pth", ".pkl"];
 
     /// <summary>Finds the folder that holds the denoiser's config.json (itself, or a pipeline's unet/transformer subfolder).</summary>
     public static string ResolveModelFolder(string path)
     {
-        if (File.Exists(path) && Path.GetFileName(path) == "config.json")
+        if (File.Exists(path) && Path.GetFileName(path) == ModelFolder.Config)
             path = Path.GetDirectoryName(Path.GetFullPath(path))!;
         if (!Directory.Exists(path))
             throw new DirectoryNotFoundException($"No model folder at '{path}'. Give a diffusers model folder (config.json + safetensors) or a pipeline folder (model_index.json).");
-        if (File.Exists(Path.Combine(path, "config.json")))
+        if (File.Exists(Path.Combine(path, ModelFolder.Config)))
             return path;
-        if (File.Exists(Path.Combine(path, "model_index.json")))
+        if (File.Exists(Path.Combine(path, ModelFolder.PipelineIndex)))
         {
             foreach (var sub in new[] { "unet", "transformer" })
-                if (File.Exists(Path.Combine(path, sub, "config.json")))
+                if (File.Exists(Path.Combine(path, sub, ModelFolder.Config)))
                     return Path.Combine(path, sub);
             throw new ModelFormatException($"'{path}' is a pipeline (model_index.json) but has no unet/ or transformer/ subfolder with a config.json.");
         }
@@ -43,42 +43,12 @@ public static partial class DiffusersModelLoader
         string folder = ResolveModelFolder(modelPath);
         string[] candidates =
         [
-            Path.Combine(folder, "scheduler_config.json"),
-            Path.Combine(folder, "scheduler", "scheduler_config.json"),
-            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(folder))!, "scheduler", "scheduler_config.json"),
-            Path.Combine(Path.GetFullPath(modelPath), "scheduler", "scheduler_config.json"),
+            Path.Combine(folder, ModelFolder.SchedulerConfig),
+            Path.Combine(folder, "scheduler", ModelFolder.SchedulerConfig),
+            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(folder))!, "scheduler", ModelFolder.SchedulerConfig),
+            Path.Combine(Path.GetFullPath(modelPath), "scheduler", ModelFolder.SchedulerConfig),
         ];
         return candidates.FirstOrDefault(File.Exists);
-    }
-
-    /// <summary>Builds the model a config describes, with fresh (random) weights.</summary>
-    public static DiffusionModel Create(ConfigJson config) => config.ClassName switch
-    {
-        UNet2DConfig.ClassName => new UNet2DModel(UNet2DConfig.FromJson(config)),
-        DiTConfig.ClassName => new DiTTransformer2DModel(DiTConfig.FromJson(config)),
-        null => throw new ModelFormatException($"{config.Source} has no _class_name; cannot tell which model it describes."),
-        var other => throw new ModelFormatException($"{config.Source}: model class '{other}' is not supported yet (supported: {UNet2DConfig.ClassName}, {DiTConfig.ClassName})."),
-    };
-
-    public static DiffusionModel Load(string path, string? variant = null, Device? device = null)
-    {
-        string folder = ResolveModelFolder(path);
-        var config = ConfigJson.Load(Path.Combine(folder, "config.json"));
-        var model = Create(config);
-        var weights = ReadWeights(folder, variant);
-        try
-        {
-            if (model is UNet2DModel)
-                RenameLegacyAttentionKeys(weights);
-            LoadStrict(model, weights, folder);
-        }
-        finally
-        {
-            foreach (var t in weights.Values) t.Dispose();
-        }
-        model.eval();
-        if (device is not null) model.to(device);
-        return model;
     }
 
     /// <summary>Reads every tensor of the model's weights as float32 (F16/BF16 variants are upcast).</summary>
@@ -110,7 +80,7 @@ public static partial class DiffusersModelLoader
 
     private static List<(string file, List<string>? keys)> WeightFiles(string folder, string? variant)
     {
-        string Name(string? v, string ext) => v is null ? $"{WeightsName}{ext}" : $"{WeightsName}.{v}{ext}";
+        string Name(string? v, string ext) => v is null ? $"{ModelFolder.WeightsStem}{ext}" : $"{ModelFolder.WeightsStem}.{v}{ext}";
 
         var variants = variant is null ? new string?[] { null, "fp16", "bf16" } : [variant];
         foreach (var v in variants)
@@ -220,10 +190,10 @@ public static partial class DiffusersModelLoader
     {
         Directory.CreateDirectory(folder);
         var config = model.ConfigToJson();
-        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(folder, ModelFolder.Config), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
         if (metadata is not null) foreach (var (k, v) in metadata) meta[k] = v;
         var state = model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal);
-        SafetensorsWriter.Write(Path.Combine(folder, WeightsName + ".safetensors"), state, meta);
+        SafetensorsWriter.Write(Path.Combine(folder, ModelFolder.Weights), state, meta);
     }
 }

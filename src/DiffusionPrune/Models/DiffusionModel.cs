@@ -44,15 +44,21 @@ public abstract class DiffusionModel : nn.Module
     /// <summary>The model's config as diffusers writes it (plus our pruned widths, if any).</summary>
     public abstract JsonObject ConfigToJson();
 
-    /// <summary>Raw network output [B, OutChannels, H, W].</summary>
-    public abstract Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null);
+    /// <summary>Raw network output [B, OutChannels, H, W] for a sample and whatever conditions it (<see cref="Conditioning"/>).</summary>
+    public abstract Tensor Forward(Tensor sample, Conditioning conditioning);
+
+    /// <summary>Raw network output for the timestep and class-label conditioning of the unconditional and class-conditional families.</summary>
+    public Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null) => Forward(sample, new Conditioning(timestep, classLabels));
 
     /// <summary>The prediction a scheduler consumes: the first InChannels of the output (drops learned sigma).</summary>
-    public Tensor Predict(Tensor sample, Tensor timestep, Tensor? classLabels = null)
+    public Tensor Predict(Tensor sample, Conditioning conditioning)
     {
-        var output = Forward(sample, timestep, classLabels);
+        var output = Forward(sample, conditioning);
         return LearnedSigma ? output[.., ..InChannels] : output;
     }
+
+    /// <summary><see cref="Predict(Tensor, Conditioning)"/> with a timestep and optional class labels.</summary>
+    public Tensor Predict(Tensor sample, Tensor timestep, Tensor? classLabels = null) => Predict(sample, new Conditioning(timestep, classLabels));
 
     public long ParameterCount() => parameters().Sum(p => p.numel());
 

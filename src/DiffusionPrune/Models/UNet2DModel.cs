@@ -115,8 +115,10 @@ public sealed class UNet2DModel : DiffusionModel
     public UNetMidBlock2D? MidBlock => mid_block;
     public IList<UpBlock2D> UpBlocks => up_blocks;
 
-    public override Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null)
+    public override Tensor Forward(Tensor sample, Conditioning conditioning)
     {
+        conditioning.RejectUnused(ClassName, classLabels: class_embedding is not null);
+        var (timestep, classLabels) = (conditioning.Timestep, conditioning.ClassLabels);
         var c = Config;
         // 0. center input if necessary
         if (c.CenterInputSample)
@@ -133,10 +135,6 @@ public sealed class UNet2DModel : DiffusionModel
                 throw new ArgumentException("This UNet2DModel is class-conditional: class_labels are required.");
             var labels = c.ClassEmbedType == "timestep" ? TimeProjection(classLabels) : classLabels;
             emb = emb + class_embedding.call(labels);
-        }
-        else if (classLabels is not null)
-        {
-            throw new ArgumentException("This UNet2DModel has no class embedding; do not pass class_labels.");
         }
 
         // 2. pre-process

@@ -1,10 +1,12 @@
-using DiffusionPrune.Pruning.Importance;
-using DiffusionPrune.Runtime;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
 using static TorchSharp.torch;
 
@@ -75,15 +77,13 @@ public sealed record PruneReport(
 /// </summary>
 public static class PruneRunner
 {
-    public const string ReportName = "prune_report.json";
-    public const string PlanName = "prune_plan.json";
 
     public static PruneReport Run(PruneRequest request, Device device, Action<string>? log = null, Action<EcoDiffIterationReport>? onIteration = null)
     {
         if (double.IsNaN(request.TargetParams) || request.TargetParams <= 0 || request.TargetParams >= 1)
             throw new ArgumentException($"--target-params must be strictly between 0 and 1 (got {request.TargetParams}); 0.2 removes 20% of the parameters.");
         var watch = Stopwatch.StartNew();
-        using var model = DiffusersModelLoader.Load(request.ModelPath, device: device);
+        using var model = ModelFamilies.Load(request.ModelPath, device: device);
         string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
         var groups = PrunableGroups.Of(model);
@@ -106,8 +106,8 @@ public static class PruneRunner
         using var pruned = StructuralSurgery.Apply(model, selection.Plan);
         var after = ModelCost.Measure(pruned);
         DiffusersModelLoader.Save(pruned, request.OutputPath, new Dictionary<string, string> { ["dprune_method"] = criterion.Name });
-        File.Copy(schedulerPath, Path.Combine(request.OutputPath, "scheduler_config.json"), overwrite: true);
-        selection.Plan.Save(Path.Combine(request.OutputPath, PlanName));
+        File.Copy(schedulerPath, Path.Combine(request.OutputPath, ModelFolder.SchedulerConfig), overwrite: true);
+        selection.Plan.Save(Path.Combine(request.OutputPath, ModelFolder.PrunePlan));
 
         var kept = new SortedDictionary<string, double>(StringComparer.Ordinal);
         foreach (var group in groups.Units)
@@ -139,7 +139,7 @@ public static class PruneRunner
         }
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, request.OutputPath);
-        Formats.ReportJson.Write(Path.Combine(request.OutputPath, ReportName), report.ToJson());
+        Formats.ReportJson.Write(Path.Combine(request.OutputPath, ModelFolder.PruneReport), report.ToJson());
         return report;
     }
 }

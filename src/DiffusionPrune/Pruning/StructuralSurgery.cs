@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -39,12 +40,7 @@ public static class StructuralSurgery
         }
 
         // 2. the new model, built from the config alone (so it reloads from config.json + safetensors).
-        DiffusionModel pruned = model switch
-        {
-            UNet2DModel unet => new UNet2DModel(unet.Config with { Structure = structure }),
-            DiTTransformer2DModel dit => new DiTTransformer2DModel(dit.Config with { Structure = structure }),
-            _ => throw new NotSupportedException($"Structural surgery does not know model class {model.ClassName}."),
-        };
+        DiffusionModel pruned = ModelFamilies.Of(model).WithStructure(model, structure);
 
         // 3. weights: index_select the kept rows/columns of coupled tensors, copy the rest.
         var slices = new Dictionary<string, List<(int dim, long[] indices)>>(StringComparer.Ordinal);

@@ -157,7 +157,7 @@ public sealed class NumericsGuard
     {
         lock (_lock)
         {
-            if (_status is not null || _forceWorkaround || _startupWorkaround is not { Available: true } || _startupWorkaround.Active) return false;
+            if (_status is not null || _forceWorkaround || _startupWorkaround is not { Available: true }) return false;
             var cached = ReadCache();
             if (cached is null && childCheck?.Invoke() is { } child)
             {
@@ -166,7 +166,9 @@ public sealed class NumericsGuard
                 WriteCache(cached);
             }
             if (cached is null || !cached.NeedsWorkaround || cached.StartupWorkaround == Failed) return false;
-            _startupWorkaround.Activate();
+            // Already on when inherited from a parent that applied it (the Studio's or the test host's children): then it
+            // is this process's start-up workaround as much as if set here, and is verified and reported the same way.
+            if (!_startupWorkaround.Active) _startupWorkaround.Activate();
             return _startupApplied = true;
         }
     }

@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using System.Text.Json.Nodes;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using DiffusionPrune.Data;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
@@ -52,34 +52,8 @@ public sealed class DiffusionTrainer
 {
     public const string CheckpointFolder = "checkpoint";
 
-    /// <summary>The noise schedule the defaults are trained with: diffusers' DDPMScheduler defaults.</summary>
-    public const string DefaultSchedulerJson = """
-        {
-          "_class_name": "DDPMScheduler",
-          "num_train_timesteps": 1000,
-          "beta_start": 0.0001,
-          "beta_end": 0.02,
-          "beta_schedule": "linear",
-          "clip_sample": true,
-          "clip_sample_range": 1.0,
-          "prediction_type": "epsilon",
-          "variance_type": "fixed_small",
-          "timestep_spacing": "leading",
-          "steps_offset": 0
-        }
-        """;
-
-    /// <summary>
-    /// The scheduler config a trained model ships with: <see cref="DefaultSchedulerJson"/>, except that
-    /// class-conditional models (sampled with classifier-free guidance) get <c>clip_sample: false</c>. Guidance
-    /// pushes the predicted x0 far outside [-1, 1]; diffusers' DDIM then steps with the clipped x0 but the
-    /// unclipped noise prediction, an inconsistency that compounds with every step. Measured on the DiT default
-    /// (guidance 3, N = 200): clipping gave 63.5% / 37% class accuracy at 10 / 25 DDIM steps, no clipping 76% / 73%.
-    /// Unconditional models keep clipping: the U-Net default without it scores FID-proxy 1,563 instead of 120.
-    /// </summary>
-    public static string SchedulerJsonFor(DiffusionModel model) => model.NumClasses is null
-        ? DefaultSchedulerJson.Trim() + "\n"
-        : DefaultSchedulerJson.Trim().Replace("\"clip_sample\": true", "\"clip_sample\": false", StringComparison.Ordinal) + "\n";
+    /// <summary>The scheduler config a trained model ships with (<see cref="ModelFolder.DefaultSchedulerJson"/>).</summary>
+    public static string SchedulerJsonFor(DiffusionModel model) => ModelFolder.DefaultSchedulerJson(classConditional: model.NumClasses is not null);
 
     private readonly DiffusionModel _model;
     private readonly MnistSplit _data;
@@ -100,7 +74,7 @@ public sealed class DiffusionTrainer
     {
         var o = _options;
         Directory.CreateDirectory(_output);
-        var schedulerConfig = SchedulerConfig.Parse(DefaultSchedulerJson, "default DDPM schedule");
+        var schedulerConfig = SchedulerConfig.Parse(ModelFolder.DefaultSchedule, "default DDPM schedule");
         using var betas = NoiseSchedule.Betas(schedulerConfig);
         using var alphasCumprod = NoiseSchedule.AlphasCumprod(betas);
         int numTrainTimesteps = (int)alphasCumprod.shape[0];
@@ -207,7 +181,7 @@ public sealed class DiffusionTrainer
     private void SaveReleased(DiffusionModel model, SchedulerConfig schedulerConfig, int steps, double loss, TimeSpan wall, int startStep)
     {
         DiffusersModelLoader.Save(model, _output, new Dictionary<string, string> { ["dprune_train_steps"] = steps.ToString() });
-        File.WriteAllText(Path.Combine(_output, "scheduler_config.json"), SchedulerJsonFor(model));
+        File.WriteAllText(Path.Combine(_output, ModelFolder.SchedulerConfig), SchedulerJsonFor(model));
         var args = new JsonObject
         {
             ["steps"] = steps,
@@ -223,7 +197,7 @@ public sealed class DiffusionTrainer
             ["resumed_from_step"] = startStep,
             ["images_seen"] = (long)steps * _options.BatchSize,
         };
-        File.WriteAllText(Path.Combine(_output, "training_args.json"), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(_output, ModelFolder.TrainingArgs), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         // Put the live (non-EMA) weights back so training could continue in this process.
         if (_restore is not null)
         {

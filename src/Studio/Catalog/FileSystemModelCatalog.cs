@@ -1,4 +1,5 @@
 using System.Text.Json;
+using DiffusionPrune.Formats;
 
 namespace DiffusionPrune.Studio.Catalog;
 
@@ -9,7 +10,7 @@ namespace DiffusionPrune.Studio.Catalog;
 /// </summary>
 public sealed class FileSystemModelCatalog : IModelCatalog
 {
-    private const string ConfigFileName = "config.json";
+    private const string ConfigFileName = ModelFolder.Config;
     private const string ClassNameKey = "_class_name";
 
     /// <summary>Creates a catalog over <paramref name="samplesRoot"/><c>/models</c>.</summary>

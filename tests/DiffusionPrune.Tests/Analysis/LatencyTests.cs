@@ -1,5 +1,6 @@
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 
 namespace DiffusionPrune.Tests.Analysis;
@@ -39,7 +40,7 @@ public class LatencyTests
     public void Both_backends_report_median_and_percentiles_per_batch(string fixture)
     {
         using var temp = Fixtures.Temp();
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers(fixture, "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers(fixture, "model"));
         string onnx = temp.File(OnnxContract.FileName);
         OnnxExporter.Write(model, onnx);
         var options = new LatencyOptions { WarmupRuns = 1, TimedRuns = 3, IntraOpThreads = 1 };

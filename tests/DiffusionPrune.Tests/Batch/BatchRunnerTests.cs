@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Batch;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Tests.Cli;
 
@@ -25,7 +26,7 @@ public class BatchRunnerTests
              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
             """;
         TorchSharp.torch.manual_seed(5);
-        using var model = DiffusersModelLoader.Create(ConfigJson.Parse(config));
+        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
         string modelFolder = Path.Combine(folder, "models", "tiny-unet");
         DiffusersModelLoader.Save(model, modelFolder);
         File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(modelFolder, "scheduler_config.json"));

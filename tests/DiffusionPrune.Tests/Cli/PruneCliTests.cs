@@ -1,4 +1,6 @@
 using System.Text.Json.Nodes;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 
@@ -16,7 +18,7 @@ public class PruneCliTests
              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
             """;
         TorchSharp.torch.manual_seed(3);
-        using var model = DiffusersModelLoader.Create(ConfigJson.Parse(config));
+        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
         string folder = temp.File("tiny");
         DiffusersModelLoader.Save(model, folder);
         File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, "scheduler_config.json"));
@@ -63,12 +65,12 @@ public class PruneCliTests
             "--steps", "2", "--iterations", "3", "--calibration", "2", "--output", output);
         Assert.True(code == 0, stderr);
         Assert.Contains("iteration 3/3", stderr);
-        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, ModelFolder.PruneReport)))!.AsObject();
         Assert.Equal("ecodiff", report["method"]!.GetValue<string>());
         Assert.Equal(3, report["settings"]!["iterations"]!.GetValue<int>());
         Assert.True(report["settings"]!["checkpointing"]!.GetValue<bool>());
         Assert.True(report["achieved_removed_params"]!.GetValue<double>() >= 0.1);
-        using var pruned = DiffusersModelLoader.Load(output);
+        using var pruned = ModelFamilies.Load(output);
         Assert.Equal(report["params_after"]!.GetValue<long>(), pruned.ParameterCount());
     }
 
@@ -82,7 +84,7 @@ public class PruneCliTests
             "--method", "ecodiff", "--target-params", "0.1", "--guidance-scale", "2.5",
             "--steps", "2", "--iterations", "2", "--calibration", "2", "--output", output);
         Assert.True(code == 0, stderr);
-        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, ModelFolder.PruneReport)))!.AsObject();
         Assert.Equal(2.5, report["settings"]!["guidance_scale"]!.GetValue<double>());
 
         // An unconditional U-Net has no null class to guide with: a one-line error, no folder.
@@ -106,7 +108,7 @@ public class PruneCliTests
         Assert.True(code == 0, stderr);
         Assert.Contains(method, stdout);
 
-        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, PruneRunner.ReportName)))!.AsObject();
+        var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, ModelFolder.PruneReport)))!.AsObject();
         Assert.Equal(method, report["method"]!.GetValue<string>());
         double achieved = report["achieved_removed_params"]!.GetValue<double>();
         Assert.InRange(achieved, double.Parse(target, System.Globalization.CultureInfo.InvariantCulture), 0.5);
@@ -114,10 +116,10 @@ public class PruneCliTests
         Assert.Equal(1623169, before);
         Assert.True(report["macs_after"]!.GetValue<long>() < report["macs_before"]!.GetValue<long>());
         Assert.NotEmpty(report["kept_fraction_per_layer"]!.AsObject());
-        Assert.True(File.Exists(Path.Combine(output, PruneRunner.PlanName)));
+        Assert.True(File.Exists(Path.Combine(output, ModelFolder.PrunePlan)));
         Assert.True(File.Exists(Path.Combine(output, "scheduler_config.json")));
 
-        using var pruned = DiffusersModelLoader.Load(output);
+        using var pruned = ModelFamilies.Load(output);
         Assert.Equal(after, pruned.ParameterCount());
         Assert.False(pruned.Structure.IsEmpty);
     }

@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 
 namespace DiffusionPrune.Tests.Cli;
@@ -21,7 +22,7 @@ public class TrainCliTests
             "--warmup", "1", "--attention-init", "shared-qk", "--output", output);
         Assert.True(code == 0, stderr);
         Assert.Contains("done: 2 steps", stdout);
-        using var model = (DiTTransformer2DModel)DiffusersModelLoader.Load(output);
+        using var model = (DiTTransformer2DModel)ModelFamilies.Load(output);
         Assert.Single(model.Blocks);
     }
 

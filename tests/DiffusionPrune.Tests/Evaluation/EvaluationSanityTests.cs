@@ -1,5 +1,7 @@
 using DiffusionPrune.Data;
 using DiffusionPrune.Evaluation;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Metrics;
 using DiffusionPrune.Models;
@@ -46,9 +48,9 @@ public class EvaluationSanityTests
 
         // An untrained U-Net of the default's shape, sampled exactly as the evaluator does.
         manual_seed(0);
-        using var untrained = DiffusersModelLoader.Create(ConfigJson.Load(Path.Combine(Fixtures.RepoRoot, "samples", "configs", "mnist-unet.json")));
+        using var untrained = ModelFamilies.Create(ConfigJson.Load(Path.Combine(Fixtures.RepoRoot, "samples", "configs", "mnist-unet.json")));
         untrained.eval();
-        using var scheduler = Scheduler.Create(SchedulerConfig.Parse(DiffusionPrune.Training.DiffusionTrainer.DefaultSchedulerJson), "ddim");
+        using var scheduler = Scheduler.Create(SchedulerConfig.Parse(DiffusionPrune.Formats.ModelFolder.DefaultSchedule), "ddim");
         var noise = randn([n, 1, 32, 32], generator: new Generator(1));
         var generated = DiffusionSampler.Sample(untrained, scheduler, noise, null, new SampleOptions(4)).Final;
         double untrainedScore = FrechetDistance.Compute(testStats, GaussianStats.FromFeatures(Net.Value.FeaturesOf(generated.clamp(-1, 1)).to_type(ScalarType.Float64)));
@@ -77,9 +79,9 @@ public class EvaluationSanityTests
             var images = DiffusionSampler.Sample(model, scheduler, noise, labels, new SampleOptions(10)).Final.clamp(-1, 1);
             return FrechetDistance.Compute(testStats, GaussianStats.FromFeatures(Net.Value.FeaturesOf(images).to_type(ScalarType.Float64)));
         }
-        using var trained = DiffusersModelLoader.Load(folder);
+        using var trained = ModelFamilies.Load(folder);
         manual_seed(0);
-        using var untrained = DiffusersModelLoader.Create(ConfigJson.Load(Path.Combine(folder, "config.json")));
+        using var untrained = ModelFamilies.Create(ConfigJson.Load(Path.Combine(folder, "config.json")));
         untrained.eval();
         double trainedScore = Score(trained), untrainedScore = Score(untrained);
         Assert.True(trainedScore < 0.25 * untrainedScore, $"trained {trainedScore:F2} vs untrained {untrainedScore:F2}");
@@ -97,7 +99,7 @@ public class EvaluationSanityTests
     {
         using var scope = NewDisposeScope();
         string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-dit");
-        using var model = DiffusersModelLoader.Load(folder);
+        using var model = ModelFamilies.Load(folder);
         using var scheduler = Scheduler.FromFile(Path.Combine(folder, "scheduler_config.json"), "ddim");
         const int n = 200;
         var labels = DiffusionSampler.CyclicLabels(n, 10);

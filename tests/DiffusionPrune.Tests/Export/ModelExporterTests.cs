@@ -1,6 +1,8 @@
 using System.Text.Json.Nodes;
 using DiffusionPrune.Evaluation;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Metrics;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
@@ -49,7 +51,7 @@ public class ModelExporterTests
         Assert.Equal(File.ReadAllText(Path.Combine(pruned, "scheduler_config.json")), File.ReadAllText(Path.Combine(bundle, "scheduler_config.json")));
 
         // the diffusers files reload as the same pruned model
-        using var reloaded = DiffusersModelLoader.Load(bundle);
+        using var reloaded = ModelFamilies.Load(bundle);
         Assert.False(reloaded.Structure.IsEmpty);
         Assert.Equal(report.ParametersAfter, reloaded.ParameterCount());
         Assert.Equal(report.ParametersAfter, result.Parameters);
@@ -81,7 +83,7 @@ public class ModelExporterTests
         Assert.Contains("0.9123", card);
 
         // What a user hands on names no folder of the exporting machine: not the temp folder, not the fixtures' folder.
-        foreach (var file in Directory.EnumerateFiles(bundle).Append(Path.Combine(pruned, PruneRunner.ReportName)).Append(Path.Combine(pruned, "eval.json")))
+        foreach (var file in Directory.EnumerateFiles(bundle).Append(Path.Combine(pruned, ModelFolder.PruneReport)).Append(Path.Combine(pruned, "eval.json")))
         {
             if (Path.GetExtension(file) is ".safetensors" or ".onnx") continue;
             string text = File.ReadAllText(file);
@@ -92,7 +94,7 @@ public class ModelExporterTests
         Assert.Contains(weightsHash, card);
         using (var weights = DiffusionPrune.Formats.SafetensorsFile.Open(Path.Combine(bundle, "diffusion_pytorch_model.safetensors")))
             Assert.Equal($"pruned (weights sha256 {weightsHash})", weights.Metadata["dprune_exported_from"]);
-        var pruneJson = JsonNode.Parse(File.ReadAllText(Path.Combine(pruned, PruneRunner.ReportName)))!;
+        var pruneJson = JsonNode.Parse(File.ReadAllText(Path.Combine(pruned, ModelFolder.PruneReport)))!;
         Assert.Equal("pruned", pruneJson["output"]!.GetValue<string>());
     }
 
@@ -105,7 +107,7 @@ public class ModelExporterTests
         Assert.False(File.Exists(Path.Combine(bundle, "config.json")));
         Assert.False(File.Exists(Path.Combine(bundle, "diffusion_pytorch_model.safetensors")));
         var written = DiffusionPrune.Schedulers.SchedulerConfig.Parse(File.ReadAllText(Path.Combine(bundle, "scheduler_config.json")));
-        var defaults = DiffusionPrune.Schedulers.SchedulerConfig.Parse(DiffusionPrune.Training.DiffusionTrainer.DefaultSchedulerJson);
+        var defaults = DiffusionPrune.Schedulers.SchedulerConfig.Parse(DiffusionPrune.Formats.ModelFolder.DefaultSchedule);
         Assert.False(written.ClipSample, "a class-conditional model's default config must not clip x0");
         Assert.Equal((defaults.NumTrainTimesteps, defaults.BetaStart, defaults.BetaEnd, defaults.BetaSchedule), (written.NumTrainTimesteps, written.BetaStart, written.BetaEnd, written.BetaSchedule));
         Assert.Contains("default", result.SchedulerSource);

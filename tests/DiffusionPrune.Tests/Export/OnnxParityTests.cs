@@ -1,7 +1,8 @@
-using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Importance;
 using Xunit.Abstractions;
 using static DiffusionPrune.Tests.Pruning.PruningTestSupport;
 using static TorchSharp.torch;
@@ -28,7 +29,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void UNet2D_fixture_export_matches_torchsharp_and_diffusers()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         AssertParity(model, "unet2d-small");
 
         // The same file against the outputs diffusers itself computed (batch 4, timesteps 0 / 10 / 500 / 999).
@@ -45,7 +46,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void DiT_fixture_export_matches_torchsharp_and_diffusers_with_learned_sigma_and_null_class()
     {
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         Assert.True(model.LearnedSigma);
         AssertParity(model, "dit-small");
 
@@ -65,7 +66,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     public void Default_unet_pruned_by_magnitude_at_20_percent_exports_at_its_smaller_size()
     {
         string folder = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-unet");
-        using var model = DiffusersModelLoader.Load(folder);
+        using var model = ModelFamilies.Load(folder);
         var groups = PrunableGroups.Of(model);
         var context = new ImportanceContext(Path.Combine(folder, "scheduler_config.json"), Steps: 2, CalibrationSamples: 2, Seed: 0, Device: CPU);
         var scores = ImportanceCriteria.Create("magnitude").Score(model, groups, context);
@@ -82,7 +83,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void UNet_with_removed_layers_and_narrowed_blocks_exports()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         string resnet = groups.Layers.First(l => l.Kind == LayerKind.ResnetBlock).Path;
         string attention = groups.Layers.First(l => l.Kind == LayerKind.AttentionBlock).Path;
@@ -97,7 +98,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [InlineData("transformer_blocks.1")]
     public void DiT_with_a_removed_block_and_fewer_heads_and_neurons_exports(string removed)
     {
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         var groups = PrunableGroups.Of(model);
         using var pruned = StructuralSurgery.Apply(model, RandomPlan(groups, 5, removed));
         Assert.Contains(removed, pruned.Structure.RemovedLayers);
@@ -144,7 +145,7 @@ public class OnnxParityTests(ITestOutputHelper output)
         foreach (var (key, value) in System.Text.Json.Nodes.JsonNode.Parse("{" + options + "}")!.AsObject())
             config[key] = value?.DeepClone();
         manual_seed(7);
-        using var model = (UNet2DModel)DiffusersModelLoader.Create(ConfigJson.Parse(config.ToJsonString()));
+        using var model = (UNet2DModel)ModelFamilies.Create(ConfigJson.Parse(config.ToJsonString()));
         PerturbNorms(model);
         Func<int, Tensor>? labels = model.Config.ClassEmbedType switch
         {
@@ -185,7 +186,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void The_graph_declares_opset_17_the_contract_inputs_and_a_dynamic_batch()
     {
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         var proto = OnnxExporter.Export(model);
         Assert.Equal(17, proto.OpsetImport.Single(o => o.Domain == "").Version);
         Assert.Equal(new[] { "sample", "timestep", "class_labels" }, proto.Graph.Input.Select(i => i.Name));
@@ -204,7 +205,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void A_model_over_the_size_limit_is_a_clear_error()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var e = Assert.Throws<OnnxExportException>(() => OnnxExporter.Export(model, maxModelBytes: 70L << 20));
         Assert.Contains("2 GB", e.Message);
     }
@@ -212,7 +213,7 @@ public class OnnxParityTests(ITestOutputHelper output)
     [Fact]
     public void A_masked_model_is_refused_rather_than_exported_without_its_gates()
     {
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         var groups = PrunableGroups.Of(model);
         using var masked = MaskedModel.Apply(model, RandomPlan(groups, 1));
         var e = Assert.Throws<OnnxExportException>(() => OnnxExporter.Export(model));

@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Models;
@@ -12,7 +13,7 @@ public class SamplerParityTests
     [Fact]
     public void Ten_step_DDIM_trajectory_matches_diffusers()
     {
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers("unet2d-small", "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers("unet2d-small", "model"));
         using var scheduler = Scheduler.FromFile(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"));
         using var io = SafetensorsFile.Open(Fixtures.Diffusers("unet2d-small", "io.safetensors"));
         using var scope = NewDisposeScope();
@@ -28,7 +29,7 @@ public class SamplerParityTests
     [Fact]
     public void Guidance_scale_one_equals_plain_conditional_prediction_and_higher_scale_extrapolates()
     {
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers("dit-small", "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers("dit-small", "model"));
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var x = randn(2, 4, 16, 16, generator: new Generator(3));
@@ -45,7 +46,7 @@ public class SamplerParityTests
     [Fact]
     public void Guidance_without_a_null_class_is_refused()
     {
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers("unet2d-small", "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers("unet2d-small", "model"));
         using var scheduler = Scheduler.FromFile(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"));
         var error = Assert.Throws<ArgumentException>(() =>
             DiffusionSampler.Sample(model, scheduler, randn(1, 1, 32, 32), null, new SampleOptions(2, GuidanceScale: 3)));

@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using TorchSharp;
@@ -11,7 +12,7 @@ public class FixtureParityTests
     [Fact]
     public void UNet2DModel_forward_matches_diffusers_for_all_timesteps()
     {
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers("unet2d-small", "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers("unet2d-small", "model"));
         using var io = SafetensorsFile.Open(Fixtures.Diffusers("unet2d-small", "io.safetensors"));
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -23,7 +24,7 @@ public class FixtureParityTests
     [Fact]
     public void DiT_forward_matches_diffusers_including_null_class()
     {
-        using var model = DiffusersModelLoader.Load(Fixtures.Diffusers("dit-small", "model"));
+        using var model = ModelFamilies.Load(Fixtures.Diffusers("dit-small", "model"));
         using var io = SafetensorsFile.Open(Fixtures.Diffusers("dit-small", "io.safetensors"));
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();

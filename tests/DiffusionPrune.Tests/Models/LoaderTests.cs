@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using TorchSharp;
@@ -49,8 +50,8 @@ public class LoaderTests
             foreach (var t in weights.Values) t.Dispose();
         }
 
-        using var original = DiffusersModelLoader.Load(UNetFixture);
-        using var fromLegacy = DiffusersModelLoader.Load(temp.Path);
+        using var original = ModelFamilies.Load(UNetFixture);
+        using var fromLegacy = ModelFamilies.Load(temp.Path);
         AssertSameOutputs(original, fromLegacy, exact: true);
     }
 
@@ -80,8 +81,8 @@ public class LoaderTests
             foreach (var t in weights.Values) t.Dispose();
         }
 
-        using var original = DiffusersModelLoader.Load(UNetFixture);
-        using var sharded = DiffusersModelLoader.Load(temp.Path);
+        using var original = ModelFamilies.Load(UNetFixture);
+        using var sharded = ModelFamilies.Load(temp.Path);
         AssertSameOutputs(original, sharded, exact: true);
     }
 
@@ -92,7 +93,7 @@ public class LoaderTests
         File.Copy(Path.Combine(UNetFixture, "config.json"), temp.File("config.json"));
         File.WriteAllText(temp.File("diffusion_pytorch_model.safetensors.index.json"),
             "{\"weight_map\": {\"conv_in.weight\": \"diffusion_pytorch_model-00001-of-00002.safetensors\"}}");
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("diffusion_pytorch_model-00001-of-00002.safetensors", e.Message);
         Assert.Contains("missing", e.Message);
     }
@@ -107,7 +108,7 @@ public class LoaderTests
         using var temp = Fixtures.Temp();
         File.Copy(Path.Combine(UNetFixture, "config.json"), temp.File("config.json"));
         File.WriteAllText(temp.File("diffusion_pytorch_model.safetensors.index.json"), index);
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains(expected, e.Message);
     }
 
@@ -130,9 +131,9 @@ public class LoaderTests
         using (var file = SafetensorsFile.Open(temp.File("diffusion_pytorch_model.fp16.safetensors")))
             Assert.All(file.Entries.Values, e => Assert.Equal(SafetensorsDType.F16, e.DType));
 
-        using var original = DiffusersModelLoader.Load(UNetFixture);
-        using var half = DiffusersModelLoader.Load(temp.Path); // no plain file: the fp16 variant is found
-        using var explicitVariant = DiffusersModelLoader.Load(temp.Path, variant: "fp16");
+        using var original = ModelFamilies.Load(UNetFixture);
+        using var half = ModelFamilies.Load(temp.Path); // no plain file: the fp16 variant is found
+        using var explicitVariant = ModelFamilies.Load(temp.Path, variant: "fp16");
         using var scope2 = NewDisposeScope();
 
         // Every loaded weight is exactly the fp16 rounding of the original, held in float32.
@@ -168,8 +169,8 @@ public class LoaderTests
         // From the unet folder itself the pipeline's scheduler is found too.
         Assert.Equal(Path.GetFullPath(Path.Combine(scheduler, "scheduler_config.json")), Path.GetFullPath(DiffusersModelLoader.FindSchedulerConfig(unet)!));
 
-        using var original = DiffusersModelLoader.Load(UNetFixture);
-        using var fromPipeline = DiffusersModelLoader.Load(temp.Path);
+        using var original = ModelFamilies.Load(UNetFixture);
+        using var fromPipeline = ModelFamilies.Load(temp.Path);
         Assert.IsType<UNet2DModel>(fromPipeline);
         AssertSameOutputs(original, fromPipeline, exact: true);
     }
@@ -187,9 +188,9 @@ public class LoaderTests
     public void Save_then_load_gives_identical_outputs_and_config()
     {
         using var temp = Fixtures.Temp();
-        using var original = DiffusersModelLoader.Load(UNetFixture);
+        using var original = ModelFamilies.Load(UNetFixture);
         DiffusersModelLoader.Save(original, temp.Path);
-        using var reloaded = DiffusersModelLoader.Load(temp.Path);
+        using var reloaded = ModelFamilies.Load(temp.Path);
         AssertSameOutputs(original, reloaded, exact: true);
         Assert.Equal(original.ConfigToJson().ToJsonString(), reloaded.ConfigToJson().ToJsonString());
         using (var file = SafetensorsFile.Open(temp.File("diffusion_pytorch_model.safetensors")))
@@ -210,9 +211,9 @@ public class LoaderTests
     public void DiT_save_then_load_gives_identical_outputs_and_config()
     {
         using var temp = Fixtures.Temp();
-        using var original = DiffusersModelLoader.Load(DiTFixture);
+        using var original = ModelFamilies.Load(DiTFixture);
         DiffusersModelLoader.Save(original, temp.Path);
-        using var reloaded = DiffusersModelLoader.Load(temp.Path);
+        using var reloaded = ModelFamilies.Load(temp.Path);
         Assert.Equal(original.ConfigToJson().ToJsonString(), reloaded.ConfigToJson().ToJsonString());
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -228,7 +229,7 @@ public class LoaderTests
     public void Missing_key_is_an_error_naming_it()
     {
         using var temp = WithEditedWeights(w => { w["conv_in.bias"].Dispose(); w.Remove("conv_in.bias"); });
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("missing keys: conv_in.bias", e.Message);
         Assert.DoesNotContain("unexpected", e.Message);
     }
@@ -237,7 +238,7 @@ public class LoaderTests
     public void Unexpected_key_is_an_error_naming_it()
     {
         using var temp = WithEditedWeights(w => w["down_blocks.0.extra_layer.weight"] = ones(3));
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("unexpected keys: down_blocks.0.extra_layer.weight", e.Message);
         Assert.DoesNotContain("missing", e.Message);
     }
@@ -250,7 +251,7 @@ public class LoaderTests
             w["up_blocks.1.attentions.2.to_k.weight"].Dispose();
             w["up_blocks.1.attentions.2.to_k.weight"] = zeros(64, 32);
         });
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("'up_blocks.1.attentions.2.to_k.weight'", e.Message);
         Assert.Contains("[64, 32]", e.Message);
         Assert.Contains("[64, 64]", e.Message);
@@ -263,7 +264,7 @@ public class LoaderTests
         File.Copy(Path.Combine(UNetFixture, "config.json"), temp.File("config.json"));
         // A pickle stream header (protocol 2) and junk: the loader must refuse without reading it.
         File.WriteAllBytes(temp.File("diffusion_pytorch_model.bin"), [0x80, 0x02, 0x7D, 0x71, 0x00, 0x2E]);
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("pickle", e.Message, StringComparison.OrdinalIgnoreCase);
         Assert.Contains("safetensors", e.Message);
         Assert.Contains("diffusion_pytorch_model.bin", e.Message);
@@ -274,7 +275,7 @@ public class LoaderTests
     {
         using var temp = Fixtures.Temp();
         File.Copy(Path.Combine(UNetFixture, "config.json"), temp.File("config.json"));
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("diffusion_pytorch_model.safetensors", e.Message);
     }
 
@@ -286,7 +287,7 @@ public class LoaderTests
         using var temp = Fixtures.Temp();
         File.WriteAllText(temp.File("config.json"), text);
         File.Copy(Path.Combine(UNetFixture, "diffusion_pytorch_model.safetensors"), temp.File("diffusion_pytorch_model.safetensors"));
-        var e = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Load(temp.Path));
+        var e = Assert.Throws<ModelFormatException>(() => ModelFamilies.Load(temp.Path));
         Assert.Contains("config.json", e.Message);
         Assert.Contains("not valid JSON", e.Message);
     }
@@ -298,9 +299,9 @@ public class LoaderTests
         Assert.Contains("JSON object", e1.Message);
         var e2 = Assert.Throws<ModelFormatException>(() => UNet2DConfig.FromJson(ConfigJson.Parse("{\"layers_per_block\": \"two\"}")));
         Assert.Contains("layers_per_block", e2.Message);
-        var e3 = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Create(ConfigJson.Parse("{\"_class_name\": \"VQModel\"}")));
+        var e3 = Assert.Throws<ModelFormatException>(() => ModelFamilies.Create(ConfigJson.Parse("{\"_class_name\": \"VQModel\"}")));
         Assert.Contains("VQModel", e3.Message);
-        var e4 = Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.Create(ConfigJson.Parse("{\"_class_name\": 5}")));
+        var e4 = Assert.Throws<ModelFormatException>(() => ModelFamilies.Create(ConfigJson.Parse("{\"_class_name\": 5}")));
         Assert.Contains("_class_name", e4.Message);
     }
 

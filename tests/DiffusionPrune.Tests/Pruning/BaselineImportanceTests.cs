@@ -1,7 +1,8 @@
-using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Data;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Importance;
 using Xunit.Abstractions;
 using static DiffusionPrune.Tests.Pruning.PruningTestSupport;
 using static TorchSharp.torch;
@@ -43,7 +44,7 @@ public class BaselineImportanceTests(ITestOutputHelper output)
         return model;
     }
 
-    private static DiffusionModel Load(string which) => which == "unet" ? DiffusersModelLoader.Load(UNetFixture) : TinyDiT(seed: 5);
+    private static DiffusionModel Load(string which) => which == "unet" ? ModelFamilies.Load(UNetFixture) : TinyDiT(seed: 5);
 
     private static IImportanceCriterion Criterion(string name) => name == "taylor" ? Taylor() : ImportanceCriteria.Create(name);
 
@@ -88,7 +89,7 @@ public class BaselineImportanceTests(ITestOutputHelper output)
     [Fact]
     public void Random_scores_are_reproducible_per_seed_and_differ_across_seeds()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var criterion = new RandomImportance();
         var first = criterion.Score(model, groups, Context(seed: 7));
@@ -132,7 +133,7 @@ public class BaselineImportanceTests(ITestOutputHelper output)
     [Fact]
     public void Magnitude_ranks_a_scaled_up_unit_highest_and_a_zeroed_unit_at_zero()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var resnet = groups.Unit("down_blocks.1.resnets.0")!;
         var heads = groups.Unit("mid_block.attentions.0")!;
@@ -154,7 +155,7 @@ public class BaselineImportanceTests(ITestOutputHelper output)
     [Fact]
     public void Taylor_scores_a_zeroed_unit_zero_and_leaves_the_model_as_it_was()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var resnet = groups.Unit("up_blocks.0.resnets.1")!;
         var heads = groups.Unit("down_blocks.1.attentions.0")!;

@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using Xunit.Abstractions;
@@ -12,7 +13,7 @@ public class PrunableGroupsTests(ITestOutputHelper output)
     [Fact]
     public void Unet_fixture_groups_are_found_with_state_dict_paths()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var state = model.state_dict();
         // 3 down blocks x 2 + 2 mid + 3 up blocks x 3 ResNets; 2 + 1 + 3 attention blocks.
@@ -42,7 +43,7 @@ public class PrunableGroupsTests(ITestOutputHelper output)
     [Fact]
     public void Dit_fixture_groups_cover_heads_neurons_and_blocks()
     {
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         var groups = PrunableGroups.Of(model);
         Assert.Equal(["transformer_blocks.0.attn1", "transformer_blocks.0.ff", "transformer_blocks.1.attn1", "transformer_blocks.1.ff", "transformer_blocks.2.attn1", "transformer_blocks.2.ff"],
             groups.Units.Select(g => g.Path));
@@ -64,8 +65,8 @@ public class PrunableGroupsTests(ITestOutputHelper output)
     {
         using var model = which switch
         {
-            "unet" => DiffusersModelLoader.Load(UNetFixture),
-            "dit" => DiffusersModelLoader.Load(DiTFixture),
+            "unet" => ModelFamilies.Load(UNetFixture),
+            "dit" => ModelFamilies.Load(DiTFixture),
             _ => (DiffusionModel)TinyScaleShiftUNet(seed: 7),
         };
         string[] removals = which switch
@@ -97,7 +98,7 @@ public class PrunableGroupsTests(ITestOutputHelper output)
     [Fact]
     public void Keep_top_respects_groupnorm_and_mask_size_is_checked()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var resnet = (ResnetChannelGroup)groups.Unit("down_blocks.0.resnets.0")!; // 32 channels, 8 groups of 4
         Assert.Equal(16, resnet.ValidKeepCount(17));

@@ -1,3 +1,4 @@
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using static DiffusionPrune.Tests.Pruning.PruningTestSupport;
@@ -7,7 +8,7 @@ namespace DiffusionPrune.Tests.Pruning;
 /// <summary>Plans as data: JSON round trip, composition, and clear errors for plans that do not fit the model.</summary>
 public class PruningPlanTests
 {
-    private static readonly Lazy<DiffusionModel> UNet = new(() => DiffusersModelLoader.Load(UNetFixture));
+    private static readonly Lazy<DiffusionModel> UNet = new(() => ModelFamilies.Load(UNetFixture));
 
     private static PruningPlanException Invalid(PruningPlan plan)
     {

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using TorchSharp;
@@ -24,8 +25,8 @@ public class StructuralSurgeryTests(ITestOutputHelper output)
     public static TheoryData<string> FixtureModels => new() { "unet", "dit" };
 
     private static (DiffusionModel model, string[] removals) LoadFixture(string which) => which == "unet"
-        ? (DiffusersModelLoader.Load(UNetFixture), UNetRemovals)
-        : (DiffusersModelLoader.Load(DiTFixture), DiTRemovals);
+        ? (ModelFamilies.Load(UNetFixture), UNetRemovals)
+        : (ModelFamilies.Load(DiTFixture), DiTRemovals);
 
     [Theory]
     [MemberData(nameof(FixtureModels))]
@@ -92,7 +93,7 @@ public class StructuralSurgeryTests(ITestOutputHelper output)
         var removedJson = config[ModelStructure.JsonKey]!["removed_layers"]!.AsArray().Select(n => n!.GetValue<string>());
         Assert.Equal(removals.Order(StringComparer.Ordinal), removedJson);
 
-        using var reloaded = DiffusersModelLoader.Load(temp.Path);
+        using var reloaded = ModelFamilies.Load(temp.Path);
         var state = reloaded.state_dict();
         foreach (var (path, kept) in plan.Keep)
             foreach (var coupled in groups.Unit(path)!.Coupled)
@@ -160,7 +161,7 @@ public class StructuralSurgeryTests(ITestOutputHelper output)
     [Fact]
     public void Clearing_masks_restores_the_original_output()
     {
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         var groups = PrunableGroups.Of(model);
         var plan = RandomPlan(groups, seed: 41, "mid_block.attentions.0");
         var inputs = Inputs(model, seed: 13);

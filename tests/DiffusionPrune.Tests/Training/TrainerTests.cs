@@ -1,4 +1,5 @@
 using DiffusionPrune.Data;
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Schedulers;
@@ -27,7 +28,7 @@ public class TrainerTests
     private static DiffusionModel Build(string json, long seed)
     {
         manual_seed(seed);
-        return DiffusersModelLoader.Create(ConfigJson.Parse(json));
+        return ModelFamilies.Create(ConfigJson.Parse(json));
     }
 
     private static readonly Lazy<MnistDataset> Data = new(() => MnistDataset.Load());
@@ -97,7 +98,7 @@ public class TrainerTests
             new DiffusionTrainer(model, Data.Value.Train, Options(30) with { BatchSize = 16, LearningRate = 3e-3 }, folder.Path)
                 .Train(false, p => losses.Add(p.Loss));
         Assert.True(losses.Skip(25).Average() < losses.Take(5).Average() * 0.8, $"loss did not fall: {losses.First():F3} -> {losses.Last():F3}");
-        using var loaded = DiffusersModelLoader.Load(folder.Path);
+        using var loaded = ModelFamilies.Load(folder.Path);
         Assert.True(SchedulerConfig.Parse(File.ReadAllText(Path.Combine(folder.Path, "scheduler_config.json"))).ClipSample, "an unconditional model keeps diffusers' clip_sample default");
         Assert.True(File.Exists(Path.Combine(folder.Path, "training_args.json")));
     }
@@ -111,7 +112,7 @@ public class TrainerTests
         var error = Assert.Throws<FileNotFoundException>(() => trainer.Train(resume: true));
         Assert.Contains("--resume", error.Message);
         trainer.Train(resume: false);
-        using var loaded = DiffusersModelLoader.Load(folder.Path);
+        using var loaded = ModelFamilies.Load(folder.Path);
         Assert.Equal(10, loaded.NullClass);
         var scheduler = SchedulerConfig.Parse(File.ReadAllText(Path.Combine(folder.Path, "scheduler_config.json")));
         Assert.False(scheduler.ClipSample, "a guided model must not clip x0 (DDIM would step with a clipped x0 and an unclipped noise prediction)");

@@ -1,4 +1,5 @@
 // TorchSharp-free: samples/OnDeviceDemo compiles this file. Use only the BCL and Microsoft.ML.OnnxRuntime here.
+using DiffusionPrune.Formats;
 using Microsoft.ML.OnnxRuntime;
 
 namespace DiffusionPrune.Inference.Onnx;
@@ -35,7 +36,7 @@ public sealed class OnnxDenoiserSession : IDisposable
         Folder = folder;
         Model = model;
         _session = session;
-        string where = Path.Combine(folder, OnnxBundle.ModelFileName);
+        string where = Path.Combine(folder, ModelFolder.OnnxModel);
         var inputs = session.Session.InputMetadata;
         RequireInput(inputs, SampleInput, typeof(float), where);
         RequireInput(inputs, TimestepInput, typeof(long), where);
@@ -44,7 +45,7 @@ public sealed class OnnxDenoiserSession : IDisposable
             throw new InvalidDataException($"'{where}' has inputs we do not feed ({string.Join(", ", unexpected)}); a denoiser takes sample, timestep and (class-conditional) class_labels.");
         if (!inputs.Keys.Order(StringComparer.Ordinal).SequenceEqual(model.InputNames.Order(StringComparer.Ordinal)))
             throw new InvalidDataException(
-                $"'{where}' has inputs {string.Join(", ", inputs.Keys)} but {OnnxModelInfo.FileName} lists {string.Join(", ", model.InputNames)}; " +
+                $"'{where}' has inputs {string.Join(", ", inputs.Keys)} but {ModelFolder.OnnxInfo} lists {string.Join(", ", model.InputNames)}; " +
                 "the two files do not belong together. Export the model again.");
         _takesLabels = inputs.ContainsKey(ClassLabelsInput);
         if (_takesLabels && model.NumClasses is null)
@@ -54,7 +55,7 @@ public sealed class OnnxDenoiserSession : IDisposable
                 "sampling feeds labels from a class table, so the ONNX backend runs unconditional models and models with num_class_embeds or a DiT.");
         if (!_takesLabels && model.NumClasses is not null)
             throw new InvalidDataException(
-                $"{OnnxModelInfo.FileName} says the model has {model.NumClasses} classes but '{where}' has no class_labels input; the two files do not belong together. Export the model again.");
+                $"{ModelFolder.OnnxInfo} says the model has {model.NumClasses} classes but '{where}' has no class_labels input; the two files do not belong together. Export the model again.");
         if (_takesLabels) RequireInput(inputs, ClassLabelsInput, typeof(long), where);
         _outputName = session.Session.OutputMetadata.ContainsKey(OutputName) ? OutputName : session.Session.OutputNames[0];
         if (session.Session.OutputMetadata[_outputName].ElementType != typeof(float))
@@ -66,8 +67,8 @@ public sealed class OnnxDenoiserSession : IDisposable
         IReadOnlyCollection<string>? availableProviders = null)
     {
         OnnxBundle.Require(bundleFolder);
-        var model = OnnxModelInfo.Load(Path.Combine(bundleFolder, OnnxModelInfo.FileName));
-        string modelPath = Path.Combine(bundleFolder, OnnxBundle.ModelFileName);
+        var model = OnnxModelInfo.Load(Path.Combine(bundleFolder, ModelFolder.OnnxInfo));
+        string modelPath = Path.Combine(bundleFolder, ModelFolder.OnnxModel);
         OnnxSession session;
         try
         {

@@ -2,6 +2,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DiffusionPrune.Formats;
 
 namespace DiffusionPrune.Inference.Onnx;
 
@@ -12,9 +13,6 @@ namespace DiffusionPrune.Inference.Onnx;
 /// </summary>
 public static class OnnxBundle
 {
-    public const string ModelFileName = "model.onnx";
-    public const string InfoFileName = "onnx_model.json";
-    public const string SchedulerConfigFileName = "scheduler_config.json";
 
     /// <summary>float32 [batch, in_channels, H, W].</summary>
     public const string SampleInput = "sample";
@@ -29,14 +27,14 @@ public static class OnnxBundle
 
     /// <summary>True when <paramref name="folder"/> has both model.onnx and onnx_model.json.</summary>
     public static bool IsBundle(string folder) =>
-        File.Exists(Path.Combine(folder, ModelFileName)) && File.Exists(Path.Combine(folder, InfoFileName));
+        File.Exists(Path.Combine(folder, ModelFolder.OnnxModel)) && File.Exists(Path.Combine(folder, ModelFolder.OnnxInfo));
 
     /// <summary>Throws a user-facing error unless <paramref name="folder"/> is an exported bundle.</summary>
     public static void Require(string folder)
     {
         if (!Directory.Exists(folder))
-            throw new DirectoryNotFoundException($"No bundle folder at '{folder}'. Give the folder `dprune export` wrote (model.onnx + {InfoFileName}).");
-        var missing = new[] { ModelFileName, InfoFileName }.Where(name => !File.Exists(Path.Combine(folder, name))).ToArray();
+            throw new DirectoryNotFoundException($"No bundle folder at '{folder}'. Give the folder `dprune export` wrote (model.onnx + {ModelFolder.OnnxInfo}).");
+        var missing = new[] { ModelFolder.OnnxModel, ModelFolder.OnnxInfo }.Where(name => !File.Exists(Path.Combine(folder, name))).ToArray();
         if (missing.Length > 0)
             throw new FileNotFoundException(
                 $"'{folder}' is not an exported ONNX bundle: it has no {string.Join(" or ", missing)}. " +
@@ -46,7 +44,7 @@ public static class OnnxBundle
     /// <summary>The bundle's scheduler_config.json, or null when it has none.</summary>
     public static string? FindSchedulerConfig(string folder)
     {
-        string path = Path.Combine(folder, SchedulerConfigFileName);
+        string path = Path.Combine(folder, ModelFolder.SchedulerConfig);
         return File.Exists(path) ? path : null;
     }
 }
@@ -97,8 +95,7 @@ public sealed record OnnxTensorInfo(string Name, string DType, IReadOnlyList<Onn
 /// </summary>
 public sealed record OnnxModelInfo
 {
-    /// <summary>onnx_model.json (<see cref="OnnxBundle.InfoFileName"/>).</summary>
-    public const string FileName = OnnxBundle.InfoFileName;
+    /// <summary>onnx_model.json (<see cref="ModelFolder.OnnxInfo"/>).</summary>
 
     // The key names, for the writer and the reader alike.
     private const string FileKey = "file", OpsetKey = "opset", IrVersionKey = "ir_version", ClassNameKey = "class_name",
@@ -107,7 +104,7 @@ public sealed record OnnxModelInfo
         ParametersKey = "parameters", MacsKey = "macs", PrunedKey = "pruned", NameKey = "name", DTypeKey = "dtype", ShapeKey = "shape";
 
     /// <summary>The graph file beside onnx_model.json.</summary>
-    public string File { get; init; } = OnnxBundle.ModelFileName;
+    public string File { get; init; } = ModelFolder.OnnxModel;
     public int Opset { get; init; }
     public long IrVersion { get; init; }
     /// <summary>The diffusers class that was exported (UNet2DModel, DiTTransformer2DModel), when known.</summary>
@@ -136,7 +133,7 @@ public sealed record OnnxModelInfo
     public static OnnxModelInfo Load(string path)
     {
         if (!System.IO.File.Exists(path))
-            throw new FileNotFoundException($"No {FileName} at '{path}'. An exported bundle has model.onnx and {FileName} side by side; run `dprune export` to make one.", path);
+            throw new FileNotFoundException($"No {ModelFolder.OnnxInfo} at '{path}'. An exported bundle has model.onnx and {ModelFolder.OnnxInfo} side by side; run `dprune export` to make one.", path);
         return Parse(System.IO.File.ReadAllText(path), path);
     }
 
@@ -171,7 +168,7 @@ public sealed record OnnxModelInfo
         [ShapeKey] = new JsonArray(tensor.Shape.Select(d => d.Size is long size ? JsonValue.Create(size) : (JsonNode?)JsonValue.Create(d.Name)).ToArray()),
     };
 
-    public static OnnxModelInfo Parse(string json, string source = FileName)
+    public static OnnxModelInfo Parse(string json, string source = ModelFolder.OnnxInfo)
     {
         JsonObject root;
         try
@@ -204,7 +201,7 @@ public sealed record OnnxModelInfo
             throw new InvalidDataException($"{source}: null_class {nullClass} without num_classes; an unconditional model has neither.");
         return new OnnxModelInfo
         {
-            File = root[FileKey] is JsonNode file ? Read(file, FileKey, source, n => n.GetValue<string>()) : OnnxBundle.ModelFileName,
+            File = root[FileKey] is JsonNode file ? Read(file, FileKey, source, n => n.GetValue<string>()) : ModelFolder.OnnxModel,
             Opset = Int(root, OpsetKey, source) ?? 0,
             IrVersion = Long(root, IrVersionKey, source) ?? 0,
             ClassName = root[ClassNameKey] is JsonNode name ? Read(name, ClassNameKey, source, n => n.GetValue<string>()) : null,
@@ -242,7 +239,7 @@ public sealed record OnnxModelInfo
     }
 
     private static JsonNode Required(JsonObject root, string key, string source) =>
-        root[key] ?? throw new InvalidDataException($"{source} has no \"{key}\"; it is not a complete {FileName}. Export the model again with `dprune export`.");
+        root[key] ?? throw new InvalidDataException($"{source} has no \"{key}\"; it is not a complete {ModelFolder.OnnxInfo}. Export the model again with `dprune export`.");
 
     private static int RequiredInt(JsonObject root, string key, string source) => ToInt(Required(root, key, source), key, source);
 

@@ -1,5 +1,7 @@
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Export;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
@@ -35,7 +37,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
     private double SampleBoth(DiffusionModel model, string bundle, string name, long[]? labels = null, double guidance = 1.0, int batch = 2)
     {
         using var denoiser = OnnxDenoiser.Open(bundle, "cpu");
-        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, OnnxBundle.SchedulerConfigFileName), "ddim");
+        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, ModelFolder.SchedulerConfig), "ddim");
         using var scope = NewDisposeScope();
         model.eval();
         var noise = randn([batch, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: new Generator(42));
@@ -66,8 +68,8 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
         foreach (var (folder, name) in new[] { (DiTFixture, "dit"), (UNetFixture, "unet") })
         {
             string bundle = Export(folder, temp.File(name));
-            using var model = DiffusersModelLoader.Load(folder);
-            var info = OnnxModelInfo.Load(Path.Combine(bundle, OnnxModelInfo.FileName));
+            using var model = ModelFamilies.Load(folder);
+            var info = OnnxModelInfo.Load(Path.Combine(bundle, ModelFolder.OnnxInfo));
             Assert.Equal(model.ClassName, info.ClassName);
             Assert.Equal(OnnxContract.InputNames(model), info.InputNames);
             Assert.Equal([OnnxContract.Output], info.Outputs.Select(o => o.Name));
@@ -88,7 +90,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
     {
         using var temp = Fixtures.Temp();
         string bundle = Export(DiTFixture, temp.File("dit"));
-        using var model = DiffusersModelLoader.Load(DiTFixture);
+        using var model = ModelFamilies.Load(DiTFixture);
         Assert.True(model.LearnedSigma);
         SampleBoth(model, bundle, "dit-small (CFG)", labels: [1, 7], guidance: 4.0);
         SampleBoth(model, bundle, "dit-small (null class, no guidance)", labels: [3, 10]);
@@ -99,7 +101,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
     {
         using var temp = Fixtures.Temp();
         string bundle = Export(UNetFixture, temp.File("unet"));
-        using var model = DiffusersModelLoader.Load(UNetFixture);
+        using var model = ModelFamilies.Load(UNetFixture);
         SampleBoth(model, bundle, "unet2d-small");
     }
 
@@ -108,16 +110,16 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
     {
         using var temp = Fixtures.Temp();
         string bundle = Export(MnistUNet, temp.File("mnist-unet"));
-        using (var model = DiffusersModelLoader.Load(MnistUNet))
+        using (var model = ModelFamilies.Load(MnistUNet))
             SampleBoth(model, bundle, "mnist-unet");
 
         // The pipeline's pruned model: dprune prune (magnitude, 20%), then a bundle in both formats; its torch half against its ONNX half.
         string pruned = temp.File("pruned");
         PruneRunner.Run(new PruneRequest { ModelPath = MnistUNet, Method = "magnitude", TargetParams = 0.2, OutputPath = pruned, Steps = 2, Calibration = 2 }, CPU);
         string prunedBundle = Export(pruned, temp.File("pruned-bundle"), ExportFormat.Safetensors, ExportFormat.Onnx);
-        using var reloaded = DiffusersModelLoader.Load(prunedBundle);
+        using var reloaded = ModelFamilies.Load(prunedBundle);
         Assert.False(reloaded.Structure.IsEmpty);
-        Assert.True(OnnxModelInfo.Load(Path.Combine(prunedBundle, OnnxModelInfo.FileName)).Pruned);
+        Assert.True(OnnxModelInfo.Load(Path.Combine(prunedBundle, ModelFolder.OnnxInfo)).Pruned);
         SampleBoth(reloaded, prunedBundle, "mnist-unet magnitude 20%");
     }
 
@@ -127,7 +129,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
         using var temp = Fixtures.Temp();
         string folder = TinyUNet(temp.File("unet"), "\"num_class_embeds\": 10");
         string bundle = Export(folder, temp.File("bundle"));
-        using var model = DiffusersModelLoader.Load(folder);
+        using var model = ModelFamilies.Load(folder);
         Assert.Equal((10, (int?)null), (model.NumClasses!.Value, model.NullClass));
         SampleBoth(model, bundle, "tiny U-Net, num_class_embeds 10", labels: [2, 9]);
     }
@@ -139,7 +141,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
     {
         using var temp = Fixtures.Temp();
         string bundle = Export(TinyUNet(temp.File("unet"), $"\"class_embed_type\": \"{classEmbedType}\""), temp.File("bundle"));
-        Assert.Contains(OnnxBundle.ClassLabelsInput, OnnxModelInfo.Load(Path.Combine(bundle, OnnxModelInfo.FileName)).InputNames);
+        Assert.Contains(OnnxBundle.ClassLabelsInput, OnnxModelInfo.Load(Path.Combine(bundle, ModelFolder.OnnxInfo)).InputNames);
 
         var error = Assert.Throws<NotSupportedException>(() => OnnxDenoiserSession.Open(bundle, "cpu"));
 
@@ -156,7 +158,7 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
             """ + options + "}");
         manual_seed(13);
-        using var model = DiffusersModelLoader.Create(ConfigJson.Parse(config!.ToJsonString()));
+        using var model = ModelFamilies.Create(ConfigJson.Parse(config!.ToJsonString()));
         DiffusersModelLoader.Save(model, folder);
         return folder;
     }
@@ -167,13 +169,13 @@ public class ExportedBundleParityTests(ITestOutputHelper output)
         using var temp = Fixtures.Temp();
         string folder = TinyImageDiT.WriteTo(temp.File("tiny-dit"));
         string bundle = Export(folder, temp.File("bundle"));
-        using var model = DiffusersModelLoader.Load(folder);
+        using var model = ModelFamilies.Load(folder);
         SampleBoth(model, bundle, "tiny 1-channel DiT (CFG)", labels: [0, 9, 4], guidance: 3.0, batch: 3);
 
         // The TorchSharp-free path OnDeviceDemo runs: ArrayDDIMScheduler + ArrayDiffusionSampler on OnnxDenoiserSession.
         using var session = OnnxDenoiserSession.Open(bundle, "cpu");
-        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, OnnxBundle.SchedulerConfigFileName), "ddim");
-        var arrayScheduler = ArrayDDIMScheduler.FromFile(Path.Combine(bundle, OnnxBundle.SchedulerConfigFileName));
+        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, ModelFolder.SchedulerConfig), "ddim");
+        var arrayScheduler = ArrayDDIMScheduler.FromFile(Path.Combine(bundle, ModelFolder.SchedulerConfig));
         using var scope = NewDisposeScope();
         var noise = randn([3, 1, 8, 8], generator: new Generator(5));
         long[] labels = [2, 5, 8];

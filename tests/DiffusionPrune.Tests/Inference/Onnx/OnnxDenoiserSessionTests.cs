@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 
 namespace DiffusionPrune.Tests.Inference.Onnx;
@@ -101,9 +102,9 @@ public class OnnxDenoiserSessionTests
     {
         using var temp = Fixtures.Temp();
         string folder = new TinyOnnxBundle().WriteTo(temp.Path);
-        var info = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, OnnxModelInfo.FileName)))!.AsObject();
+        var info = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, ModelFolder.OnnxInfo)))!.AsObject();
         info["num_classes"] = 10;
-        File.WriteAllText(Path.Combine(folder, OnnxModelInfo.FileName), info.ToJsonString());
+        File.WriteAllText(Path.Combine(folder, ModelFolder.OnnxInfo), info.ToJsonString());
         var error = Assert.Throws<InvalidDataException>(() => OnnxDenoiserSession.Open(folder, "cpu"));
         Assert.Contains("class_labels", error.Message);
     }
@@ -113,7 +114,7 @@ public class OnnxDenoiserSessionTests
     {
         using var temp = Fixtures.Temp();
         string folder = new TinyOnnxBundle().WriteTo(temp.Path);
-        File.WriteAllText(Path.Combine(folder, OnnxBundle.ModelFileName), "not a protobuf");
+        File.WriteAllText(Path.Combine(folder, ModelFolder.OnnxModel), "not a protobuf");
         var error = Assert.Throws<InvalidDataException>(() => OnnxDenoiserSession.Open(folder, "cpu"));
         Assert.Contains("export the model again", error.Message);
     }

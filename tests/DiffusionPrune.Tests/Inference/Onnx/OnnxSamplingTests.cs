@@ -1,3 +1,4 @@
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Schedulers;
@@ -59,8 +60,8 @@ public class OnnxSamplingTests
         var tiny = new TinyOnnxBundle { NumClasses = 10, NullClass = 10, SigmaChannels = 1 };
         string bundle = tiny.WriteTo(temp.Path);
         using var denoiser = OnnxDenoiser.Open(bundle, "cpu");
-        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, OnnxBundle.SchedulerConfigFileName));
-        var arrayScheduler = ArrayDDIMScheduler.FromFile(Path.Combine(bundle, OnnxBundle.SchedulerConfigFileName));
+        using var scheduler = Scheduler.FromFile(Path.Combine(bundle, ModelFolder.SchedulerConfig));
+        var arrayScheduler = ArrayDDIMScheduler.FromFile(Path.Combine(bundle, ModelFolder.SchedulerConfig));
         using var scope = NewDisposeScope();
         var noise = randn(3, 1, 8, 8, generator: new Generator(11));
         long[] labels = [1, 5, 9];

@@ -1,3 +1,4 @@
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using Microsoft.ML.OnnxRuntime;
 
@@ -18,7 +19,7 @@ public class OnnxSessionFactoryTests
     {
         string folder = new TinyOnnxBundle().WriteTo(temp.File("bundle"));
         var lines = new List<string>();
-        var session = OnnxSessionFactory.Open(Path.Combine(folder, OnnxBundle.ModelFileName), choice, lines.Add, available);
+        var session = OnnxSessionFactory.Open(Path.Combine(folder, ModelFolder.OnnxModel), choice, lines.Add, available);
         return (session, lines);
     }
 

@@ -1,3 +1,4 @@
+using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using Google.Protobuf;
 using Onnx;
@@ -33,9 +34,9 @@ public sealed record TinyOnnxBundle
     public string WriteTo(string folder, string? schedulerConfigJson = null)
     {
         Directory.CreateDirectory(folder);
-        File.WriteAllBytes(Path.Combine(folder, OnnxBundle.ModelFileName), BuildModel().ToByteArray());
-        File.WriteAllText(Path.Combine(folder, OnnxModelInfo.FileName), Info().ToJsonString());
-        File.WriteAllText(Path.Combine(folder, OnnxBundle.SchedulerConfigFileName), schedulerConfigJson ?? DefaultSchedulerConfig);
+        File.WriteAllBytes(Path.Combine(folder, ModelFolder.OnnxModel), BuildModel().ToByteArray());
+        File.WriteAllText(Path.Combine(folder, ModelFolder.OnnxInfo), Info().ToJsonString());
+        File.WriteAllText(Path.Combine(folder, ModelFolder.SchedulerConfig), schedulerConfigJson ?? DefaultSchedulerConfig);
         return folder;
     }
 

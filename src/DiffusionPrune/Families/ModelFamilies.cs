@@ -1,0 +1,64 @@
+using DiffusionPrune.Formats;
+using DiffusionPrune.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Families;
+
+/// <summary>
+/// The registry of model families, and the loader that goes through it: the rest of the library asks here instead of
+/// switching on model classes. Register a new family in <see cref="All"/>.
+/// </summary>
+public static class ModelFamilies
+{
+    /// <summary>Every supported family, in the order help texts list them.</summary>
+    public static IReadOnlyList<ModelFamily> All { get; } = [new UNet2DFamily(), new DiTFamily()];
+
+    /// <summary>The family of a diffusers <c>_class_name</c>, or null.</summary>
+    public static ModelFamily? ForClass(string? className) => All.FirstOrDefault(f => f.ClassName == className);
+
+    /// <summary>The family of a short name (<c>unet</c>, <c>dit</c>), or null.</summary>
+    public static ModelFamily? ForShortName(string shortName) => All.FirstOrDefault(f => string.Equals(f.ShortName, shortName, StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>The family a loaded model belongs to.</summary>
+    public static ModelFamily Of(DiffusionModel model) => All.FirstOrDefault(f => f.Owns(model))
+        ?? throw new NotSupportedException($"Model class {model.ClassName} has no registered family.");
+
+    /// <summary>"UNet2DModel, DiTTransformer2DModel": for messages.</summary>
+    public static string SupportedClasses => string.Join(", ", All.Select(f => f.ClassName));
+
+    /// <summary>Builds the model a config describes, with fresh (random) weights.</summary>
+    public static DiffusionModel Create(ConfigJson config) => config.ClassName switch
+    {
+        null => throw new ModelFormatException($"{config.Source} has no _class_name; cannot tell which model it describes."),
+        var name when ForClass(name) is { } family => family.Create(config),
+        var other => throw new ModelFormatException($"{config.Source}: model class '{other}' is not supported yet (supported: {SupportedClasses})."),
+    };
+
+    /// <summary>
+    /// Loads a diffusers model folder (or a pipeline's denoiser) strictly: every key must match in name and shape
+    /// (see <see cref="DiffusersModelLoader"/>), after the family upgrades older key names.
+    /// </summary>
+    public static DiffusionModel Load(string path, string? variant = null, Device? device = null)
+    {
+        string folder = DiffusersModelLoader.ResolveModelFolder(path);
+        var config = ConfigJson.Load(Path.Combine(folder, ModelFolder.Config));
+        var model = Create(config);
+        var weights = DiffusersModelLoader.ReadWeights(folder, variant);
+        try
+        {
+            Of(model).UpgradeWeights(weights);
+            DiffusersModelLoader.LoadStrict(model, weights, folder);
+        }
+        finally
+        {
+            foreach (var t in weights.Values) t.Dispose();
+        }
+        model.eval();
+        if (device is not null) model.to(device);
+        return model;
+    }
+
+    /// <summary>What the model's forward takes besides the sample and timestep.</summary>
+    public static ConditioningInput ConditioningOf(DiffusionModel model) => Of(model).ConditioningOf(model);
+}
