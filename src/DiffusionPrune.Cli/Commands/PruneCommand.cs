@@ -32,6 +32,7 @@ public static class PruneCommand
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models; use the scale you will sample with).", DefaultValueFactory = _ => 1.0 };
+        var data = new Option<string?>("--data") { Description = "Calibration images for taylor: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size." };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
         var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
@@ -41,7 +42,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, schedulerConfig, seed, output, probeMemory, device,
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, probeMemory, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -60,6 +61,7 @@ public static class PruneCommand
                 TargetParams = targetParams,
                 OutputPath = outputPath,
                 SchedulerConfigPath = parse.GetValue(schedulerConfig),
+                Data = parse.GetValue(data),
                 Steps = parse.GetValue(steps),
                 Iterations = parse.GetValue(iterations),
                 Calibration = parse.GetValue(calibration),

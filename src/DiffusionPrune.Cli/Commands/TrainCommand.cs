@@ -14,7 +14,7 @@ public static class TrainCommand
     {
         var arch = new Option<string>("--arch") { Description = $"{string.Join(" | ", ModelFamilies.All.Select(f => f.ShortName))} (must match the config's _class_name).", Required = true };
         var config = new Option<string>("--config") { Description = "A diffusers config.json for the model to train.", Required = true };
-        var data = new Option<string>("--data") { Description = "Training data: mnist (samples/data), or a path to an mnist.bin.gz file.", DefaultValueFactory = _ => "mnist" };
+        var data = new Option<string>("--data") { Description = "Training data: mnist (samples/data), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size.", DefaultValueFactory = _ => "mnist" };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
         var batch = new Option<int>("--batch") { Description = "Batch size.", DefaultValueFactory = _ => 64 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 5e-4 };
@@ -41,8 +41,6 @@ public static class TrainCommand
                 ?? throw new ArgumentException($"--arch must be {string.Join(" or ", ModelFamilies.All.Select(f => f.ShortName))}, not '{parse.GetValue(arch)}'.");
             if (configJson.ClassName != family.ClassName)
                 throw new ArgumentException($"--arch {parse.GetValue(arch)} needs a {family.ClassName} config, but '{parse.GetValue(config)}' describes {configJson.ClassName ?? "no _class_name"}.");
-            string dataArg = parse.GetValue(data)!;
-            var dataset = MnistDataset.Load(dataArg == "mnist" ? null : dataArg);
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
             using var model = ModelFamilies.Create(configJson);
             bool sharedQueryKey = parse.GetValue(attentionInit) switch
@@ -54,6 +52,7 @@ public static class TrainCommand
             if (sharedQueryKey && !family.SupportsSharedQueryKeyInit)
                 throw new ArgumentException("--attention-init shared-qk applies to DiT models (--arch dit).");
             family.InitializeForTraining(model, sharedQueryKey); // DiT: adaLN-Zero; a resumed run loads its weights over it
+            var dataset = ImageDatasets.Open(parse.GetValue(data)!, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
             model.to(dev);
             var options = new TrainOptions
             {
@@ -67,8 +66,8 @@ public static class TrainCommand
                 CheckpointEvery = parse.GetValue(checkpointEvery),
             };
             var console = CliOutput.From(parse, quiet, json);
-            console.Result($"training {model.ClassName}: {model.ParameterCount():N0} parameters, {dataset.Train.Count} images, {options.Steps} steps x {options.BatchSize}");
-            var trainer = new DiffusionTrainer(model, dataset.Train, options, parse.GetValue(output)!);
+            console.Result($"training {model.ClassName}: {model.ParameterCount():N0} parameters, {dataset.Count} images ({dataset.Name}), {options.Steps} steps x {options.BatchSize}");
+            var trainer = new DiffusionTrainer(model, dataset, options, parse.GetValue(output)!);
             double smoothed = double.NaN;
             var result = trainer.Train(parse.GetValue(resume), p =>
             {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
 using TorchSharp;

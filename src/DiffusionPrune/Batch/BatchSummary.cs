@@ -87,7 +87,7 @@ public static class BatchSummary
         var files = new BatchSummaryFiles(Path.Combine(plan.Output, MarkdownName), Path.Combine(plan.Output, CsvName), Path.Combine(plan.Output, ParetoName), rows, unfinished);
         BatchRunner.WriteAtomically(files.Markdown, Markdown(plan, rows, unfinished, batches));
         BatchRunner.WriteAtomically(files.Csv, Csv(rows, batches));
-        ParetoPlot.Render(rows.Select(r => r.Row).ToList(), plan.Latency?.ReferenceBatch, Path.GetFileName(plan.PlanPath)).Save(files.Pareto);
+        ParetoPlot.Save(files.Pareto, rows.Select(r => r.Row).ToList(), plan.Latency?.ReferenceBatch, Path.GetFileName(plan.PlanPath));
         return files;
     }
 

@@ -1,40 +1,46 @@
 using System.Globalization;
-using DiffusionPrune.Imaging;
+using ScottPlot;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+using Color = ScottPlot.Color;
+using Image = SixLabors.ImageSharp.Image;
 
 namespace DiffusionPrune.Batch;
 
 /// <summary>
-/// pareto.png: two panels sharing the y axis quantity, FID-proxy (lower is better) against ONNX Runtime latency at one
-/// batch size and against parameters. One colour and marker per method (legend), the original as a black star, each
-/// point labelled with its target, its 95% FID interval as a bar, and the Pareto front of each panel dashed.
+/// pareto.png, drawn with ScottPlot: two panels sharing the y axis quantity, FID-proxy (lower is better) against ONNX
+/// Runtime latency at one batch size and against parameters. One colour and marker per method (legend), the original as
+/// a black star, each point labelled with its target, its 95% FID interval as a bar, and each panel's Pareto front
+/// dashed. The panels are composed side by side with ImageSharp.
 /// </summary>
 public static class ParetoPlot
 {
-    private const int Width = 1500, Height = 670, PanelTop = 48, PanelHeight = 550;
+    public const int PanelWidth = 750, Height = 620;
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
-    private static readonly Rgb Ink = Rgb.Hex("#222222"), Grid = Rgb.Hex("#e6e6e6"), Frame = Rgb.Hex("#888888"), FrontColour = Rgb.Hex("#555555");
+    private static readonly Color Ink = Color.FromHex("#222222"), FrontColour = Color.FromHex("#555555");
 
-    private static readonly (string Method, Rgb Colour, MarkerShape Shape)[] Styles =
+    private static readonly (string Method, Color Colour, MarkerShape Shape)[] Styles =
     [
-        ("ecodiff", Rgb.Hex("#1f77b4"), MarkerShape.Circle),
-        ("magnitude", Rgb.Hex("#ff7f0e"), MarkerShape.Square),
-        ("random", Rgb.Hex("#2ca02c"), MarkerShape.Triangle),
-        ("taylor", Rgb.Hex("#d62728"), MarkerShape.Diamond),
+        ("ecodiff", Color.FromHex("#1f77b4"), MarkerShape.FilledCircle),
+        ("magnitude", Color.FromHex("#ff7f0e"), MarkerShape.FilledSquare),
+        ("random", Color.FromHex("#2ca02c"), MarkerShape.FilledTriangleUp),
+        ("taylor", Color.FromHex("#d62728"), MarkerShape.FilledDiamond),
     ];
 
-    public static (Rgb colour, MarkerShape shape) StyleOf(string method)
+    /// <summary>A method's colour and marker (the original: black asterisk); methods without a style share purple circles.</summary>
+    public static (Color Colour, MarkerShape Shape) StyleOf(string method)
     {
-        if (method == BatchItem.OriginalName) return (Ink, MarkerShape.Star);
+        if (method == BatchItem.OriginalName) return (Colors.Black, MarkerShape.Asterisk);
         int i = Array.FindIndex(Styles, s => s.Method == method);
-        return i >= 0 ? (Styles[i].Colour, Styles[i].Shape) : (Rgb.Hex("#9467bd"), MarkerShape.Circle);
+        return i >= 0 ? (Styles[i].Colour, Styles[i].Shape) : (Color.FromHex("#9467bd"), MarkerShape.FilledCircle);
     }
 
-    private sealed record Point(double X, double Y, double Lower, double Upper, BatchSummaryRow Row, string Label);
+    private sealed record Point(double X, BatchSummaryRow Row, string Label);
 
-    public static PlotCanvas Render(IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title)
+    /// <summary>The two panels side by side as one PNG.</summary>
+    public static byte[] RenderPng(IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title)
     {
-        var canvas = new PlotCanvas(Width, Height, Rgb.White);
-        canvas.Text($"FID-proxy against latency and size: {title}", Width / 2.0, 14, Ink, 2, TextAlign.Center);
         bool severalModels = rows.Select(r => r.Model).Distinct().Count() > 1;
         string LabelOf(BatchSummaryRow r)
         {
@@ -42,159 +48,101 @@ public static class ParetoPlot
             return severalModels ? $"{r.Model} {what}" : what;
         }
         var latencyPoints = latencyBatch is int b
-            ? rows.Where(r => r.OnnxMs.ContainsKey(b)).Select(r => new Point(r.OnnxMs[b], r.Fid, r.FidLower, r.FidUpper, r, LabelOf(r))).ToList()
+            ? rows.Where(r => r.OnnxMs.ContainsKey(b)).Select(r => new Point(r.OnnxMs[b], r, LabelOf(r))).ToList()
             : [];
-        var parameterPoints = rows.Select(r => new Point(r.Parameters, r.Fid, r.FidLower, r.FidUpper, r, LabelOf(r))).ToList();
+        var parameterPoints = rows.Select(r => new Point(r.Parameters, r, LabelOf(r))).ToList();
 
-        Panel(canvas, 0, latencyBatch is int batch ? $"FID-proxy vs ONNX Runtime latency, batch {batch}" : "FID-proxy vs latency",
-            latencyBatch is int batch2 ? $"ms per batch of {batch2} (median, ONNX Runtime CPU)" : "ms", latencyPoints, Plain,
+        byte[] left = Panel($"{title}: FID-proxy vs ONNX Runtime latency" + (latencyBatch is int batch ? $", batch {batch}" : ""),
+            latencyBatch is int batch2 ? $"ms per batch of {batch2} (median, ONNX Runtime CPU)" : "ms", latencyPoints, null,
             latencyBatch is null ? "latency not measured (plan has \"latency\": null)" : "no finished items with latency yet");
-        Panel(canvas, Width / 2, "FID-proxy vs parameters", "parameters", parameterPoints, Si, "no finished items yet");
-        Legend(canvas, rows);
-        return canvas;
+        byte[] right = Panel($"{title}: FID-proxy vs parameters", "parameters", parameterPoints, Si, "no finished items yet");
+
+        using var figure = new Image<Rgb24>(2 * PanelWidth, Height, new Rgb24(255, 255, 255));
+        using (var a = Image.Load<Rgb24>(left))
+        using (var c = Image.Load<Rgb24>(right))
+            figure.Mutate(x => x.DrawImage(a, new SixLabors.ImageSharp.Point(0, 0), 1f).DrawImage(c, new SixLabors.ImageSharp.Point(PanelWidth, 0), 1f));
+        using var png = new MemoryStream();
+        figure.SaveAsPng(png);
+        return png.ToArray();
     }
 
-    private static void Panel(PlotCanvas canvas, int x0, string title, string xLabel, List<Point> points, Func<double, double, string> format, string empty)
+    /// <summary>Writes <see cref="RenderPng"/> to <paramref name="path"/> whole (a reader never sees half a picture).</summary>
+    public static void Save(string path, IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title)
     {
-        var (xMin, xMax, xStep) = points.Count > 0 ? NiceScale(points.Min(p => p.X), points.Max(p => p.X)) : (0, 1, 1);
-        var (yMin, yMax, yStep) = points.Count > 0 ? NiceScale(points.Min(p => p.Lower), points.Max(p => p.Upper)) : (0, 1, 1);
-        var yTicks = Ticks(yMin, yMax, yStep).Select(y => (y, text: Plain(y, yStep))).ToList();
-        // the y axis title, then the widest tick label, then the axis
-        const int titleLeft = 14;
-        double left = x0 + titleLeft + PlotCanvas.TextHeight() + 16 + yTicks.Max(t => PlotCanvas.TextWidth(t.text)) + 10;
-        double right = x0 + Width / 2 - 30, top = PanelTop + 40, bottom = PanelTop + PanelHeight - 75;
-        canvas.Text(title, (left + right) / 2, PanelTop + 8, Ink, 2, TextAlign.Center);
-        canvas.Text(xLabel, (left + right) / 2, bottom + 46, Ink, 2, TextAlign.Center);
-        canvas.Text("FID-proxy (lower is better)", x0 + titleLeft, (top + bottom) / 2, Ink, 2, TextAlign.Center, vertical: true);
+        string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        File.WriteAllBytes(temporary, RenderPng(rows, latencyBatch, title));
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    private static byte[] Panel(string title, string xLabel, List<Point> points, Func<double, string>? format, string empty)
+    {
+        var plot = new Plot();
+        plot.Title(title, size: 15);
+        plot.XLabel(xLabel, size: 14);
+        plot.YLabel("FID-proxy (lower is better)", size: 14);
+        if (format is not null)
+            plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { LabelFormatter = format };
         if (points.Count == 0)
         {
-            canvas.StrokeRect(left, top, right, bottom, Frame);
-            canvas.Text(empty, (left + right) / 2, (top + bottom) / 2 - 7, Frame, 2, TextAlign.Center);
-            return;
-        }
-        double Px(double x) => left + (x - xMin) / (xMax - xMin) * (right - left);
-        double Py(double y) => bottom - (y - yMin) / (yMax - yMin) * (bottom - top);
-
-        // 1. grid and tick labels
-        int textHeight = PlotCanvas.TextHeight();
-        foreach (double x in Ticks(xMin, xMax, xStep))
-        {
-            canvas.Line(Px(x), top, Px(x), bottom, Grid);
-            canvas.Line(Px(x), bottom, Px(x), bottom + 5, Frame);
-            canvas.Text(format(x, xStep), Px(x), bottom + 12, Ink, 2, TextAlign.Center);
-        }
-        foreach (var (y, text) in yTicks)
-        {
-            canvas.Line(left, Py(y), right, Py(y), Grid);
-            canvas.Line(left - 5, Py(y), left, Py(y), Frame);
-            canvas.Text(text, left - 10, Py(y) - textHeight / 2.0, Ink, 2, TextAlign.Right);
+            var note = plot.Add.Text(empty, 0.5, 0.5);
+            note.Alignment = Alignment.MiddleCenter;
+            note.LabelStyle.FontSize = 14;
+            note.LabelStyle.ForeColor = FrontColour;
+            plot.Axes.SetLimits(0, 1, 0, 1);
+            plot.HideGrid();
+            plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual();
+            plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual();
+            return plot.GetImageBytes(PanelWidth, Height, ImageFormat.Png);
         }
 
-        // 2. the Pareto front under the points
-        var front = ParetoFront.Indices(points.Select(p => (p.X, p.Y)).ToList());
-        for (int i = 1; i < front.Count; i++)
-            canvas.Line(Px(points[front[i - 1]].X), Py(points[front[i - 1]].Y), Px(points[front[i]].X), Py(points[front[i]].Y), FrontColour, 1.6, dash: 6);
-
-        // 3. interval bars, markers, then labels placed clear of markers and each other
-        foreach (var p in points)
+        // The Pareto front under the points, then the intervals, the markers (one series per method: the legend) and labels.
+        var front = ParetoFront.Indices(points.Select(p => (p.X, p.Row.Fid)).ToList());
+        if (front.Count > 1)
         {
-            var (colour, _) = StyleOf(p.Row.Method);
-            canvas.Line(Px(p.X), Py(p.Lower), Px(p.X), Py(p.Upper), colour, 1.2);
-            canvas.Line(Px(p.X) - 4, Py(p.Lower), Px(p.X) + 4, Py(p.Lower), colour, 1.2);
-            canvas.Line(Px(p.X) - 4, Py(p.Upper), Px(p.X) + 4, Py(p.Upper), colour, 1.2);
+            var line = plot.Add.Scatter(front.Select(i => points[i].X).ToArray(), front.Select(i => points[i].Row.Fid).ToArray(), FrontColour);
+            line.MarkerShape = MarkerShape.None;
+            line.LinePattern = LinePattern.Dashed;
+            line.LineWidth = 1.6f;
+            line.LegendText = "Pareto front";
         }
-        var taken = points.Select(p => (Px(p.X) - 8, Py(p.Y) - 8, Px(p.X) + 8, Py(p.Y) + 8)).ToList();
-        foreach (var p in points.OrderBy(p => p.Row.IsOriginal ? 1 : 0))
+        // Labels to the right of their marker, except in the right quarter, where they would leave the panel.
+        double xMin = points.Min(p => p.X), xMax = points.Max(p => p.X), rightQuarter = xMax - (xMax - xMin) / 4;
+        foreach (var group in points.GroupBy(p => p.Row.Method).OrderBy(g => g.Key == BatchItem.OriginalName ? 1 : 0))
         {
-            var (colour, shape) = StyleOf(p.Row.Method);
-            canvas.Marker(shape, Px(p.X), Py(p.Y), p.Row.IsOriginal ? 18 : 13, colour, p.Row.IsOriginal ? Rgb.Black : Ink);
+            var (colour, shape) = StyleOf(group.Key);
+            var xs = group.Select(p => p.X).ToArray();
+            var ys = group.Select(p => p.Row.Fid).ToArray();
+            var bars = plot.Add.ErrorBar(xs, ys, group.Select(p => p.Row.FidUpper - p.Row.Fid).ToArray());
+            bars.YErrorNegative = group.Select(p => p.Row.Fid - p.Row.FidLower).ToArray();
+            bars.Color = colour.WithAlpha(0.6);
+            bars.LineWidth = 1.2f;
+            var markers = plot.Add.Scatter(xs, ys, colour);
+            markers.LineWidth = 0;
+            markers.MarkerShape = shape;
+            markers.MarkerSize = group.Key == BatchItem.OriginalName ? 18 : 11;
+            markers.LegendText = group.Key == BatchItem.OriginalName ? "original" : group.Key;
+            foreach (var p in group)
+            {
+                var label = plot.Add.Text(p.Label, p.X, p.Row.Fid);
+                label.LabelStyle.FontSize = 12;
+                label.LabelStyle.ForeColor = p.Row.IsOriginal ? Ink : colour;
+                bool toTheLeft = xMax > xMin && p.X > rightQuarter;
+                label.OffsetX = toTheLeft ? -8 : 8;
+                label.OffsetY = -8;
+                label.Alignment = toTheLeft ? Alignment.LowerRight : Alignment.LowerLeft;
+            }
         }
-        foreach (var p in points)
-        {
-            double cx = Px(p.X), cy = Py(p.Y);
-            int w = PlotCanvas.TextWidth(p.Label);
-            (double, double)[] candidates =
-            [
-                (cx + 11, cy - textHeight - 6), (cx + 11, cy + 6), (cx - 11 - w, cy - textHeight - 6), (cx - 11 - w, cy + 6),
-                (cx - w / 2.0, cy - textHeight - 14), (cx - w / 2.0, cy + 14), (cx + 14, cy - textHeight / 2.0), (cx - 14 - w, cy - textHeight / 2.0),
-            ];
-            var (lx, ly) = candidates.FirstOrDefault(c => c.Item1 >= left + 2 && c.Item1 + w <= right - 2 && c.Item2 >= top + 2 && c.Item2 + textHeight <= bottom - 2
-                && !taken.Any(t => Overlaps(t, (c.Item1 - 2, c.Item2 - 2, c.Item1 + w + 2, c.Item2 + textHeight + 2))), candidates[0]);
-            canvas.Text(p.Label, lx, ly, p.Row.IsOriginal ? Rgb.Black : StyleOf(p.Row.Method).colour, 2);
-            taken.Add((lx - 2, ly - 2, lx + w + 2, ly + textHeight + 2));
-        }
-        canvas.StrokeRect(left, top, right, bottom, Frame, 1.2);
+        var intervalKey = plot.Add.Scatter(Array.Empty<double>(), Array.Empty<double>(), FrontColour);
+        intervalKey.MarkerShape = MarkerShape.VerticalBar;
+        intervalKey.LineWidth = 0;
+        intervalKey.LegendText = "bar: 95% FID interval";
+        plot.ShowLegend(Edge.Bottom); // below the panel, never over a point
+        plot.Axes.Margins(0.12, 0.1);
+        return plot.GetImageBytes(PanelWidth, Height, ImageFormat.Png);
     }
-
-    private static bool Overlaps((double l, double t, double r, double b) a, (double l, double t, double r, double b) c) =>
-        a.l < c.r && c.l < a.r && a.t < c.b && c.t < a.b;
-
-    private static void Legend(PlotCanvas canvas, IReadOnlyList<BatchSummaryRow> rows)
-    {
-        var entries = new List<(string label, Action<double, double> draw)>();
-        foreach (var method in rows.Where(r => !r.IsOriginal).Select(r => r.Method).Distinct())
-        {
-            var (colour, shape) = StyleOf(method);
-            entries.Add((method, (x, y) => canvas.Marker(shape, x + 10, y, 13, colour, Ink)));
-        }
-        entries.Add(("original", (x, y) => canvas.Marker(MarkerShape.Star, x + 10, y, 18, Ink, Rgb.Black)));
-        entries.Add(("Pareto front", (x, y) => canvas.Line(x, y, x + 30, y, FrontColour, 1.6, dash: 6)));
-        entries.Add(("95% FID interval", (x, y) =>
-        {
-            canvas.Line(x + 10, y - 9, x + 10, y + 9, Frame, 1.2);
-            canvas.Line(x + 6, y - 9, x + 14, y - 9, Frame, 1.2);
-            canvas.Line(x + 6, y + 9, x + 14, y + 9, Frame, 1.2);
-        }));
-        const int symbol = 34, gap = 32;
-        double total = entries.Sum(e => symbol + 8 + PlotCanvas.TextWidth(e.label)) + gap * (entries.Count - 1);
-        double xCursor = (Width - total) / 2, y = PanelTop + PanelHeight + 30;
-        foreach (var (label, draw) in entries)
-        {
-            draw(xCursor, y);
-            canvas.Text(label, xCursor + symbol + 8, y - PlotCanvas.TextHeight() / 2.0, Ink, 2);
-            xCursor += symbol + 8 + PlotCanvas.TextWidth(label) + gap;
-        }
-    }
-
-    /// <summary>min, min + step, ... up to max, computed by multiplication so rounding errors do not add up.</summary>
-    private static IEnumerable<double> Ticks(double min, double max, double step)
-    {
-        for (int i = 0; min + i * step <= max + step / 2; i++) yield return min + i * step;
-    }
-
-    /// <summary>Axis bounds on round numbers around [lo, hi] (padded 5%), and a tick step of 1, 2 or 5 x 10^k.</summary>
-    public static (double min, double max, double step) NiceScale(double lo, double hi, int maxTicks = 6)
-    {
-        if (!(hi > lo))
-        {
-            double pad = Math.Abs(lo) * 0.1;
-            if (pad == 0) pad = 1;
-            lo -= pad;
-            hi += pad;
-        }
-        double margin = (hi - lo) * 0.05;
-        lo -= margin;
-        hi += margin;
-        double step = NiceNumber(NiceNumber(hi - lo, false) / (maxTicks - 1), true);
-        return (Math.Floor(lo / step) * step, Math.Ceiling(hi / step) * step, step);
-    }
-
-    private static double NiceNumber(double x, bool round)
-    {
-        double exponent = Math.Floor(Math.Log10(x));
-        double fraction = x / Math.Pow(10, exponent);
-        double nice = round
-            ? fraction < 1.5 ? 1 : fraction < 3 ? 2 : fraction < 7 ? 5 : 10
-            : fraction <= 1 ? 1 : fraction <= 2 ? 2 : fraction <= 5 ? 5 : 10;
-        return nice * Math.Pow(10, exponent);
-    }
-
-    private static int Decimals(double step) => Math.Max(0, -(int)Math.Floor(Math.Log10(step) + 1e-9));
-
-    private static string Plain(double value, double step) => (Math.Abs(value) < step / 1e6 ? 0 : value).ToString("F" + Decimals(step), Inv);
 
     /// <summary>Parameters as 850k, 1.25M.</summary>
-    private static string Si(double value, double step) => Math.Abs(value) >= 1e6 || step >= 1e6 ? Plain(value / 1e6, step / 1e6) + "M"
-        : Math.Abs(value) >= 1e3 || step >= 1e3 ? Plain(value / 1e3, step / 1e3) + "k"
-        : Plain(value, step);
+    private static string Si(double value) => Math.Abs(value) >= 1e6 ? (value / 1e6).ToString("0.##", Inv) + "M"
+        : Math.Abs(value) >= 1e3 ? (value / 1e3).ToString("0.##", Inv) + "k"
+        : value.ToString("0.##", Inv);
 }

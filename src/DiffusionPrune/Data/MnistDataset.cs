@@ -158,7 +158,7 @@ public sealed class MnistDataset
 /// maps it to the image's position in the data file. Tensors returned are new and owned by the
 /// caller: create them inside a <c>torch.NewDisposeScope()</c> or dispose them.
 /// </summary>
-public sealed class MnistSplit
+public sealed class MnistSplit : IImageDataset
 {
     private static readonly float[] PixelToUnit = BuildPixelTable();
 
@@ -177,6 +177,12 @@ public sealed class MnistSplit
     /// <summary>"train" or "test".</summary>
     public string Name { get; }
     public int Count => _sourceIndices.Length;
+
+    string IImageDataset.Name => $"MNIST {Name} split";
+    int IImageDataset.Channels => 1;
+    int IImageDataset.Height => MnistDataset.ImageSize;
+    int IImageDataset.Width => MnistDataset.ImageSize;
+    int? IImageDataset.NumClasses => 10;
 
     /// <summary>The digit 0..9 shown by image <paramref name="i"/> of this split.</summary>
     public byte Label(int i) => _labels[SourceIndex(i)];

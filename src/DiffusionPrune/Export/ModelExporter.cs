@@ -7,8 +7,6 @@ using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
-using DiffusionPrune.Pruning;
-using DiffusionPrune.Training;
 using Onnx;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
@@ -112,7 +110,7 @@ public static class ModelExporter
         if (schedulerPath is not null)
             File.Copy(schedulerPath, schedulerTarget, overwrite: true);
         else
-            File.WriteAllText(schedulerTarget, DiffusionTrainer.SchedulerJsonFor(model));
+            File.WriteAllText(schedulerTarget, ModelFolder.DefaultSchedulerJson(classConditional: model.NumClasses is not null));
         files.Add(ModelFolder.SchedulerConfig);
         if (onnx is not null)
         {
@@ -121,7 +119,7 @@ public static class ModelExporter
             files.Add(OnnxContract.FileName);
             files.Add(ModelFolder.OnnxInfo);
         }
-        string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (DiffusionTrainer.SchedulerJsonFor: no x0 clipping for class-conditional models)";
+        string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (ModelFolder.DefaultSchedulerJson: no x0 clipping for class-conditional models)";
         var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
         File.WriteAllText(Path.Combine(output, ModelFolder.ModelCard), card);
         files.Add(ModelFolder.ModelCard);

@@ -20,6 +20,6 @@ public static class ImageGrid
     public static void Save(string path, Tensor images, int? columns = null, int padding = 2, int scale = 1)
     {
         var (pixels, width, height, channels) = Tile(images, columns, padding, scale);
-        PngWriter.Write(path, pixels, width, height, channels);
+        PixelGrid.WritePng(path, pixels, width, height, channels);
     }
 }

@@ -1,4 +1,7 @@
-// TorchSharp-free: samples/OnDeviceDemo compiles this file (and PngWriter.cs). Use only the BCL here.
+// TorchSharp-free: samples/OnDeviceDemo compiles this file. Use only the BCL and ImageSharp here.
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
 namespace DiffusionPrune.Imaging;
 
 /// <summary>Tiles a batch of images in [-1, 1], given as a float array [N, C, H, W], into one 8-bit picture.</summary>
@@ -9,7 +12,7 @@ public static class PixelGrid
     /// <param name="columns">Images per row; default: the smallest square that holds N.</param>
     /// <param name="padding">Pixels of mid-grey between tiles.</param>
     /// <param name="scale">Each pixel becomes a scale x scale block.</param>
-    /// <returns>Interleaved pixels (row-major, channels last) for <see cref="PngWriter"/>.</returns>
+    /// <returns>Interleaved pixels (row-major, channels last): grey (L8) or RGB (Rgb24).</returns>
     public static (byte[] pixels, int width, int height, int channels) Tile(float[] images, int[] shape, int? columns = null, int padding = 2, int scale = 1)
     {
         if (shape.Length != 4) throw new ArgumentException("images must be [N, C, H, W].", nameof(shape));
@@ -40,7 +43,20 @@ public static class PixelGrid
     public static void Save(string path, float[] images, int[] shape, int? columns = null, int padding = 2, int scale = 1)
     {
         var (pixels, width, height, channels) = Tile(images, shape, columns, padding, scale);
-        PngWriter.Write(path, pixels, width, height, channels);
+        WritePng(path, pixels, width, height, channels);
+    }
+
+    /// <summary>Encodes interleaved 8-bit pixels (1 channel grey, 3 RGB) as a PNG with ImageSharp.</summary>
+    public static void WritePng(string path, byte[] pixels, int width, int height, int channels)
+    {
+        if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } folder) Directory.CreateDirectory(folder);
+        using Image image = channels switch
+        {
+            1 => Image.LoadPixelData<L8>(pixels, width, height),
+            3 => Image.LoadPixelData<Rgb24>(pixels, width, height),
+            _ => throw new ArgumentException($"PNG pictures here have 1 or 3 channels, not {channels}.", nameof(channels)),
+        };
+        image.SaveAsPng(path);
     }
 
     /// <summary>[-1, 1] -> 0..255 as <c>((x.clamp(-1, 1) + 1) * 127.5).round()</c> in float32 (round half to even, as torch).</summary>

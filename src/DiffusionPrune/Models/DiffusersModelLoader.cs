@@ -12,7 +12,7 @@ namespace DiffusionPrune.Models;
 /// diffusion_pytorch_model[.variant].safetensors (or a sharded index), or a pipeline folder with
 /// model_index.json whose <c>unet</c> / <c>transformer</c> subfolder holds the denoiser.
 /// Loading is strict: every key must match in name and shape, so a model never runs with random weights.
-/// Which class a config builds is the family registry's business (<c>Families.ModelFamilies.Load</c>); this holds the files.
+/// Which class a config builds is the family registry's business (<c>ModelFamilies.Load</c>, one room up); this holds the files.
 /// </summary>
 public static partial class DiffusersModelLoader
 {

@@ -21,9 +21,10 @@ public sealed class UnitScores
 /// <param name="SchedulerName">Sampler used for calibration trajectories: ddim (default) | ddpm | dpm++2m.</param>
 /// <param name="Steps">Sampling steps of a calibration trajectory.</param>
 /// <param name="CalibrationSamples">Number of calibration noises (and labels).</param>
+/// <param name="CalibrationData">Images for criteria that calibrate on data (Taylor); null means the criterion's default (MNIST).</param>
 public sealed record ImportanceContext(
     string SchedulerConfigPath, int Steps, int CalibrationSamples, long Seed, Device Device,
-    string? SchedulerName = "ddim", Action<string>? Log = null);
+    string? SchedulerName = "ddim", Action<string>? Log = null, Data.IImageDataset? CalibrationData = null);
 
 /// <summary>
 /// An importance criterion (Torch-Pruning style): a function from the model's unit groups to scores.

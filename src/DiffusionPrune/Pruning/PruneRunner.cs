@@ -38,6 +38,12 @@ public sealed record PruneRequest
     public bool SteerBetaToTarget { get; init; }
 
     /// <summary>
+    /// Calibration images for methods that use them (taylor): <c>mnist</c>, an MNIST data file or a folder of PNG/JPEG
+    /// images (<see cref="Data.ImageDatasets.Open"/>); null for the method's default. An error for data-free methods.
+    /// </summary>
+    public string? Data { get; init; }
+
+    /// <summary>
     /// EcoDiff: classifier-free guidance for the calibration trajectories of a model with a null class (a DiT),
     /// ignored for other models. For runs over mixed models (batch plans); a single run sets
     /// <see cref="EcoDiffOptions.GuidanceScale"/>, which is an error on a model without a null class.
@@ -97,7 +103,16 @@ public static class PruneRunner
                 TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
             }, onIteration)
             : ImportanceCriteria.Create(request.Method);
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log);
+        Data.IImageDataset? data = null;
+        if (request.Data is not null)
+        {
+            if (ImportanceCriteria.Find(request.Method) is not { UsesImages: true })
+                throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
+                    $"{criterion.Name} is data-free.");
+            data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
+            log?.Invoke($"calibration data: {data.Name}");
+        }
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
         var scores = criterion.Score(model, groups, context);
         var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction);
@@ -122,6 +137,9 @@ public static class PruneRunner
             ["min_keep_fraction"] = request.MinKeepFraction,
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
+        if (data is not null) settings["data"] = data is Data.ImageFolderDataset folder
+            ? $"image folder ({folder.Count} images{(folder.NumClasses is int c ? $", {c} classes" : "")})" // never a local path
+            : data.Name;
         if (criterion is EcoDiffPruner eco)
         {
             settings["iterations"] = eco.Options.Iterations;

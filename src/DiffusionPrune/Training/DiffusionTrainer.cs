@@ -56,12 +56,14 @@ public sealed class DiffusionTrainer
     public static string SchedulerJsonFor(DiffusionModel model) => ModelFolder.DefaultSchedulerJson(classConditional: model.NumClasses is not null);
 
     private readonly DiffusionModel _model;
-    private readonly MnistSplit _data;
+    private readonly IImageDataset _data;
     private readonly TrainOptions _options;
     private readonly string _output;
 
-    public DiffusionTrainer(DiffusionModel model, MnistSplit data, TrainOptions options, string outputFolder)
+    public DiffusionTrainer(DiffusionModel model, IImageDataset data, TrainOptions options, string outputFolder)
     {
+        ImageDatasets.RequireShape(data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
+        ImageDatasets.RequireLabelsFor(data, model.NumClasses);
         if (options.Steps < 1) throw new ArgumentException("--steps must be at least 1.");
         if (options.BatchSize < 1) throw new ArgumentException("--batch must be at least 1.");
         _model = model;

@@ -28,16 +28,4 @@ public class ParetoFrontTests
         Assert.Empty(ParetoFront.Indices([]));
         Assert.Equal(new[] { 0 }, ParetoFront.Indices([(7, 7)]));
     }
-
-    [Fact]
-    public void Axis_bounds_are_round_and_contain_the_data_with_a_margin()
-    {
-        var (min, max, step) = ParetoPlot.NiceScale(13.2, 47.9);
-        Assert.True(min < 13.2 && max > 47.9, $"[{min}, {max}]");
-        Assert.Equal(10, step);
-        Assert.Equal(10, min);
-        Assert.Equal(50, max);
-        (min, max, step) = ParetoPlot.NiceScale(5, 5);
-        Assert.True(min < 5 && max > 5 && step > 0);
-    }
 }

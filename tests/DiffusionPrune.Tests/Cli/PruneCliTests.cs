@@ -139,4 +139,30 @@ public class PruneCliTests
         Assert.Contains("target", stderr);
         Assert.False(Directory.Exists(temp.File("p")));
     }
+
+    [Fact]
+    public void Taylor_calibrates_on_a_folder_of_the_users_images_and_data_free_methods_refuse_data()
+    {
+        using var temp = Fixtures.Temp();
+        string images = temp.File("images");
+        Directory.CreateDirectory(images);
+        for (int i = 0; i < 3; i++)
+        {
+            using var image = new SixLabors.ImageSharp.Image<SixLabors.ImageSharp.PixelFormats.Rgb24>(20, 30, new SixLabors.ImageSharp.PixelFormats.Rgb24((byte)(60 * i), 90, 200));
+            SixLabors.ImageSharp.ImageExtensions.SaveAsPng(image, Path.Combine(images, $"{i}.png"));
+        }
+        string model = TinyModel(temp);
+        var (code, stdout, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "taylor", "--target-params", "0.1",
+            "--calibration", "3", "--data", images, "--output", temp.File("t"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains($"calibration data: images in {images} (3 images, grey, 16x16)", stdout + stderr);
+        string report = File.ReadAllText(Path.Combine(temp.File("t"), ModelFolder.PruneReport));
+        Assert.Contains("image folder (3 images)", report);
+        Assert.DoesNotContain(images, report); // no local paths in reports
+
+        (code, _, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "magnitude", "--target-params", "0.1",
+            "--data", images, "--output", temp.File("m"));
+        Assert.Equal(2, code);
+        Assert.Contains("--data is for methods that calibrate on images (taylor); magnitude is data-free", stderr);
+    }
 }

@@ -41,4 +41,36 @@ public class TrainCliTests
         Assert.Equal(2, code);
         Assert.Contains("applies to DiT models", stderr);
     }
+
+    [Fact]
+    public void A_U_Net_trains_on_a_folder_of_images_and_a_broken_image_is_named()
+    {
+        using var temp = Fixtures.Temp();
+        const string tinyUNet = """
+            {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 3, "out_channels": 3,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        File.WriteAllText(temp.File("unet.json"), tinyUNet);
+        string images = temp.File("images");
+        Directory.CreateDirectory(images);
+        for (int i = 0; i < 4; i++)
+        {
+            using var image = new SixLabors.ImageSharp.Image<SixLabors.ImageSharp.PixelFormats.Rgb24>(24, 24, new SixLabors.ImageSharp.PixelFormats.Rgb24(200, (byte)(50 * i), 30));
+            SixLabors.ImageSharp.ImageExtensions.SaveAsPng(image, Path.Combine(images, $"{i}.png"));
+        }
+        var (code, stdout, stderr) = CliTests.Dprune("train", "--arch", "unet", "--config", temp.File("unet.json"), "--data", images,
+            "--steps", "2", "--batch", "2", "--warmup", "1", "--output", temp.File("out"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("4 images (images in", stdout);
+        Assert.Contains("done: 2 steps", stdout);
+        using (var model = ModelFamilies.Load(temp.File("out")))
+            Assert.Equal(3, model.InChannels);
+
+        File.WriteAllText(Path.Combine(images, "notes.jpg"), "not an image");
+        (code, _, stderr) = CliTests.Dprune("train", "--arch", "unet", "--config", temp.File("unet.json"), "--data", images,
+            "--steps", "1", "--output", temp.File("out2"));
+        Assert.Equal(2, code);
+        Assert.Contains($"Cannot read image '{Path.Combine(images, "notes.jpg")}'", stderr);
+    }
 }

@@ -85,7 +85,7 @@ public sealed class InformativeTimestepRule(double threshold)
 /// Diff-Pruning's Taylor importance: the importance of a unit is <c>Σ_w |w · Σ_{t∈T_inf} ∂L_t/∂w|</c>
 /// over every weight the unit owns (all its coupled tensors), with T_inf the informative timesteps.
 /// <list type="number">
-/// <item><b>Data.</b> <c>context.CalibrationSamples</c> images x0 of the MNIST train split, chosen by a
+/// <item><b>Data.</b> <c>context.CalibrationSamples</c> images x0 of the calibration data (<c>--data</c>; the MNIST train split by default), chosen by a
 /// SplitMix64 shuffle seeded with <c>context.Seed</c> (and their digits as class labels for
 /// class-conditional models). The same x0 serve every timestep.</item>
 /// <item><b>Timesteps.</b> The coarse grid 0, stride, 2·stride, ... below num_train_timesteps (stride 50 by
@@ -102,7 +102,7 @@ public sealed class InformativeTimestepRule(double threshold)
 /// The model's weights, requires_grad flags and train/eval mode are as before afterwards, and no
 /// parameter keeps a gradient. The model runs in eval mode where its parameters live.
 /// </summary>
-public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? calibrationData = null) : IImportanceCriterion
+public sealed class TaylorImportance(TaylorOptions? options = null, IImageDataset? calibrationData = null) : IImportanceCriterion
 {
     public string Name => "taylor";
     public TaylorOptions Options { get; } = options ?? new TaylorOptions();
@@ -230,20 +230,33 @@ public sealed class TaylorImportance(TaylorOptions? options = null, MnistSplit? 
         return total;
     }
 
-    /// <summary>The seeded calibration images [N, 1, 32, 32] (CPU) and, for class-conditional models, their digits.</summary>
+    /// <summary>The seeded calibration images [N, C, H, W] (CPU) and, for class-conditional models, their labels.</summary>
+    /// <remarks>The data given (<c>--data</c>), else the MNIST training split, which fits only 1 x 32 x 32 models of at least 10 classes.</remarks>
     private (Tensor Images, Tensor? Labels) CalibrationBatch(DiffusionModel model, ImportanceContext context)
     {
-        int size = MnistDataset.ImageSize;
-        if (model.InChannels != 1 || model.SampleSize is not [var h, var w] || h != size || w != size)
-            throw new ArgumentException(
-                $"Taylor importance calibrates on MNIST images (1 x {size} x {size}), but the model takes {model.InChannels} x {string.Join(" x ", model.SampleSize)} samples. " +
-                "Score this model with a data-free criterion (magnitude, random) instead.");
-        if (model.NumClasses is int classes && classes < 10)
-            throw new ArgumentException($"The model has {classes} classes, but the calibration labels are the MNIST digits 0..9; it needs at least 10 classes.");
-
-        var split = calibrationData ?? MnistDataset.Load().Train;
+        if (model.SampleSize is not [var h, var w])
+            throw new ArgumentException($"Taylor importance needs a model with a 2-D sample size, not {string.Join(" x ", model.SampleSize)}.");
+        IImageDataset split;
+        var data = calibrationData ?? context.CalibrationData;
+        if (data is null)
+        {
+            int size = MnistDataset.ImageSize;
+            if (model.InChannels != 1 || h != size || w != size)
+                throw new ArgumentException(
+                    $"Taylor importance calibrates on MNIST images (1 x {size} x {size}) unless given data, but the model takes {model.InChannels} x {h} x {w} samples. " +
+                    "Give it a folder of images (--data DIR), or score with a data-free criterion (magnitude, random).");
+            if (model.NumClasses is int classes && classes < 10)
+                throw new ArgumentException($"The model has {classes} classes, but the calibration labels are the MNIST digits 0..9; it needs at least 10 classes.");
+            split = MnistDataset.Load().Train;
+        }
+        else
+        {
+            split = data;
+            ImageDatasets.RequireShape(split, model.InChannels, h, w);
+            ImageDatasets.RequireLabelsFor(split, model.NumClasses);
+        }
         if (context.CalibrationSamples > split.Count)
-            throw new ArgumentException($"CalibrationSamples is {context.CalibrationSamples}, but the MNIST {split.Name} split holds {split.Count} images; ask for at most that many.");
+            throw new ArgumentException($"CalibrationSamples is {context.CalibrationSamples}, but the {split.Name} holds {split.Count} images; ask for at most that many.");
         int[] order = Enumerable.Range(0, split.Count).ToArray();
         new SplitMix64(unchecked((ulong)context.Seed)).Shuffle(order.AsSpan());
         var chosen = order.AsSpan(0, context.CalibrationSamples);
