@@ -44,11 +44,8 @@ public static class CliCommon
     public static torch.Device ResolveDevice(string choice) =>
         DeviceSelector.Resolve(choice, message => Console.Error.WriteLine("note: " + message));
 
-    /// <summary>Errors a user can cause and fix: bad paths, corrupt files, wrong arguments, impossible targets.</summary>
-    public static bool IsUserError(Exception e) => e is ModelFormatException or SafetensorsFormatException or SchedulerConfigException
-        or MnistFormatException or PruningPlanException or FileNotFoundException or DirectoryNotFoundException or ArgumentException
-        or KeyNotFoundException or NotSupportedException or InvalidDataException or OnnxExportException
-        or Runtime.NumericsFaultException or Runtime.NonFiniteValueException;
+    /// <summary>Errors a user can cause and fix (<see cref="UserErrors"/>).</summary>
+    public static bool IsUserError(Exception e) => UserErrors.Is(e);
 
     /// <summary>
     /// Runs a command body; errors a user can cause (bad path, corrupt file, wrong arguments) print one

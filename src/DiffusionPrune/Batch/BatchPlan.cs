@@ -169,7 +169,7 @@ public sealed record BatchPlan
         }
         catch (JsonException e)
         {
-            throw new BatchPlanException($"{name} is not valid JSON (line {e.LineNumber + 1}): {e.Message}");
+            throw new BatchPlanException($"{name} is not valid JSON (line {e.LineNumber + 1}): {Formats.Messages.OneLine(e.Message)}");
         }
         using (document)
         {
@@ -263,7 +263,7 @@ public sealed record BatchPlan
         }
         catch (JsonException e)
         {
-            throw new BatchPlanException($"{reader.Plan}: model '{path}' has an unreadable config.json: {e.Message}");
+            throw new BatchPlanException($"{reader.Plan}: model '{path}' has an unreadable config.json: {Formats.Messages.OneLine(e.Message)}");
         }
         int? channels = config?["in_channels"] is JsonValue c && c.TryGetValue<int>(out var ci) ? ci : null;
         int? size = config?["sample_size"] switch

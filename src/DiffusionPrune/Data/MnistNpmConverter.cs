@@ -76,7 +76,7 @@ public static class MnistNpmConverter
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"'{source}' is not valid JSON: {e.Message}", e);
+            throw new InvalidDataException($"'{source}' is not valid JSON: {Formats.Messages.OneLine(e.Message)}", e);
         }
         if (!sawData)
             throw Bad(source, "has no \"data\" array");

@@ -95,7 +95,7 @@ public sealed class SafetensorsFile : IDisposable
         }
         catch (JsonException e)
         {
-            throw new SafetensorsFormatException($"'{path}' has a header that is not well-formed JSON ({e.Message}). The file is corrupt or not safetensors.");
+            throw new SafetensorsFormatException($"'{path}' has a header that is not well-formed JSON ({Messages.OneLine(e.Message)}). The file is corrupt or not safetensors.");
         }
         using (document)
         {

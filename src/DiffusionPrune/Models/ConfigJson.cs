@@ -28,7 +28,7 @@ public sealed class ConfigJson
         }
         catch (JsonException e)
         {
-            throw new ModelFormatException($"{source} is not valid JSON: {e.Message}");
+            throw new ModelFormatException($"{source} is not valid JSON: {Formats.Messages.OneLine(e.Message)}");
         }
         if (node is not JsonObject obj)
             throw new ModelFormatException($"{source} must hold a JSON object.");
@@ -59,10 +59,19 @@ public sealed class ConfigJson
         }
     }
 
-    public int Int(string key, int @default) => Has(key) && !IsNull(key) ? Convert(key, n => (int)n.GetValue<double>()) : @default;
+    public int Int(string key, int @default) => Has(key) && !IsNull(key) ? Convert(key, n => WholeNumber(key, n)) : @default;
 
     /// <summary>Absent: default; present null: null.</summary>
-    public int? NullableInt(string key, int? @default) => !Has(key) ? @default : IsNull(key) ? null : Convert(key, n => (int)n.GetValue<double>());
+    public int? NullableInt(string key, int? @default) => !Has(key) ? @default : IsNull(key) ? null : Convert(key, n => WholeNumber(key, n));
+
+    /// <summary>A whole number in int range (32 or 32.0), never a silent truncation of 0.5, 1e-320 or 1e308.</summary>
+    private int WholeNumber(string key, JsonNode? node)
+    {
+        double value = node!.GetValue<double>();
+        if (value != Math.Floor(value) || value < int.MinValue || value > int.MaxValue)
+            throw new ModelFormatException($"{Source}: '{key}' must be a whole number (at most {int.MaxValue:N0}), not {node.ToJsonString()}.");
+        return (int)value;
+    }
 
     public double Double(string key, double @default) => Has(key) && !IsNull(key) ? Convert(key, n => n.GetValue<double>()) : @default;
     public bool Bool(string key, bool @default) => Has(key) && !IsNull(key) ? Convert(key, n => n.GetValue<bool>()) : @default;
@@ -70,7 +79,7 @@ public sealed class ConfigJson
     public string? NullableString(string key, string? @default) => !Has(key) ? @default : IsNull(key) ? null : Convert(key, n => n.GetValue<string>());
 
     public int[] IntArray(string key, int[] @default) => Has(key) && !IsNull(key)
-        ? Convert(key, n => n is JsonArray a ? a.Select(x => (int)x!.GetValue<double>()).ToArray() : new[] { (int)n.GetValue<double>() })
+        ? Convert(key, n => n is JsonArray a ? a.Select(x => WholeNumber(key, x)).ToArray() : new[] { WholeNumber(key, n) })
         : @default;
 
     public string[] StringArray(string key, string[] @default) => Has(key) && !IsNull(key)

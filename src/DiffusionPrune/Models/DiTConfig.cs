@@ -59,6 +59,12 @@ public sealed record DiTConfig
 
     public void Validate(string source = "config")
     {
+        foreach (var (name, value) in new[] { ("num_attention_heads", NumAttentionHeads), ("attention_head_dim", AttentionHeadDim), ("in_channels", InChannels),
+                     ("num_layers", NumLayers), ("norm_num_groups", NormNumGroups), ("sample_size", SampleSize), ("patch_size", PatchSize), ("out_channels", ResolvedOutChannels) })
+            if (value < 1) throw new ModelFormatException($"{source}: {name} must be at least 1, not {value}.");
+        if (NumEmbedsAdaNorm is < 1) throw new ModelFormatException($"{source}: num_embeds_ada_norm must be at least 1, not {NumEmbedsAdaNorm}.");
+        if (!(NormEps > 0) || !double.IsFinite(NormEps)) throw new ModelFormatException($"{source}: norm_eps must be a positive number, not {NormEps}.");
+        if (!(Dropout is >= 0 and < 1)) throw new ModelFormatException($"{source}: dropout must be in [0, 1), not {Dropout}.");
         if (NormType != "ada_norm_zero")
             throw new ModelFormatException($"{source}: DiT norm_type '{NormType}' is not supported (diffusers' DiTTransformer2DModel only implements ada_norm_zero).");
         if (NumEmbedsAdaNorm is null)

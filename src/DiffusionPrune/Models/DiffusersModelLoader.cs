@@ -107,7 +107,7 @@ public static partial class DiffusersModelLoader
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
-            throw new ModelFormatException($"{indexPath} is not a valid shard index: {e.Message}");
+            throw new ModelFormatException($"{indexPath} is not a valid shard index: {Formats.Messages.OneLine(e.Message)}");
         }
         if (index["weight_map"] is not JsonObject map)
             throw new ModelFormatException($"{indexPath} has no weight_map.");

@@ -133,7 +133,7 @@ public sealed class PruningPlan
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or NullReferenceException)
         {
-            throw new PruningPlanException($"{source} is not a valid pruning plan: {e.Message}");
+            throw new PruningPlanException($"{source} is not a valid pruning plan: {Formats.Messages.OneLine(e.Message)}");
         }
     }
 }

@@ -121,7 +121,7 @@ public sealed record SchedulerConfig
         }
         catch (JsonException e)
         {
-            throw new SchedulerConfigException($"{where} is not valid JSON ({e.Message}). The file is corrupt or not a scheduler_config.json.", e);
+            throw new SchedulerConfigException($"{where} is not valid JSON ({Formats.Messages.OneLine(e.Message)}). The file is corrupt or not a scheduler_config.json.", e);
         }
         using (document)
         {

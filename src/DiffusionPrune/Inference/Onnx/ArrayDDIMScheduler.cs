@@ -89,7 +89,7 @@ public sealed class ArrayDDIMScheduler
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{source} is not valid JSON ({e.Message}).", e);
+            throw new InvalidDataException($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}).", e);
         }
         if (Flag(root, "thresholding", source, false))
             throw new NotSupportedException($"{source}: thresholding is not supported. Set \"thresholding\": false.");

@@ -178,7 +178,7 @@ public sealed record OnnxModelInfo
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{source} is not valid JSON ({e.Message}). Export the model again with `dprune export`.", e);
+            throw new InvalidDataException($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}). Export the model again with `dprune export`.", e);
         }
 
         int inChannels = RequiredInt(root, InChannelsKey, source);
