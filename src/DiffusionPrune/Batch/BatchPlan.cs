@@ -13,7 +13,7 @@ namespace DiffusionPrune.Batch;
 /// A batch plan a user wrote that cannot run: the message names the plan, the key and what to write instead.
 /// An <see cref="ArgumentException"/> because the plan is the command's argument (so the CLI reports it as a user error, exit 2).
 /// </summary>
-public sealed class BatchPlanException(string message) : ArgumentException(message);
+public sealed class BatchPlanException(string message) : ArgumentException(Formats.Messages.OneLine(message));
 
 /// <summary>One model of a sweep: <paramref name="Name"/> names its folder under the output (and its rows).</summary>
 public sealed record BatchModel(string Name, string Path, string? SchedulerConfigPath);

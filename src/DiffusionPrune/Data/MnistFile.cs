@@ -4,7 +4,7 @@ using System.IO.Compression;
 namespace DiffusionPrune.Data;
 
 /// <summary>A file that is not a valid MNST file; the message says what is wrong and what to do.</summary>
-public sealed class MnistFormatException(string message, Exception? inner = null) : Exception(message, inner);
+public sealed class MnistFormatException(string message, Exception? inner = null) : Exception(Formats.Messages.OneLine(message), inner);
 
 /// <summary>Labelled greyscale images as stored in an MNST file: one label and one rows×cols image each.</summary>
 /// <param name="Labels">One label per image, 0..9.</param>

@@ -13,4 +13,7 @@ public static class Messages
         var parts = message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         return string.Join(' ', parts);
     }
+
+    /// <summary>An <see cref="InvalidDataException"/> whose message is <see cref="OneLine"/>.</summary>
+    public static InvalidDataException InvalidData(string message, Exception? inner = null) => new(OneLine(message), inner);
 }

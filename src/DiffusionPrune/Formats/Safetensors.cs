@@ -16,7 +16,7 @@ public sealed record SafetensorsEntry(string Name, SafetensorsDType DType, long[
 }
 
 /// <summary>A file that is not valid safetensors; the message says what is wrong and where.</summary>
-public sealed class SafetensorsFormatException(string message) : Exception(message);
+public sealed class SafetensorsFormatException(string message) : Exception(Messages.OneLine(message));
 
 /// <summary>
 /// Reads a safetensors file through a memory map, so a large file is never copied whole into managed

@@ -88,4 +88,4 @@ public sealed class ConfigJson
 }
 
 /// <summary>A model folder or config that cannot be used; the message says what is wrong and what to do.</summary>
-public sealed class ModelFormatException(string message) : Exception(message);
+public sealed class ModelFormatException(string message) : Exception(Formats.Messages.OneLine(message));

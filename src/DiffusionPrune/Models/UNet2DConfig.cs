@@ -89,6 +89,19 @@ public sealed record UNet2DConfig
 
     public void Validate(string source = "config")
     {
+        foreach (var (name, value) in new[] { ("in_channels", InChannels), ("out_channels", OutChannels), ("layers_per_block", LayersPerBlock),
+                     ("norm_num_groups", NormNumGroups), ("attention_head_dim", AttentionHeadDim ?? 1), ("attn_norm_num_groups", AttnNormNumGroups ?? 1),
+                     ("time_embedding_dim", TimeEmbeddingDim ?? 1), ("num_class_embeds", NumClassEmbeds ?? 1), ("num_train_timesteps", NumTrainTimesteps ?? 1) })
+            if (value < 1) throw new ModelFormatException($"{source}: {name} must be at least 1, not {value}.");
+        if (SampleSize.Length != 2 || SampleSize.Any(s => s < 1))
+            throw new ModelFormatException($"{source}: sample_size must be one or two positive numbers, not [{string.Join(", ", SampleSize)}].");
+        if (BlockOutChannels.Length == 0 || BlockOutChannels.Any(c => c < 1))
+            throw new ModelFormatException($"{source}: block_out_channels must be positive numbers, not [{string.Join(", ", BlockOutChannels)}].");
+        if (DownsamplePadding is < 0 or > 1)
+            throw new ModelFormatException($"{source}: downsample_padding must be 0 or 1 (the 3x3 downsampling convolution's padding), not {DownsamplePadding}.");
+        if (!(NormEps > 0) || !double.IsFinite(NormEps)) throw new ModelFormatException($"{source}: norm_eps must be a positive number, not {NormEps}.");
+        if (!(Dropout is >= 0 and < 1)) throw new ModelFormatException($"{source}: dropout must be in [0, 1), not {Dropout}.");
+        if (!double.IsFinite(MidBlockScaleFactor)) throw new ModelFormatException($"{source}: mid_block_scale_factor must be finite, not {MidBlockScaleFactor}.");
         string[] downKnown = ["DownBlock2D", "AttnDownBlock2D"];
         string[] upKnown = ["UpBlock2D", "AttnUpBlock2D"];
         if (DownBlockTypes.Length != UpBlockTypes.Length)

@@ -4,7 +4,7 @@ using System.Text.Json.Nodes;
 namespace DiffusionPrune.Pruning;
 
 /// <summary>A plan that does not fit the model it is applied to; the message names the group or layer.</summary>
-public sealed class PruningPlanException(string message) : Exception(message);
+public sealed class PruningPlanException(string message) : Exception(Formats.Messages.OneLine(message));
 
 /// <summary>
 /// What to prune, as data: for each unit group (by state-dict path) the unit indices to keep, and the

@@ -6,7 +6,7 @@ using System.Text.Json.Serialization;
 namespace DiffusionPrune.Schedulers;
 
 /// <summary>A scheduler_config.json that cannot be read; the message says which file, which key and what to do.</summary>
-public sealed class SchedulerConfigException(string message, Exception? inner = null) : Exception(message, inner);
+public sealed class SchedulerConfigException(string message, Exception? inner = null) : Exception(Formats.Messages.OneLine(message), inner);
 
 /// <summary>
 /// diffusers' <c>scheduler_config.json</c>: the constructor arguments of DDPMScheduler, DDIMScheduler and

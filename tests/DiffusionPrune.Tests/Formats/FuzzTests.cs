@@ -247,4 +247,30 @@ public class FuzzTests
         Assert.DoesNotContain('\n', info.Message);
         Assert.Equal("a b c", Messages.OneLine("a\r\n  b\n\nc"));
     }
+
+    [Fact]
+    public void Found_unet_fields_without_lower_bounds_and_keys_with_line_breaks()
+    {
+        string unet = File.ReadAllText(Path.Combine(Fixtures.Diffusers("unet2d-small", "model"), ModelFolder.Config));
+        foreach (var (key, value, expected) in new (string, JsonNode, string)[]
+        {
+            ("norm_num_groups", 0, "norm_num_groups must be at least 1"), // was a DivideByZeroException
+            ("attention_head_dim", -4, "attention_head_dim must be at least 1"),
+            ("downsample_padding", 1000, "downsample_padding must be 0 or 1"), // ran for over a minute (issue 16)
+            ("block_out_channels", new JsonArray(32, 0, 64), "block_out_channels must be positive"),
+            ("time_embedding_dim", 1e308, "'time_embedding_dim' must be a whole number"), // was "unexpected failure" (issue 16)
+        })
+        {
+            var root = JsonNode.Parse(unet)!.AsObject();
+            root[key] = value;
+            Assert.Contains(expected, Assert.Throws<ModelFormatException>(() => UNet2DConfig.FromJson(ConfigJson.Parse(root.ToJsonString()))).Message);
+        }
+
+        string planPath = Path.Combine(Fixtures.RepoRoot, "samples", "plans", "mnist-sweep.json");
+        var plan = JsonNode.Parse(File.ReadAllText(planPath))!.AsObject();
+        plan["prune"]!.AsObject()["itera\ntions"] = 3;
+        var error = Assert.Throws<BatchPlanException>(() => BatchPlan.Parse(plan.ToJsonString(), planPath));
+        Assert.Contains("unknown key", error.Message);
+        Assert.DoesNotContain('\n', error.Message);
+    }
 }

@@ -85,11 +85,11 @@ public sealed class ArrayDDIMScheduler
         {
             // Python's json writes bare -Infinity/NaN (DPM-Solver's lambda_min_clipped); DDIM reads none of those keys.
             json = Regex.Replace(json, @"(?<=[:\[,]\s*)-?(Infinity|NaN)(?=\s*[,\]}])", "null");
-            root = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{source} must hold a JSON object.");
+            root = JsonNode.Parse(json) as JsonObject ?? throw Formats.Messages.InvalidData($"{source} must hold a JSON object.");
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}).", e);
+            throw Formats.Messages.InvalidData($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}).", e);
         }
         if (Flag(root, "thresholding", source, false))
             throw new NotSupportedException($"{source}: thresholding is not supported. Set \"thresholding\": false.");
@@ -306,7 +306,7 @@ public sealed class ArrayDDIMScheduler
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException or NullReferenceException)
         {
-            throw new InvalidDataException($"{source}: \"{key}\" has the wrong type ({node.ToJsonString()}).");
+            throw Formats.Messages.InvalidData($"{source}: \"{key}\" has the wrong type ({node.ToJsonString()}).");
         }
     }
 

@@ -69,6 +69,7 @@ public sealed class OnnxDenoiserSession : IDisposable
         OnnxBundle.Require(bundleFolder);
         var model = OnnxModelInfo.Load(Path.Combine(bundleFolder, ModelFolder.OnnxInfo));
         string modelPath = Path.Combine(bundleFolder, ModelFolder.OnnxModel);
+        OnnxGraphSafety.Check(modelPath); // an untrusted bundle: no data from outside its folder, no giant graphs
         OnnxSession session;
         try
         {

@@ -174,11 +174,11 @@ public sealed record OnnxModelInfo
         try
         {
             root = JsonNode.Parse(json) as JsonObject
-                ?? throw new InvalidDataException($"{source} must hold a JSON object.");
+                ?? throw Formats.Messages.InvalidData($"{source} must hold a JSON object.");
         }
         catch (JsonException e)
         {
-            throw new InvalidDataException($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}). Export the model again with `dprune export`.", e);
+            throw Formats.Messages.InvalidData($"{source} is not valid JSON ({Formats.Messages.OneLine(e.Message)}). Export the model again with `dprune export`.", e);
         }
 
         int inChannels = RequiredInt(root, InChannelsKey, source);
@@ -186,19 +186,19 @@ public sealed record OnnxModelInfo
         int[] sampleSize = Required(root, SampleSizeKey, source) switch
         {
             JsonArray array when array.Count == 2 => [ToInt(array[0], SampleSizeKey, source), ToInt(array[1], SampleSizeKey, source)],
-            _ => throw new InvalidDataException($"{source}: \"{SampleSizeKey}\" must be [height, width]."),
+            _ => throw Formats.Messages.InvalidData($"{source}: \"{SampleSizeKey}\" must be [height, width]."),
         };
         bool learnedSigma = Read(Required(root, LearnedSigmaKey, source), LearnedSigmaKey, source, n => n.GetValue<bool>());
         if (inChannels < 1 || sampleSize.Any(s => s < 1))
-            throw new InvalidDataException($"{source}: in_channels {inChannels} and sample_size [{string.Join(", ", sampleSize)}] are not a valid model shape.");
+            throw Formats.Messages.InvalidData($"{source}: in_channels {inChannels} and sample_size [{string.Join(", ", sampleSize)}] are not a valid model shape.");
         if (outChannels != (learnedSigma ? 2 * inChannels : inChannels))
-            throw new InvalidDataException(
+            throw Formats.Messages.InvalidData(
                 $"{source}: out_channels {outChannels} with in_channels {inChannels} and learned_sigma {(learnedSigma ? "true" : "false")} is not a denoiser's output; " +
                 "a scheduler needs in_channels channels, or 2 x in_channels with a learned sigma.");
         int? numClasses = Int(root, NumClassesKey, source);
         int? nullClass = Int(root, NullClassKey, source);
         if (nullClass is not null && numClasses is null)
-            throw new InvalidDataException($"{source}: null_class {nullClass} without num_classes; an unconditional model has neither.");
+            throw Formats.Messages.InvalidData($"{source}: null_class {nullClass} without num_classes; an unconditional model has neither.");
         return new OnnxModelInfo
         {
             File = root[FileKey] is JsonNode file ? Read(file, FileKey, source, n => n.GetValue<string>()) : ModelFolder.OnnxModel,
@@ -223,11 +223,11 @@ public sealed record OnnxModelInfo
     private static OnnxTensorInfo[] Tensors(JsonObject root, string key, string source)
     {
         if (Required(root, key, source) is not JsonArray { Count: > 0 } array)
-            throw new InvalidDataException($"{source}: \"{key}\" must be a non-empty array of {{\"name\", \"dtype\", \"shape\"}} objects.");
+            throw Formats.Messages.InvalidData($"{source}: \"{key}\" must be a non-empty array of {{\"name\", \"dtype\", \"shape\"}} objects.");
         return array.Select(item =>
         {
             if (item is not JsonObject tensor || tensor[NameKey] is null || tensor[DTypeKey] is null || tensor[ShapeKey] is not JsonArray shape)
-                throw new InvalidDataException($"{source}: each entry of \"{key}\" must be an object with \"name\", \"dtype\" and \"shape\" (got {item?.ToJsonString() ?? "null"}).");
+                throw Formats.Messages.InvalidData($"{source}: each entry of \"{key}\" must be an object with \"name\", \"dtype\" and \"shape\" (got {item?.ToJsonString() ?? "null"}).");
             var dims = shape.Select(d => d switch
             {
                 JsonValue v when v.TryGetValue<string>(out var dimName) => OnnxDimension.Dynamic(dimName),
@@ -239,7 +239,7 @@ public sealed record OnnxModelInfo
     }
 
     private static JsonNode Required(JsonObject root, string key, string source) =>
-        root[key] ?? throw new InvalidDataException($"{source} has no \"{key}\"; it is not a complete {ModelFolder.OnnxInfo}. Export the model again with `dprune export`.");
+        root[key] ?? throw Formats.Messages.InvalidData($"{source} has no \"{key}\"; it is not a complete {ModelFolder.OnnxInfo}. Export the model again with `dprune export`.");
 
     private static int RequiredInt(JsonObject root, string key, string source) => ToInt(Required(root, key, source), key, source);
 
@@ -260,7 +260,7 @@ public sealed record OnnxModelInfo
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
         {
-            throw new InvalidDataException($"{source}: \"{key}\" has the wrong type or value ({node?.ToJsonString() ?? "null"}).");
+            throw Formats.Messages.InvalidData($"{source}: \"{key}\" has the wrong type or value ({node?.ToJsonString() ?? "null"}).");
         }
     }
 }
