@@ -33,7 +33,7 @@ public static class OnnxGraphSafety
         }
         catch (InvalidProtocolBufferException e)
         {
-            throw new InvalidDataException($"'{modelPath}' is not an ONNX model ({e.Message}). Export the model again.", e);
+            throw new InvalidDataException($"'{modelPath}' is not an ONNX model ({Formats.Messages.OneLine(e.Message)}); export the model again.", e);
         }
         string folder = Path.GetFullPath(file.DirectoryName!);
         long total = 0;
