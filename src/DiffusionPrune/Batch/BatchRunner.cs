@@ -308,10 +308,5 @@ public static class BatchRunner
     }
 
     /// <summary>Writes beside the target and renames over it, so a reader sees the old file or the whole new one.</summary>
-    internal static void WriteAtomically(string path, string text)
-    {
-        string partial = path + ".partial";
-        File.WriteAllText(partial, text);
-        File.Move(partial, path, overwrite: true);
-    }
+    internal static void WriteAtomically(string path, string text) => Runtime.AtomicFile.Replace(path, text);
 }

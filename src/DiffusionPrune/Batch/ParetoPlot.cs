@@ -69,9 +69,7 @@ public static class ParetoPlot
     /// <summary>Writes <see cref="RenderPng"/> to <paramref name="path"/> whole (a reader never sees half a picture).</summary>
     public static void Save(string path, IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title)
     {
-        string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-        File.WriteAllBytes(temporary, RenderPng(rows, latencyBatch, title));
-        File.Move(temporary, path, overwrite: true);
+        Runtime.AtomicFile.Replace(path, RenderPng(rows, latencyBatch, title));
     }
 
     private static byte[] Panel(string title, string xLabel, List<Point> points, Func<double, string>? format, string empty)

@@ -44,4 +44,25 @@ public static unsafe class AtomicFile
         File.Delete(complete);
         return true;
     }
+
+    /// <summary>
+    /// Writes <paramref name="bytes"/> to <paramref name="path"/> whole: into a temporary file of this process's own
+    /// beside it, then renamed over the target, so a reader (or a racing writer) never sees half a file.
+    /// </summary>
+    public static void Replace(string path, ReadOnlySpan<byte> bytes)
+    {
+        string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write)) stream.Write(bytes);
+            File.Move(temporary, path, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temporary)) File.Delete(temporary);
+        }
+    }
+
+    /// <summary><see cref="Replace(string, ReadOnlySpan{byte})"/> for UTF-8 text.</summary>
+    public static void Replace(string path, string text) => Replace(path, System.Text.Encoding.UTF8.GetBytes(text));
 }

@@ -309,9 +309,7 @@ public sealed class NumericsGuard
         try
         {
             Directory.CreateDirectory(_cacheDirectory!);
-            string temporary = $"{CacheFile}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-            File.WriteAllText(temporary, JsonSerializer.Serialize(decision));
-            File.Move(temporary, CacheFile, overwrite: true); // atomic: parallel processes never read half a file
+            AtomicFile.Replace(CacheFile, JsonSerializer.Serialize(decision)); // parallel processes never read half a file
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

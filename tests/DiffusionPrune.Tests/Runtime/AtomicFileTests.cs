@@ -33,4 +33,19 @@ public class AtomicFileTests
             }
         }
     }
+
+    [Fact]
+    public void Replace_writes_whole_files_over_old_ones_and_leaves_no_temporary_behind()
+    {
+        using var temp = Fixtures.Temp();
+        string path = temp.File("report.json");
+        AtomicFile.Replace(path, "first");
+        AtomicFile.Replace(path, "second, longer");
+        Assert.Equal("second, longer", File.ReadAllText(path));
+        AtomicFile.Replace(path, new byte[] { 1, 2, 3 });
+        Assert.Equal(new byte[] { 1, 2, 3 }, File.ReadAllBytes(path));
+        Assert.Equal([path], Directory.GetFiles(temp.Path));
+        Assert.ThrowsAny<IOException>(() => AtomicFile.Replace(temp.File(Path.Combine("missing", "x.json")), "x"));
+        Assert.Equal([path], Directory.GetFiles(temp.Path));
+    }
 }
