@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Batch;
+using DiffusionPrune.Pipeline;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -36,15 +37,21 @@ public static class BatchCommand
                     "; run the shards that hold them again (finished items are skipped), then --summarize.");
                 return 1;
             }
-            var result = BatchRunner.Run(batchPlan, new BatchRunOptions
+            var label = (PipelineStage stage) => stage switch
+            {
+                PipelineStage.Prune => "  EcoDiff iteration",
+                PipelineStage.Evaluate => "  sampled",
+                var other => "  " + other.ToString().ToLowerInvariant(),
+            };
+            var result = console.Track(progress => BatchRunner.RunAsync(batchPlan, new BatchRunOptions
             {
                 Shard = parse.GetValue(shard) is string text ? BatchShard.Parse(text) : null,
                 Force = parse.GetValue(force),
                 Device = CliCommon.ResolveDevice(parse.GetValue(device)!),
                 Log = console.Result,
-                OnEvalProgress = (done, total) => console.Progress("  sampled", done, total),
-                OnPruneIteration = it => console.Progress("  EcoDiff iteration", it.Iteration, batchPlan.Prune.Iterations, $"loss {it.Loss:F5}"),
-            });
+                Progress = progress,
+                Cancellation = CliCommon.Interrupt,
+            }), label, notes: false);
             console.EndProgress();
             console.Summary(new
             {

@@ -57,6 +57,11 @@ public static class CliCommon
         {
             return body();
         }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("cancelled: stopped at the end of the step it was in; no output was left half-written.");
+            return 130;
+        }
         catch (Exception e) when (IsUserError(e))
         {
             Console.Error.WriteLine($"error: {e.Message}");
@@ -72,6 +77,35 @@ public static class CliCommon
             return 1;
         }
     }
+
+    private static CancellationTokenSource? _interrupt;
+
+    /// <summary>
+    /// Cancelled by the first Ctrl+C (or SIGINT): the running stage stops at the end of its iteration or step and removes
+    /// its partial output; a second Ctrl+C ends the process at once.
+    /// </summary>
+    public static CancellationToken Interrupt
+    {
+        get
+        {
+            if (_interrupt is null)
+            {
+                _interrupt = new CancellationTokenSource();
+                Console.CancelKeyPress += (_, e) =>
+                {
+                    if (_interrupt.IsCancellationRequested) return; // the second press: let it end the process
+                    e.Cancel = true;
+                    Console.Error.WriteLine();
+                    Console.Error.WriteLine("cancelling at the end of this step (Ctrl+C again to stop at once)...");
+                    _interrupt.Cancel();
+                };
+            }
+            return _interrupt.Token;
+        }
+    }
+
+    /// <summary>Waits for a pipeline stage, rethrowing its own exception (not an AggregateException).</summary>
+    public static T Await<T>(Task<T> stage) => stage.GetAwaiter().GetResult();
 
     /// <summary>Set by <c>--verbose</c>: internal errors print their trace on stderr too.</summary>
     public static bool Verbose { get; set; }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Evaluation;
+using DiffusionPrune.Pipeline;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -46,20 +47,24 @@ public static class EvalCommand
                 Provider = parse.GetValue(provider)!,
             };
             var console = CliOutput.From(parse, quiet, json);
-            var report = ModelEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!),
-                (i, n) => console.Progress("sampled", i, n), console.Note);
+            using var pipeline = new DiffusionPipeline(CliCommon.ResolveDevice(parse.GetValue(device)!));
+            var report = console.Track(progress => pipeline.EvaluateAsync(request, progress, CliCommon.Interrupt), _ => "sampled");
             console.EndProgress();
-            console.Result($"{"model",-22} {report.Model}");
-            console.Result($"{"runtime",-22} {report.Runtime}");
-            console.Result($"{"parameters",-22} {report.Parameters:N0}");
-            console.Result($"{"MACs / image",-22} {report.Macs:N0}");
-            console.Result($"{"samples x steps",-22} {report.Samples} x {report.Steps} ({report.Scheduler})");
-            console.Result($"{"FID-proxy",-22} {report.Fid.Value:F3}  [{report.Fid.Lower:F3}, {report.Fid.Upper:F3}] 95% bootstrap, N={report.Fid.SampleCount}");
-            console.Result($"{"KID",-22} {report.Kid.Mean:F5} ± {report.Kid.Std:F5}");
-            console.Result($"{"precision / recall",-22} {report.PrecisionRecall.Precision:F3} / {report.PrecisionRecall.Recall:F3}");
-            if (report.ClassAccuracy is double acc) console.Result($"{"class accuracy",-22} {acc:P1}");
-            if (report.Ssim is double ssim) console.Result($"{"SSIM / PSNR to ref",-22} {ssim:F4} / {report.Psnr:F2} dB");
-            console.Result($"{"sampler ms / image",-22} {report.SamplerMillisecondsPerImage:F1}");
+            var rows = new List<(string, string)>
+            {
+                ("model", report.Model),
+                ("runtime", report.Runtime),
+                ("parameters", $"{report.Parameters:N0}"),
+                ("MACs / image", $"{report.Macs:N0}"),
+                ("samples x steps", $"{report.Samples} x {report.Steps} ({report.Scheduler})"),
+                ("FID-proxy", $"{report.Fid.Value:F3}  [{report.Fid.Lower:F3}, {report.Fid.Upper:F3}] 95% bootstrap, N={report.Fid.SampleCount}"),
+                ("KID", $"{report.Kid.Mean:F5} ± {report.Kid.Std:F5}"),
+                ("precision / recall", $"{report.PrecisionRecall.Precision:F3} / {report.PrecisionRecall.Recall:F3}"),
+            };
+            if (report.ClassAccuracy is double acc) rows.Add(("class accuracy", $"{acc:P1}"));
+            if (report.Ssim is double ssim) rows.Add(("SSIM / PSNR to ref", $"{ssim:F4} / {report.Psnr:F2} dB"));
+            rows.Add(("sampler ms / image", $"{report.SamplerMillisecondsPerImage:F1}"));
+            console.Pairs(rows);
             if (parse.GetValue(output) is string path)
             {
                 report.Save(path);

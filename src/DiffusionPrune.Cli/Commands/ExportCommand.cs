@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Export;
+using DiffusionPrune.Pipeline;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -14,7 +15,7 @@ public static class ExportCommand
             Description = "Comma list of safetensors (diffusers layout) and onnx (model.onnx, opset 17).",
             DefaultValueFactory = _ => "safetensors,onnx",
         };
-        var output = new Option<string>("--output") { Description = "Folder for the bundle (created if missing; files of the same names are replaced).", Required = true };
+        var output = new Option<string>("--output") { Description = "Folder for the bundle (written whole, then put in place; an earlier bundle there is replaced, any other non-empty folder is refused).", Required = true };
         var command = new Command("export", "Export a model as a bundle: diffusers safetensors and/or ONNX, scheduler config and a model card.")
         {
             model, format, output,
@@ -27,7 +28,11 @@ public static class ExportCommand
                 OutputPath = parse.GetValue(output)!,
                 Formats = ModelExporter.ParseFormats(parse.GetValue(format)),
             };
-            var result = ModelExporter.Export(request, Console.Error.WriteLine);
+            using var pipeline = new DiffusionPipeline(TorchSharp.torch.CPU);
+            var result = CliCommon.Await(pipeline.ExportAsync(request, new SynchronousProgress<StageProgress>(p =>
+            {
+                if (p.Fraction is null || p.Stage == PipelineStage.Load) Console.Error.WriteLine(p.Message);
+            }), CliCommon.Interrupt));
             Console.WriteLine($"{result.ClassName}: {result.Parameters:N0} parameters, {result.Macs:N0} MACs per sample");
             foreach (var file in result.Files)
                 Console.WriteLine($"wrote {Path.Combine(result.OutputPath, file)}");

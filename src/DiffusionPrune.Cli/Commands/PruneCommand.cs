@@ -1,6 +1,7 @@
 using System.CommandLine;
 using DiffusionPrune.Cli.Benchmarks;
 using DiffusionPrune.Formats;
+using DiffusionPrune.Pipeline;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
 
@@ -106,20 +107,14 @@ public static class PruneCommand
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var console = CliOutput.From(parse, quiet, json);
-            var started = DateTime.UtcNow;
-            var report = PruneRunner.Run(request, dev, console.Note, it =>
-            {
-                var elapsed = DateTime.UtcNow - started;
-                var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / it.Iteration * (request.Iterations - it.Iteration));
-                console.Progress("iteration", it.Iteration, request.Iterations,
-                    $"loss {it.Loss:F5} (recon {it.Reconstruction:F5}) expected kept {it.ExpectedKeptFraction:P1} beta {it.Beta:G3} eta {eta:hh\\:mm\\:ss}");
-            });
+            using var pipeline = new DiffusionPipeline(dev);
+            var report = console.Track(progress => pipeline.PruneAsync(request, progress, CliCommon.Interrupt), _ => "iteration", detail: true).Report;
             console.EndProgress();
             console.Result($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
                 $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
             console.Result($"wrote {report.OutputPath} ({ModelFolder.PruneReport})");
             var summary = report.ToJson();
-            summary["output_path"] = Path.GetFullPath(report.OutputPath); // for the script on this machine; the report file keeps the name only
+            summary["output_path"] = Path.GetFullPath(outputPath); // for the script on this machine; the report file keeps the name only
             console.Summary(summary);
             return 0;
         }));

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DiffusionPrune.Inference;
+using DiffusionPrune.Pipeline;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -49,7 +50,8 @@ public static class SampleCommand
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var started = DateTime.UtcNow;
             var console = new CliOutput(quiet: false, json: false);
-            SampleRunner.Run(request, dev, (i, n) => console.Progress("step", i, n), console.Note);
+            using var pipeline = new DiffusionPipeline(dev);
+            console.Track(progress => pipeline.SampleAsync(request, progress, CliCommon.Interrupt), _ => "step");
             console.EndProgress();
             console.Result($"wrote {request.OutputPath} ({(DateTime.UtcNow - started).TotalSeconds:F1} s)");
             return 0;

@@ -8,6 +8,7 @@ using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Pipeline;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
@@ -27,11 +28,8 @@ public sealed record BatchRunOptions
     /// <summary>One line per step of each item.</summary>
     public Action<string>? Log { get; init; }
 
-    /// <summary>Images sampled so far of the current evaluation (done, total).</summary>
-    public Action<int, int>? OnEvalProgress { get; init; }
-
-    /// <summary>EcoDiff's mask-optimisation iterations of the current item.</summary>
-    public Action<EcoDiffIterationReport>? OnPruneIteration { get; init; }
+    /// <summary>The stages' progress within the current item (EcoDiff iterations, images sampled, ...).</summary>
+    public IProgress<StageProgress>? Progress { get; init; }
 
     /// <summary>Checked between the steps of an item; an item cut short leaves no marker and is redone next time.</summary>
     public CancellationToken Cancellation { get; init; }
@@ -66,7 +64,14 @@ public static class BatchRunner
     public const string BundleFolderName = "bundle";
 
 
-    public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null)
+    public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null) => RunAsync(plan, options).GetAwaiter().GetResult();
+
+    /// <summary>
+    /// Runs the plan through one <see cref="DiffusionPipeline"/>: each model is loaded once and held while its items run
+    /// (the original for every prune and as the SSIM reference), and each pruned model goes from the prune stage to
+    /// evaluation, export and timing in memory.
+    /// </summary>
+    public static async Task<BatchRunResult> RunAsync(BatchPlan plan, BatchRunOptions? options = null)
     {
         options ??= new BatchRunOptions();
         var log = options.Log ?? (_ => { });
@@ -77,6 +82,8 @@ public static class BatchRunner
             (shard is null ? "" : $"; shard {shard} runs {Enumerable.Range(0, items.Count).Count(shard.Contains)} of them"));
         int ran = 0, skipped = 0, held = 0;
         var failed = new List<(BatchItem, string)>();
+        using var pipeline = new DiffusionPipeline(options.Device ?? CPU);
+        string? heldModel = null;
         for (int i = 0; i < items.Count; i++)
         {
             options.Cancellation.ThrowIfCancellationRequested();
@@ -113,10 +120,12 @@ public static class BatchRunner
                     _ => null,
                 };
             if (why is not null) log($"{prefix}: {why}");
+            if (heldModel is not null && heldModel != item.Model.Path) pipeline.Forget(heldModel); // the plan moved on to its next model
+            heldModel = item.Model.Path;
             try
             {
                 if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
-                RunItem(plan, item, folder, options, message => log($"{prefix}: {message}"));
+                await RunItem(pipeline, plan, item, folder, options, message => log($"{prefix}: {message}")).ConfigureAwait(false);
                 ran++;
             }
             catch (OperationCanceledException)
@@ -131,6 +140,7 @@ public static class BatchRunner
             }
             finally
             {
+                pipeline.Forget(Path.Combine(folder, ModelFolderName)); // the pruned model: done with
                 NativeMemory.Trim();
             }
         }
@@ -191,14 +201,14 @@ public static class BatchRunner
         }
     }
 
-    private static void RunItem(BatchPlan plan, BatchItem item, string folder, BatchRunOptions options, Action<string> log)
+    private static async Task RunItem(DiffusionPipeline pipeline, BatchPlan plan, BatchItem item, string folder, BatchRunOptions options, Action<string> log)
     {
         var watch = Stopwatch.StartNew();
-        var device = options.Device ?? CPU;
         var cancel = options.Cancellation;
+        var progress = options.Progress;
         Directory.CreateDirectory(folder);
 
-        // 1. prune (the original is used as it is)
+        // 1. prune (the original is used as it is); the pruned model stays in the pipeline for the stages below
         string modelFolder = item.Model.Path;
         string? schedulerConfig = item.Model.SchedulerConfigPath;
         PruneReport? prune = null;
@@ -206,7 +216,7 @@ public static class BatchRunner
         {
             log($"pruning with {item.Method} to remove {item.Target:0.##%} of the parameters");
             modelFolder = Path.Combine(folder, ModelFolderName);
-            prune = PruneRunner.Run(new PruneRequest
+            prune = (await pipeline.PruneAsync(new PruneRequest
             {
                 ModelPath = item.Model.Path,
                 Method = item.Method!,
@@ -219,7 +229,7 @@ public static class BatchRunner
                 Seed = plan.Prune.Seed,
                 Scope = plan.Prune.Scope,
                 GuidanceIfConditional = plan.Eval.GuidanceScale, // EcoDiff calibrates as the plan samples
-            }, device, null, options.OnPruneIteration);
+            }, progress, cancel).ConfigureAwait(false)).Report;
             schedulerConfig = null; // the pruned folder holds a copy
             log(string.Create(CultureInfo.InvariantCulture, $"removed {prune.AchievedParams:0.0%} of the parameters ({prune.ParametersBefore:N0} -> {prune.ParametersAfter:N0}) in {prune.Seconds:F1} s"));
         }
@@ -227,7 +237,7 @@ public static class BatchRunner
 
         // 2. evaluate, with the original as the paired-SSIM reference
         log($"evaluating: {plan.Eval.Samples} samples x {plan.Eval.Steps} {plan.Eval.Scheduler} steps" + (item.IsOriginal ? "" : ", and the original from the same noise"));
-        var eval = ModelEvaluator.Evaluate(new EvalRequest
+        var eval = await pipeline.EvaluateAsync(new EvalRequest
         {
             ModelPath = modelFolder,
             SchedulerConfigPath = schedulerConfig,
@@ -240,7 +250,7 @@ public static class BatchRunner
             ReferenceModelPath = item.IsOriginal ? null : item.Model.Path,
             FeatureNetFolder = plan.Eval.FeatureNetFolder,
             BootstrapResamples = plan.Eval.BootstrapResamples,
-        }, device, options.OnEvalProgress);
+        }, progress, cancel).ConfigureAwait(false);
         // beside the pruned model, so the bundle's model card lists it (the original's folder is the user's: left alone)
         if (!item.IsOriginal) eval.Save(Path.Combine(modelFolder, ModelFolder.EvalReport));
         string ssim = eval.Ssim is double value ? string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {value:F4}") : "";
@@ -250,13 +260,13 @@ public static class BatchRunner
         // 3. export the bundle
         string bundle = Path.Combine(folder, BundleFolderName);
         log($"exporting {string.Join(", ", plan.ExportFormats.Select(f => f.ToString().ToLowerInvariant()))}");
-        var export = ModelExporter.Export(new ExportRequest
+        var export = await pipeline.ExportAsync(new ExportRequest
         {
             ModelPath = modelFolder,
             OutputPath = bundle,
             Formats = plan.ExportFormats,
             SchedulerConfigPath = schedulerConfig,
-        });
+        }, progress, cancel).ConfigureAwait(false);
         cancel.ThrowIfCancellationRequested();
 
         // 4. latency: ONNX Runtime on the bundle's model.onnx, TorchSharp on the same model and inputs
@@ -265,14 +275,13 @@ public static class BatchRunner
         {
             string batches = string.Join(", ", settings.Batches);
             log($"timing ONNX Runtime at batch {batches} ({settings.Warmup} warm-up + {settings.Runs} runs)");
-            var onnx = OnnxLatency.Measure(Path.Combine(bundle, OnnxContract.FileName), settings.Batches, settings.ToOptions());
+            var onnx = await pipeline.OnnxLatencyAsync(Path.Combine(bundle, OnnxContract.FileName), settings.Batches, settings.ToOptions(), progress, cancel).ConfigureAwait(false);
             latency = new JsonObject { [LatencyResult.OnnxRuntimeCpu] = new JsonArray(onnx.Select(r => (JsonNode)r.ToJson()).ToArray()) };
             cancel.ThrowIfCancellationRequested();
             if (settings.Torch)
             {
                 log($"timing TorchSharp at batch {batches}");
-                using var model = ModelFamilies.Load(modelFolder, device: CPU);
-                var torch = TorchLatency.Measure(model, settings.Batches, settings.ToOptions());
+                var torch = await pipeline.TorchLatencyAsync(modelFolder, settings.Batches, settings.ToOptions(), progress, cancel).ConfigureAwait(false);
                 latency[LatencyResult.TorchSharp] = new JsonArray(torch.Select(r => (JsonNode)r.ToJson()).ToArray());
             }
             log(string.Join("; ", onnx.Select(r => string.Create(CultureInfo.InvariantCulture, $"ONNX Runtime batch {r.Batch}: {r.MedianMs:F2} ms"))));

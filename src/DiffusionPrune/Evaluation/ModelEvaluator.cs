@@ -77,14 +77,25 @@ public static class ModelEvaluator
 {
     /// <param name="device">The torch device (the onnx backend samples on the CPU and runs the network on request.Provider).</param>
     /// <param name="report">Receives the onnx backend's provider lines (fallbacks, then the provider that runs).</param>
-    public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null)
+    public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null,
+        CancellationToken cancel = default)
     {
-        if (request.Samples < 2) throw new ArgumentException("--samples must be at least 2 (FID needs a covariance).");
-        var total = Stopwatch.StartNew();
         using var model = InferenceModel.Load(request.ModelPath, request.Backend, device, request.Provider, report);
         using var reference = request.ReferenceModelPath is null ? null
             : InferenceModel.Load(request.ReferenceModelPath, request.Backend, device, request.Provider, report);
-        device = model.Device;
+        return Evaluate(request, model, reference, progress, cancel);
+    }
+
+    /// <summary>
+    /// Evaluates models already loaded (a pipeline's hand-off): <paramref name="model"/> as <see cref="EvalRequest.ModelPath"/>
+    /// names it in the report, <paramref name="reference"/> (or null) for paired SSIM/PSNR. Cancelling stops after the batch being sampled.
+    /// </summary>
+    public static EvalReport Evaluate(EvalRequest request, InferenceModel model, InferenceModel? reference, Action<int, int>? progress = null,
+        CancellationToken cancel = default, Action<Tensor>? firstBatch = null)
+    {
+        if (request.Samples < 2) throw new ArgumentException("--samples must be at least 2 (FID needs a covariance).");
+        var total = Stopwatch.StartNew();
+        var device = model.Device;
         if (model.InChannels != 1 || model.SampleSize[0] != 32)
             throw new ArgumentException($"Evaluation compares against MNIST (1 x 32 x 32); {model.ClassName} makes {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]}.");
         string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
@@ -92,7 +103,7 @@ public static class ModelEvaluator
         using var featureNet = FeatureNet.Load(request.FeatureNetFolder);
         var data = MnistDataset.Load();
 
-        var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress);
+        var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress, cancel, firstBatch);
         // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
         return GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
     }
@@ -130,7 +141,8 @@ public static class ModelEvaluator
 
     /// <summary>Samples in batches with per-batch seeds, so N images are the same whatever the batch size divides.</summary>
     public static (Tensor images, Tensor? labels, Tensor? reference, double msPerImage) Generate(InferenceModel model, InferenceModel? referenceModel,
-        string schedulerPath, EvalRequest request, Device device, Action<int, int>? progress = null)
+        string schedulerPath, EvalRequest request, Device device, Action<int, int>? progress = null, CancellationToken cancel = default,
+        Action<Tensor>? firstBatch = null)
     {
         using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
         var images = new List<Tensor>();
@@ -140,6 +152,7 @@ public static class ModelEvaluator
         int done = 0;
         for (int start = 0, batch = 0; start < request.Samples; start += request.BatchSize, batch++)
         {
+            cancel.ThrowIfCancellationRequested();
             int count = Math.Min(request.BatchSize, request.Samples - start);
             using var scope = NewDisposeScope();
             var generator = new Generator((ulong)(request.Seed * 100_003 + batch), CPU);
@@ -150,6 +163,7 @@ public static class ModelEvaluator
             var result = model.Sample(scheduler.CloneFresh(), noise, labels, options, new Generator((ulong)(request.Seed + 17 + batch), device));
             batchMillis.Add(watch.Elapsed.TotalMilliseconds / count);
             images.Add(result.Final.cpu().MoveToOuterDisposeScope());
+            if (batch == 0) firstBatch?.Invoke(images[0]);
             if (labels is not null) allLabels.Add(labels.cpu().MoveToOuterDisposeScope());
             if (referenceModel is not null)
             {

@@ -7,6 +7,7 @@ using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using Onnx;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
@@ -71,7 +72,79 @@ public static class ModelExporter
         return formats;
     }
 
-    public static ExportResult Export(ExportRequest request, Action<string>? log = null)
+    /// <summary>Loads the model from <see cref="ExportRequest.ModelPath"/> and writes its bundle.</summary>
+    public static ExportResult Export(ExportRequest request, Action<string>? log = null, CancellationToken cancel = default)
+    {
+        string source = CheckRequest(request);
+        using var model = ModelFamilies.Load(source, device: CPU);
+        log?.Invoke($"loaded {model.ClassName} from {source}");
+        return Export(request, model, log, cancel);
+    }
+
+    /// <summary>
+    /// Writes the bundle of a model already in memory (a pipeline's hand-off). <see cref="ExportRequest.ModelPath"/> is
+    /// the folder it came from or was saved to: the card names it, and its scheduler config and reports go into the
+    /// bundle. The bundle is written beside its target and renamed into place when whole.
+    /// </summary>
+    public static ExportResult Export(ExportRequest request, DiffusionModel model, Action<string>? log = null, CancellationToken cancel = default)
+    {
+        string source = CheckRequest(request);
+        string output = Path.GetFullPath(request.OutputPath);
+
+        // 1. everything that can fail, before writing anything
+        var cost = ModelCost.Measure(model);
+        ModelProto? onnx = null;
+        if (request.Formats.Contains(ExportFormat.Onnx))
+        {
+            onnx = OnnxExporter.Export(model);
+            log?.Invoke($"built the ONNX graph: {onnx.Graph.Node.Count} nodes, opset {OnnxGraph.Opset}");
+        }
+        cancel.ThrowIfCancellationRequested();
+        if (request.SchedulerConfigPath is not null && !File.Exists(request.SchedulerConfigPath))
+            throw new FileNotFoundException($"No scheduler config at '{request.SchedulerConfigPath}'.", request.SchedulerConfigPath);
+        string? schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(source);
+        var reports = FindReports(source);
+
+        // 2. the bundle, written whole beside its target and then renamed into place
+        var files = new List<string>();
+        string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (ModelFolder.DefaultSchedulerJson: no x0 clipping for class-conditional models)";
+        AtomicFolder.Write(output, "the bundle", IsBundle, folder =>
+        {
+            if (request.Formats.Contains(ExportFormat.Safetensors))
+            {
+                DiffusersModelLoader.Save(model, folder, new Dictionary<string, string> { ["dprune_exported_from"] = SourceIdentity.Describe(source) });
+                files.Add(ModelFolder.Config);
+                files.Add(ModelFolder.Weights);
+            }
+            string schedulerTarget = Path.Combine(folder, ModelFolder.SchedulerConfig);
+            if (schedulerPath is not null)
+                File.Copy(schedulerPath, schedulerTarget, overwrite: true);
+            else
+                File.WriteAllText(schedulerTarget, ModelFolder.DefaultSchedulerJson(classConditional: model.NumClasses is not null));
+            files.Add(ModelFolder.SchedulerConfig);
+            cancel.ThrowIfCancellationRequested();
+            if (onnx is not null)
+            {
+                OnnxModelWriter.Write(onnx, Path.Combine(folder, OnnxContract.FileName));
+                File.WriteAllText(Path.Combine(folder, ModelFolder.OnnxInfo), OnnxMetadata(model, onnx, cost).ToJsonString());
+                files.Add(OnnxContract.FileName);
+                files.Add(ModelFolder.OnnxInfo);
+            }
+            var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
+            File.WriteAllText(Path.Combine(folder, ModelFolder.ModelCard), card);
+            files.Add(ModelFolder.ModelCard);
+        }, cancel);
+        log?.Invoke($"wrote {string.Join(", ", files)} to {output}");
+        return new ExportResult(output, files, model.ClassName, cost.Parameters, cost.Macs, schedulerSource);
+    }
+
+    /// <summary>An existing folder that an export may replace: an earlier bundle (it holds one of a bundle's files).</summary>
+    private static bool IsBundle(string folder) =>
+        new[] { ModelFolder.ModelCard, ModelFolder.OnnxInfo, OnnxContract.FileName, ModelFolder.Config, ModelFolder.SchedulerConfig }
+            .Any(name => File.Exists(Path.Combine(folder, name)));
+
+    /// <summary>The request's own checks; returns the source model folder.</summary>
+    private static string CheckRequest(ExportRequest request)
     {
         if (request.Formats.Count == 0)
             throw new ArgumentException("Give at least one export format (safetensors, onnx).");
@@ -81,50 +154,7 @@ public static class ModelExporter
             throw new ArgumentException($"--output '{request.OutputPath}' is the source model folder; give a new folder for the bundle.");
         if (File.Exists(output))
             throw new ArgumentException($"--output '{request.OutputPath}' is a file; give a folder for the bundle.");
-
-        // 1. everything that can fail, before writing anything
-        using var model = ModelFamilies.Load(source, device: CPU);
-        log?.Invoke($"loaded {model.ClassName} from {source}");
-        var cost = ModelCost.Measure(model);
-        ModelProto? onnx = null;
-        if (request.Formats.Contains(ExportFormat.Onnx))
-        {
-            onnx = OnnxExporter.Export(model);
-            log?.Invoke($"built the ONNX graph: {onnx.Graph.Node.Count} nodes, opset {OnnxGraph.Opset}");
-        }
-        if (request.SchedulerConfigPath is not null && !File.Exists(request.SchedulerConfigPath))
-            throw new FileNotFoundException($"No scheduler config at '{request.SchedulerConfigPath}'.", request.SchedulerConfigPath);
-        string? schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(source);
-        var reports = FindReports(source);
-
-        // 2. the bundle
-        Directory.CreateDirectory(output);
-        var files = new List<string>();
-        if (request.Formats.Contains(ExportFormat.Safetensors))
-        {
-            DiffusersModelLoader.Save(model, output, new Dictionary<string, string> { ["dprune_exported_from"] = SourceIdentity.Describe(source) });
-            files.Add(ModelFolder.Config);
-            files.Add(ModelFolder.Weights);
-        }
-        string schedulerTarget = Path.Combine(output, ModelFolder.SchedulerConfig);
-        if (schedulerPath is not null)
-            File.Copy(schedulerPath, schedulerTarget, overwrite: true);
-        else
-            File.WriteAllText(schedulerTarget, ModelFolder.DefaultSchedulerJson(classConditional: model.NumClasses is not null));
-        files.Add(ModelFolder.SchedulerConfig);
-        if (onnx is not null)
-        {
-            OnnxModelWriter.Write(onnx, Path.Combine(output, OnnxContract.FileName));
-            File.WriteAllText(Path.Combine(output, ModelFolder.OnnxInfo), OnnxMetadata(model, onnx, cost).ToJsonString());
-            files.Add(OnnxContract.FileName);
-            files.Add(ModelFolder.OnnxInfo);
-        }
-        string schedulerSource = schedulerPath is not null ? SourceIdentity.DescribeFile(schedulerPath) : "the project's default DDPM schedule (ModelFolder.DefaultSchedulerJson: no x0 clipping for class-conditional models)";
-        var card = ModelCard(model, cost, source, request.ExportedAt ?? DateTimeOffset.UtcNow, request.Formats, schedulerSource, onnx, reports);
-        File.WriteAllText(Path.Combine(output, ModelFolder.ModelCard), card);
-        files.Add(ModelFolder.ModelCard);
-        log?.Invoke($"wrote {string.Join(", ", files)} to {output}");
-        return new ExportResult(output, files, model.ClassName, cost.Parameters, cost.Macs, schedulerSource);
+        return source;
     }
 
     /// <summary>

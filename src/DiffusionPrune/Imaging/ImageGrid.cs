@@ -17,6 +17,13 @@ public static class ImageGrid
         return PixelGrid.Tile(x.data<float>().ToArray(), x.shape.Select(s => (int)s).ToArray(), columns, padding, scale);
     }
 
+    /// <summary>The grid as PNG bytes (a preview image), with its size.</summary>
+    public static (byte[] png, int width, int height) Png(Tensor images, int? columns = null, int padding = 2, int scale = 1)
+    {
+        var (pixels, width, height, channels) = Tile(images, columns, padding, scale);
+        return (PixelGrid.EncodePng(pixels, width, height, channels), width, height);
+    }
+
     public static void Save(string path, Tensor images, int? columns = null, int padding = 2, int scale = 1)
     {
         var (pixels, width, height, channels) = Tile(images, columns, padding, scale);

@@ -50,14 +50,25 @@ public static class PixelGrid
     public static void WritePng(string path, byte[] pixels, int width, int height, int channels)
     {
         if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } folder) Directory.CreateDirectory(folder);
-        using Image image = channels switch
-        {
-            1 => Image.LoadPixelData<L8>(pixels, width, height),
-            3 => Image.LoadPixelData<Rgb24>(pixels, width, height),
-            _ => throw new ArgumentException($"PNG pictures here have 1 or 3 channels, not {channels}.", nameof(channels)),
-        };
+        using var image = ToImage(pixels, width, height, channels);
         image.SaveAsPng(path);
     }
+
+    /// <summary>The PNG file's bytes of interleaved 8-bit pixels (1 channel grey, 3 RGB): for previews sent to a page.</summary>
+    public static byte[] EncodePng(byte[] pixels, int width, int height, int channels)
+    {
+        using var image = ToImage(pixels, width, height, channels);
+        using var stream = new MemoryStream();
+        image.SaveAsPng(stream);
+        return stream.ToArray();
+    }
+
+    private static Image ToImage(byte[] pixels, int width, int height, int channels) => channels switch
+    {
+        1 => Image.LoadPixelData<L8>(pixels, width, height),
+        3 => Image.LoadPixelData<Rgb24>(pixels, width, height),
+        _ => throw new ArgumentException($"PNG pictures here have 1 or 3 channels, not {channels}.", nameof(channels)),
+    };
 
     /// <summary>[-1, 1] -> 0..255 as <c>((x.clamp(-1, 1) + 1) * 127.5).round()</c> in float32 (round half to even, as torch).</summary>
     public static byte ToByte(float value) =>

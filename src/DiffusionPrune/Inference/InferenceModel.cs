@@ -40,10 +40,13 @@ public sealed class InferenceModel : IDisposable
     /// <summary>The torch model (null on the ONNX backend).</summary>
     public DiffusionModel? TorchModel => _torch;
 
-    private InferenceModel(string path, DiffusionModel model, Device device)
+    private readonly bool _ownsTorch = true;
+
+    private InferenceModel(string path, DiffusionModel model, Device device, bool owns = true)
     {
         Path = path;
         _torch = model;
+        _ownsTorch = owns;
         ClassName = model.ClassName;
         InChannels = model.InChannels;
         SampleSize = model.SampleSize;
@@ -85,9 +88,22 @@ public sealed class InferenceModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// A model already in memory (a stage's hand-off), for sampling on the torch backend; disposing the result leaves
+    /// <paramref name="model"/> to its owner. <paramref name="path"/> is the folder it came from or was saved to, if any
+    /// (for its scheduler config and the report's name).
+    /// </summary>
+    /// <param name="owns">Dispose <paramref name="model"/> with the result (a model made for it, such as a pruned one).</param>
+    /// <param name="schedulerConfigPath">The scheduler config of a model that has no folder of its own yet.</param>
+    public static InferenceModel Wrap(DiffusionModel model, string path, bool owns = false, string? schedulerConfigPath = null) =>
+        new(path, model, model.parameters().FirstOrDefault()?.device ?? CPU, owns) { _schedulerConfigPath = schedulerConfigPath };
+
+    private string? _schedulerConfigPath;
+
     /// <summary>The scheduler config that belongs with the model: the bundle's scheduler_config.json, or the diffusers folder's.</summary>
     public string? FindSchedulerConfig() =>
-        _onnx is not null ? OnnxBundle.FindSchedulerConfig(Path) : DiffusersModelLoader.FindSchedulerConfig(Path);
+        _schedulerConfigPath is not null ? _schedulerConfigPath
+        : _onnx is not null ? OnnxBundle.FindSchedulerConfig(Path) : DiffusersModelLoader.FindSchedulerConfig(Path);
 
     /// <summary>Parameters and MACs per image: counted on the torch model, read from onnx_model.json for a bundle.</summary>
     public (long Parameters, long Macs) Cost()
@@ -109,7 +125,7 @@ public sealed class InferenceModel : IDisposable
 
     public void Dispose()
     {
-        _torch?.Dispose();
+        if (_ownsTorch) _torch?.Dispose();
         _onnx?.Dispose();
     }
 }

@@ -37,7 +37,16 @@ public static class SampleRunner
     public static SampleResult Run(SampleRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null)
     {
         using var model = InferenceModel.Load(request.ModelPath, request.Backend, device, request.Provider, report);
-        device = model.Device;
+        return Run(request, model, progress);
+    }
+
+    /// <summary>
+    /// Samples with a model already loaded (a pipeline's hand-off) and writes <see cref="SampleRequest.OutputPath"/>
+    /// whole (beside it, then renamed). <paramref name="progress"/> is called after each step; cancelling stops before the next.
+    /// </summary>
+    public static SampleResult Run(SampleRequest request, InferenceModel model, Action<int, int>? progress = null, CancellationToken cancel = default)
+    {
+        var device = model.Device;
         string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json beside it; pass --scheduler-config FILE.");
         using var scheduler = Scheduler.FromFile(schedulerPath, request.SchedulerName, request.Eta);
@@ -63,16 +72,21 @@ public static class SampleRunner
 
         var generator = new Generator((ulong)request.Seed + 0x5EED, device);
         var result = model.Sample(scheduler, noise, labels,
-            new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png), generator, progress);
+            new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png), generator, (done, total) =>
+            {
+                progress?.Invoke(done, total);
+                if (done < total) cancel.ThrowIfCancellationRequested();
+            });
+        cancel.ThrowIfCancellationRequested();
         if (png)
-            ImageGrid.Save(request.OutputPath, result.Final, scale: 2);
+            Runtime.AtomicFile.Replace(request.OutputPath, path => ImageGrid.Save(path, result.Final, scale: 2));
         else
-            SafetensorsWriter.Write(request.OutputPath, new Dictionary<string, Tensor>
+            Runtime.AtomicFile.Replace(request.OutputPath, path => SafetensorsWriter.Write(path, new Dictionary<string, Tensor>
             {
                 ["trajectory"] = result.Trajectory!.cpu(),
                 ["final"] = result.Final.cpu(),
                 ["timesteps"] = tensor(result.Timesteps),
-            });
+            }));
         return result;
     }
 

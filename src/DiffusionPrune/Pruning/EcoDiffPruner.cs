@@ -129,6 +129,7 @@ public sealed class EcoDiffPruner : IImportanceCriterion
                             $"checkpointing {(Options.Checkpointing ? "on" : "off")}");
         for (int iteration = 1; iteration <= Options.Iterations; iteration++)
         {
+            context.Cancellation.ThrowIfCancellationRequested();
             var clock = Stopwatch.StartNew();
             int batchIndex = (iteration - 1) % objective.BatchCount;
             var loss = GcPause.Run(() =>

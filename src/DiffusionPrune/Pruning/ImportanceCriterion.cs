@@ -24,7 +24,8 @@ public sealed class UnitScores
 /// <param name="CalibrationData">Images for criteria that calibrate on data (Taylor); null means the criterion's default (MNIST).</param>
 public sealed record ImportanceContext(
     string SchedulerConfigPath, int Steps, int CalibrationSamples, long Seed, Device Device,
-    string? SchedulerName = "ddim", Action<string>? Log = null, Data.IImageDataset? CalibrationData = null);
+    string? SchedulerName = "ddim", Action<string>? Log = null, Data.IImageDataset? CalibrationData = null,
+    CancellationToken Cancellation = default);
 
 /// <summary>
 /// An importance criterion (Torch-Pruning style): a function from the model's unit groups to scores.

@@ -20,7 +20,8 @@ public sealed record PruneRequest
     public required string Method { get; init; }
     /// <summary>Fraction of the model's parameters to remove, strictly between 0 and 1.</summary>
     public required double TargetParams { get; init; }
-    public required string OutputPath { get; init; }
+    /// <summary>The folder for the pruned model; <see cref="PruneRunner.Run"/> needs it, <see cref="PruneRunner.Prune"/> keeps the model in memory.</summary>
+    public string? OutputPath { get; init; }
     public string? SchedulerConfigPath { get; init; }
     public int Steps { get; init; } = 10;
     public int Iterations { get; init; } = 100;
@@ -53,7 +54,7 @@ public sealed record PruneRequest
 
 public sealed record PruneReport(
     string Method, double TargetParams, double AchievedParams, long ParametersBefore, long ParametersAfter, long MacsBefore, long MacsAfter,
-    IReadOnlyDictionary<string, double> KeptFractionPerLayer, double Seconds, long? PeakResidentBytes, JsonObject Settings, string OutputPath)
+    IReadOnlyDictionary<string, double> KeptFractionPerLayer, double Seconds, long? PeakResidentBytes, JsonObject Settings, string? OutputPath)
 {
     public JsonObject ToJson()
     {
@@ -72,7 +73,7 @@ public sealed record PruneReport(
             ["kept_fraction_per_layer"] = perLayer,
             ["seconds"] = Math.Round(Seconds, 2),
             ["peak_rss_bytes"] = PeakResidentBytes,
-            ["output"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(OutputPath))), // the folder's name, never a local path
+            ["output"] = OutputPath is null ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(OutputPath))), // the folder's name, never a local path
         };
     }
 }
@@ -84,14 +85,51 @@ public sealed record PruneReport(
 public static class PruneRunner
 {
 
-    public static PruneReport Run(PruneRequest request, Device device, Action<string>? log = null, Action<EcoDiffIterationReport>? onIteration = null)
+    /// <summary>Loads the model, prunes it and saves the smaller model in <see cref="PruneRequest.OutputPath"/> (written whole, then renamed into place).</summary>
+    public static PruneReport Run(PruneRequest request, Device device, Action<string>? log = null, Action<EcoDiffIterationReport>? onIteration = null,
+        CancellationToken cancel = default)
+    {
+        string output = request.OutputPath ?? throw new ArgumentException("--output is required: the folder for the pruned model.");
+        CheckOutput(request.ModelPath, output);
+        var watch = Stopwatch.StartNew();
+        using var model = ModelFamilies.Load(request.ModelPath, device: device);
+        string schedulerPath = SchedulerConfigOf(request);
+        using var pruned = Prune(model, request, schedulerPath, device, log, onIteration, cancel);
+        return Save(pruned, output, watch.Elapsed.TotalSeconds, cancel);
+    }
+
+    /// <summary>The scheduler config a prune of this request calibrates with: the request's, else the model folder's.</summary>
+    public static string SchedulerConfigOf(PruneRequest request) =>
+        request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
+            ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
+
+    /// <summary>
+    /// Refuses, before any work, an output folder that is the source model's own folder, a file, or a non-empty folder
+    /// that is not an earlier model output (its files would be replaced).
+    /// </summary>
+    public static void CheckOutput(string modelPath, string outputPath)
+    {
+        string source = Path.TrimEndingDirectorySeparator(Path.GetFullPath(Directory.Exists(modelPath) ? modelPath : Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? modelPath));
+        if (string.Equals(source, Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputPath)), StringComparison.Ordinal))
+            throw new ArgumentException($"--output '{outputPath}' is the source model's folder; give a new folder for the pruned model.");
+        AtomicFolder.Check(outputPath, "the pruned model", IsModelOutput);
+    }
+
+    /// <summary>An existing folder a prune may replace: a model folder (an earlier output).</summary>
+    private static bool IsModelOutput(string folder) =>
+        File.Exists(Path.Combine(folder, ModelFolder.Config)) || File.Exists(Path.Combine(folder, ModelFolder.PruneReport));
+
+    /// <summary>
+    /// Scores <paramref name="model"/>'s units, selects the plan for the target and builds the smaller model, in memory;
+    /// <paramref name="model"/> is left as it was (masks cleared). <see cref="PruneRequest.ModelPath"/> names the source in
+    /// the report. Cancelling stops within one iteration (EcoDiff) or timestep (Taylor).
+    /// </summary>
+    public static PrunedModel Prune(DiffusionModel model, PruneRequest request, string schedulerPath, Device device, Action<string>? log = null,
+        Action<EcoDiffIterationReport>? onIteration = null, CancellationToken cancel = default)
     {
         if (double.IsNaN(request.TargetParams) || request.TargetParams <= 0 || request.TargetParams >= 1)
             throw new ArgumentException($"--target-params must be strictly between 0 and 1 (got {request.TargetParams}); 0.2 removes 20% of the parameters.");
         var watch = Stopwatch.StartNew();
-        using var model = ModelFamilies.Load(request.ModelPath, device: device);
-        string schedulerPath = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath)
-            ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
         var groups = PrunableGroups.Of(model);
         var before = ModelCost.Measure(model);
 
@@ -112,18 +150,22 @@ public static class PruneRunner
             data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
             log?.Invoke($"calibration data: {data.Name}");
         }
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data);
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
-        var scores = criterion.Score(model, groups, context);
+        UnitScores scores;
+        try
+        {
+            scores = criterion.Score(model, groups, context);
+        }
+        finally
+        {
+            groups.ClearMasks();
+        }
+        cancel.ThrowIfCancellationRequested();
         var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction);
-        groups.ClearMasks();
 
-        using var pruned = StructuralSurgery.Apply(model, selection.Plan);
+        var pruned = StructuralSurgery.Apply(model, selection.Plan);
         var after = ModelCost.Measure(pruned);
-        DiffusersModelLoader.Save(pruned, request.OutputPath, new Dictionary<string, string> { ["dprune_method"] = criterion.Name });
-        File.Copy(schedulerPath, Path.Combine(request.OutputPath, ModelFolder.SchedulerConfig), overwrite: true);
-        selection.Plan.Save(Path.Combine(request.OutputPath, ModelFolder.PrunePlan));
-
         var kept = new SortedDictionary<string, double>(StringComparer.Ordinal);
         foreach (var group in groups.Units)
             kept[group.Path] = selection.Plan.Keep.TryGetValue(group.Path, out var indices) ? indices.Length / (double)group.Units : 1.0;
@@ -156,8 +198,34 @@ public static class PruneRunner
             settings["batch_size"] = eco.Options.BatchSize;
         }
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
-            before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, request.OutputPath);
-        Formats.ReportJson.Write(Path.Combine(request.OutputPath, ModelFolder.PruneReport), report.ToJson());
+            before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null);
+        return new PrunedModel(pruned, report, selection.Plan, schedulerPath);
+    }
+
+    /// <summary>
+    /// Writes the pruned model (diffusers layout), its plan, its report and the scheduler config it was calibrated with
+    /// into <paramref name="outputPath"/>: into a sibling first, renamed into place when whole. An existing folder is
+    /// replaced only if it is a model folder (an earlier output). Returns the report as written.
+    /// </summary>
+    /// <param name="seconds">The whole run's time for the report (load, score, surgery, save); null keeps the prune's own.</param>
+    public static PruneReport Save(PrunedModel pruned, string outputPath, double? seconds = null, CancellationToken cancel = default)
+    {
+        PruneReport report = pruned.Report with { OutputPath = outputPath };
+        AtomicFolder.Write(outputPath, "the pruned model", IsModelOutput,
+            folder =>
+            {
+                DiffusersModelLoader.Save(pruned.Model, folder, new Dictionary<string, string> { ["dprune_method"] = pruned.Report.Method });
+                File.Copy(pruned.SchedulerConfigPath, Path.Combine(folder, ModelFolder.SchedulerConfig), overwrite: true);
+                pruned.Plan.Save(Path.Combine(folder, ModelFolder.PrunePlan));
+                report = report with { Seconds = seconds ?? report.Seconds, PeakResidentBytes = NativeMemory.PeakResidentBytes() };
+                Formats.ReportJson.Write(Path.Combine(folder, ModelFolder.PruneReport), report.ToJson());
+            }, cancel);
         return report;
     }
+}
+
+/// <summary>A pruned model in memory: the smaller model (owned: disposing this disposes it), its report and plan, and the scheduler config it was calibrated with.</summary>
+public sealed record PrunedModel(DiffusionModel Model, PruneReport Report, PruningPlan Plan, string SchedulerConfigPath) : IDisposable
+{
+    public void Dispose() => Model.Dispose();
 }

@@ -63,6 +63,28 @@ public static unsafe class AtomicFile
         }
     }
 
+    /// <summary>
+    /// Lets <paramref name="write"/> write a file of this process's own beside <paramref name="path"/>, then renames it
+    /// over the target: for writers that take a path (PNG, safetensors). A writer that fails or is cancelled leaves the
+    /// target as it was.
+    /// </summary>
+    public static void Replace(string path, Action<string> write)
+    {
+        string full = Path.GetFullPath(path);
+        if (Path.GetDirectoryName(full) is { } folder) Directory.CreateDirectory(folder);
+        // the extension is kept last: writers that pick a format by it (PNG) still do
+        string temporary = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileNameWithoutExtension(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp{Path.GetExtension(full)}");
+        try
+        {
+            write(temporary);
+            File.Move(temporary, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temporary)) File.Delete(temporary);
+        }
+    }
+
     /// <summary><see cref="Replace(string, ReadOnlySpan{byte})"/> for UTF-8 text.</summary>
     public static void Replace(string path, string text) => Replace(path, System.Text.Encoding.UTF8.GetBytes(text));
 }

@@ -76,4 +76,57 @@ public class CliOutputTests
         Assert.Equal("magnitude", JsonNode.Parse(stdout.ToString())!["method"]!.GetValue<string>());
         Assert.Equal("", stderr.ToString());
     }
+
+    private static async Task<int> ThreeIterations(IProgress<DiffusionPrune.Pipeline.StageProgress> progress)
+    {
+        await Task.Yield();
+        progress.Report(DiffusionPrune.Pipeline.StageProgress.Note(DiffusionPrune.Pipeline.PipelineStage.Prune, "scoring 12 unit groups"));
+        for (int i = 1; i <= 3; i++)
+            progress.Report(DiffusionPrune.Pipeline.StageProgress.Step(DiffusionPrune.Pipeline.PipelineStage.Prune, i, 3, $"loss 0.{i}"));
+        return 42;
+    }
+
+    [Fact]
+    public void A_tracked_stage_in_a_log_prints_whole_lines_and_returns_the_stage_result()
+    {
+        var (output, _, err) = Make();
+        Assert.Equal(42, output.Track(ThreeIterations, _ => "iteration", detail: true));
+        Assert.Equal(["scoring 12 unit groups", "iteration 1/3 loss 0.1", "iteration 2/3 loss 0.2", "iteration 3/3 loss 0.3"],
+            err.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public void A_tracked_stage_in_a_terminal_is_drawn_by_spectre_with_notes_above_the_bar()
+    {
+        var (output, stdout, err) = Make(redraw: true);
+        Assert.Equal(42, output.Track(ThreeIterations, _ => "iteration", detail: true));
+        string drawn = err.ToString();
+        Assert.Contains("scoring 12 unit groups", drawn);
+        Assert.Contains("iteration 3/3 loss 0.3", drawn);
+        Assert.Contains("100%", drawn);
+        Assert.Equal("", stdout.ToString());
+    }
+
+    [Fact]
+    public void Tables_in_a_log_are_plain_aligned_text_and_go_to_stderr_under_json()
+    {
+        var (output, stdout, _) = Make();
+        output.Pairs([("runtime", "onnx (CPU)"), ("FID-proxy", "12.345  [10.000, 14.000]"), ("model", new string('m', 150))]);
+        string text = stdout.ToString();
+        Assert.Matches(@"runtime\s+onnx \(CPU\)", text);
+        Assert.Contains(new string('m', 150), text); // a long value is never wrapped or cut in a log
+        Assert.True(!text.Contains('\u001b'), text.Replace("\u001b", "<ESC>")); // no escape codes
+        Assert.DoesNotContain("─", text); // no borders
+        int column = text.Split('\n')[0].IndexOf("onnx", StringComparison.Ordinal);
+        Assert.Equal(column, text.Split('\n')[1].IndexOf("12.345", StringComparison.Ordinal)); // values aligned
+
+        var (json, jsonOut, jsonErr) = Make(json: true);
+        json.Table(["block", "parameters"], [["down.0", "1,024"]]);
+        Assert.Equal("", jsonOut.ToString());
+        Assert.Contains("down.0", jsonErr.ToString());
+
+        var (quiet, quietOut, quietErr) = Make(quiet: true);
+        quiet.Pairs([("a", "b")]);
+        Assert.Equal("", quietOut.ToString() + quietErr.ToString());
+    }
 }

@@ -156,6 +156,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
 
             foreach (long t in TimestepGrid(schedulerConfig.NumTrainTimesteps, Options.TimestepStride))
             {
+                context.Cancellation.ThrowIfCancellationRequested();
                 double loss = GradientAt(model, schedulerConfig.PredictionType, alphasCumprod, x0, classLabels, t, generator, device);
                 Runtime.NonFiniteCheck.Loss("taylor", (int)t, loss, $"loss at timestep {t}");
                 Runtime.NonFiniteCheck.Gradients("taylor", (int)t, coupled.Select(c => (c.Key, c.Value.grad)));
