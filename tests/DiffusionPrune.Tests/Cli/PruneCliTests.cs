@@ -165,4 +165,33 @@ public class PruneCliTests
         Assert.Equal(2, code);
         Assert.Contains("--data is for methods that calibrate on images (taylor); magnitude is data-free", stderr);
     }
+
+    [Fact]
+    public async Task Ctrl_c_stops_a_prune_at_the_next_iteration_and_leaves_no_output_folder()
+    {
+        using var temp = Fixtures.Temp();
+        string model = TinyModel(temp);
+        string output = temp.File("interrupted");
+        var info = CliTests.DprunStartInfo("prune", "--model", model, "--method", "ecodiff", "--target-params", "0.1",
+            "--steps", "2", "--iterations", "500", "--calibration", "2", "--output", output);
+        using var process = System.Diagnostics.Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var lines = new List<string>();
+        string? line;
+        while ((line = process.StandardError.ReadLine()) is not null)
+        {
+            lines.Add(line);
+            if (line.StartsWith("iteration 1/500", StringComparison.Ordinal)) break; // in a log, the first step is printed, then every 10%
+        }
+        Assert.True(line is not null, string.Join("\n", lines));
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+        string rest = process.StandardError.ReadToEnd();
+        Assert.True(process.WaitForExit(TimeSpan.FromMinutes(2)), "dprune did not stop after SIGINT");
+        Assert.True(process.ExitCode == 130, $"exit {process.ExitCode}: {rest}");
+        Assert.Contains("cancelled", rest);
+        Assert.DoesNotContain("iteration 500/500", rest);
+        Assert.False(Directory.Exists(output));
+        Assert.DoesNotContain(Directory.EnumerateFileSystemEntries(temp.Path), e => Path.GetFileName(e).StartsWith(".dprune-partial-", StringComparison.Ordinal));
+        await stdout;
+    }
 }
