@@ -19,6 +19,7 @@ public static class DprunCli
         EvalCommand.Create(),
         FeatureNetCommand.Create(),
         PruneCommand.Create(),
+        DistillCommand.Create(),
         ExportCommand.Create(),
         BatchCommand.Create(),
         DoctorCommand.Create(),

@@ -195,9 +195,9 @@ public static class ModelExporter
     }
 
     /// <summary>The pruning report and evaluation reports (any JSON with a fid_proxy entry) beside the source model.</summary>
-    private static (JsonObject? prune, List<(string name, JsonObject report)> evals) FindReports(string folder)
+    private static (JsonObject? prune, List<(string name, JsonObject report)> evals, JsonObject? distillation) FindReports(string folder)
     {
-        JsonObject? prune = null;
+        JsonObject? prune = null, distillation = null;
         var evals = new List<(string, JsonObject)>();
         foreach (var file in Directory.EnumerateFiles(folder, "*.json").Order(StringComparer.Ordinal))
         {
@@ -214,13 +214,14 @@ public static class ModelExporter
             }
             if (json is null) continue;
             if (name == ModelFolder.PruneReport) prune = json;
+            else if (name == ModelFolder.TrainingArgs) distillation = json["distillation"] as JsonObject;
             else if (json["fid_proxy"] is JsonObject) evals.Add((name, json));
         }
-        return (prune, evals);
+        return (prune, evals, distillation);
     }
 
     private static string ModelCard(DiffusionModel model, ModelCostReport cost, string source, DateTimeOffset exportedAt, IReadOnlyList<ExportFormat> formats,
-        string schedulerSource, ModelProto? onnx, (JsonObject? prune, List<(string name, JsonObject report)> evals) reports)
+        string schedulerSource, ModelProto? onnx, (JsonObject? prune, List<(string name, JsonObject report)> evals, JsonObject? distillation) reports)
     {
         var inv = CultureInfo.InvariantCulture;
         var s = model.Structure;
@@ -265,6 +266,18 @@ public static class ModelExporter
                 $"{Count(prune["params_before"])} → {Count(prune["params_after"])} | {Count(prune["macs_before"])} → {Count(prune["macs_after"])} |");
             card.AppendLine();
             card.AppendLine(inv, $"From `{ModelFolder.PruneReport}` beside the source model.");
+        }
+        if (reports.distillation is { } d)
+        {
+            card.AppendLine();
+            card.AppendLine("## Distillation");
+            card.AppendLine();
+            card.AppendLine("| KD | teacher | weights task / output / feature | images seen | of the teacher's training images |");
+            card.AppendLine("|---|---|---|---|---|");
+            card.AppendLine(inv, $"| {Text(d["kd"])} | {Text(d["teacher"])} | {Number(d["task_weight"], "G3")} / {Number(d["output_weight"], "G3")} / {Number(d["feature_weight"], "G3")} | " +
+                $"{Count(d["images_seen"])} | {Percent(d["fraction_of_teacher_images"])} |");
+            card.AppendLine();
+            card.AppendLine(inv, $"Recovered by `dprune distill` after pruning; the recipe is in `{ModelFolder.TrainingArgs}` beside the source model.");
         }
         if (reports.evals.Count > 0)
         {

@@ -389,10 +389,10 @@ public sealed class DiTTransformer2DModel : DiffusionModel
         var hiddenStates = pos_embed.call(sample);
 
         // 2. blocks
-        foreach (var block in transformer_blocks)
+        for (int i = 0; i < transformer_blocks.Count; i++)
         {
-            if (block is DiTBlock dit)
-                hiddenStates = dit.Forward(hiddenStates, timesteps, labels);
+            if (transformer_blocks[i] is DiTBlock dit)
+                hiddenStates = Tap($"transformer_blocks.{i}", dit.Forward(hiddenStates, timesteps, labels));
         }
 
         // 3. output: modulated LayerNorm, projection, unpatchify

@@ -47,6 +47,21 @@ public abstract class DiffusionModel : nn.Module
     /// <summary>Raw network output [B, OutChannels, H, W] for a sample and whatever conditions it (<see cref="Conditioning"/>).</summary>
     public abstract Tensor Forward(Tensor sample, Conditioning conditioning);
 
+    /// <summary>
+    /// While set, receives each block's output during <see cref="Forward(Tensor, Conditioning)"/>, named by the block's
+    /// path (<c>down_blocks.0</c>, <c>mid_block</c>, <c>up_blocks.1</c>, <c>transformer_blocks.3</c>): the features
+    /// distillation matches between a student and its teacher. Pruning keeps block outputs' widths, so the same name has
+    /// the same shape in both; a removed block reports nothing.
+    /// </summary>
+    public Action<string, Tensor>? FeatureTap { get; set; }
+
+    /// <summary>Passes a block's output to <see cref="FeatureTap"/> and returns it.</summary>
+    protected Tensor Tap(string block, Tensor output)
+    {
+        FeatureTap?.Invoke(block, output);
+        return output;
+    }
+
     /// <summary>Raw network output for the timestep and class-label conditioning of the unconditional and class-conditional families.</summary>
     public Tensor Forward(Tensor sample, Tensor timestep, Tensor? classLabels = null) => Forward(sample, new Conditioning(timestep, classLabels));
 

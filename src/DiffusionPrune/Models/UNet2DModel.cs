@@ -142,16 +142,16 @@ public sealed class UNet2DModel : DiffusionModel
 
         // 3. down
         var downBlockResSamples = new List<Tensor> { sample };
-        foreach (var block in down_blocks)
-            sample = block.Forward(sample, emb, downBlockResSamples);
+        for (int i = 0; i < down_blocks.Count; i++)
+            sample = Tap($"down_blocks.{i}", down_blocks[i].Forward(sample, emb, downBlockResSamples));
 
         // 4. mid
         if (mid_block is not null)
-            sample = mid_block.Forward(sample, emb);
+            sample = Tap("mid_block", mid_block.Forward(sample, emb));
 
         // 5. up
-        foreach (var block in up_blocks)
-            sample = block.Forward(sample, downBlockResSamples, emb);
+        for (int i = 0; i < up_blocks.Count; i++)
+            sample = Tap($"up_blocks.{i}", up_blocks[i].Forward(sample, downBlockResSamples, emb));
 
         // 6. post-process
         sample = conv_out.call(nn.functional.silu(conv_norm_out.call(sample)));

@@ -7,6 +7,7 @@ using DiffusionPrune.Imaging;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
+using DiffusionPrune.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -132,6 +133,40 @@ public sealed class DiffusionPipeline : IDisposable
                     ["macs_after"] = report.MacsAfter,
                 }));
             return new PruneStageResult(held, report);
+        }, cancel);
+
+    /// <summary>
+    /// Distils the student at <see cref="DistillRequest.StudentPath"/> (held or loaded: a pruned model from
+    /// <see cref="PruneAsync"/> goes on in memory) from its teacher into <see cref="DistillRequest.OutputPath"/>, which
+    /// then holds the distilled model for the stages that follow. The student as held is not changed (a copy trains).
+    /// Cancelling stops after the step being run; the output folder then holds the last checkpoint, which
+    /// <see cref="DistillRequest.Resume"/> continues from, and no released model.
+    /// </summary>
+    public Task<TrainResult> DistillAsync(DistillRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
+        RunAsync(() =>
+        {
+            var student = Load(request.StudentPath, "torch", "auto", progress);
+            var teacher = Load(request.TeacherPath, "torch", "auto", progress);
+            Forget(request.OutputPath); // a model held from an earlier run into the same folder is about to be replaced
+            var result = DistillRunner.Run(request, student.Torch, teacher.Torch, p =>
+            {
+                var metrics = new Dictionary<string, double>
+                {
+                    ["loss"] = p.Loss,
+                    ["images_per_second"] = p.ImagesPerSecond,
+                    ["eta_seconds"] = p.Eta.TotalSeconds,
+                    ["rss_bytes"] = p.ResidentBytes ?? double.NaN,
+                };
+                if (p.Terms is not null) foreach (var (name, value) in p.Terms) metrics[name + "_loss"] = value;
+                string parts = p.Terms is null ? "" : " (" + string.Join(", ", p.Terms.Select(t => string.Create(CultureInfo.InvariantCulture, $"{t.Key} {t.Value:F4}"))) + ")";
+                progress?.Report(StageProgress.Step(PipelineStage.Distill, p.Step, p.TotalSteps, string.Create(CultureInfo.InvariantCulture,
+                    $"loss {p.Loss:F4}{parts} {p.ImagesPerSecond:F0} img/s eta {p.Eta:hh\\:mm\\:ss}"), metrics));
+            }, message => progress?.Report(StageProgress.Note(PipelineStage.Distill, message)), cancel);
+            var inference = InferenceModel.Load(request.OutputPath, "torch", Device);
+            Hold(request.OutputPath, "torch", inference, null);
+            progress?.Report(new StageProgress(PipelineStage.Distill, 1, string.Create(CultureInfo.InvariantCulture,
+                $"distilled: {result.Steps} steps, final loss {result.FinalLoss:F4}, in {result.WallTime.TotalSeconds:F1} s")));
+            return result;
         }, cancel);
 
     /// <summary>

@@ -28,6 +28,9 @@ public sealed record TrainOptions
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 250;
 
+    /// <summary>Distil from a teacher (the loss gains output and feature terms); null trains on the task loss alone.</summary>
+    public DistillationOptions? Distillation { get; init; }
+
     public double LearningRateAt(int step)
     {
         if (step < WarmupSteps) return LearningRate * (step + 1) / WarmupSteps;
@@ -37,8 +40,54 @@ public sealed record TrainOptions
     }
 }
 
-/// <summary>What the trainer reports after each step.</summary>
-public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double ImagesPerSecond, TimeSpan Eta, long? ResidentBytes);
+/// <summary>Knowledge distillation's form (LAPTOP-Diff; ../shared/docs/METHODS.md).</summary>
+public enum KnowledgeDistillation
+{
+    /// <summary>The task loss alone: plain fine-tuning of the student, the baseline.</summary>
+    None,
+
+    /// <summary>Output and feature terms as mean squared errors (BK-SDM): a large-magnitude layer dominates.</summary>
+    Plain,
+
+    /// <summary>Output term, and each feature term divided by the teacher feature's squared norm (LAPTOP-Diff).</summary>
+    Normalized,
+}
+
+/// <summary>
+/// L = w_task·L_task + w_out·‖ε_s − ε_t‖² + w_feat·Σ_l d(F_s^l, F_t^l), with d the mean squared error (plain) or
+/// ‖F_s^l − F_t^l‖² / ‖F_t^l‖² (normalized), over the blocks' outputs matched by name (<see cref="DiffusionModel.FeatureTap"/>).
+/// </summary>
+public sealed record DistillationOptions
+{
+    public required DiffusionModel Teacher { get; init; }
+
+    /// <summary>The teacher's name and hash for the recipe (<see cref="SourceIdentity.Describe"/>), never a local path.</summary>
+    public required string TeacherName { get; init; }
+
+    public KnowledgeDistillation Kd { get; init; } = KnowledgeDistillation.Normalized;
+    public double TaskWeight { get; init; } = 1.0;
+    public double OutputWeight { get; init; } = 1.0;
+    public double FeatureWeight { get; init; } = 1.0;
+
+    /// <summary>Images the teacher was trained on (its training_args.json), to state the compute spent as a fraction; null when unknown.</summary>
+    public long? TeacherImagesSeen { get; init; }
+
+    public JsonObject ToJson(long imagesSeen) => new()
+    {
+        ["kd"] = Kd.ToString().ToLowerInvariant(),
+        ["teacher"] = TeacherName,
+        ["task_weight"] = TaskWeight,
+        ["output_weight"] = Kd == KnowledgeDistillation.None ? 0 : OutputWeight,
+        ["feature_weight"] = Kd == KnowledgeDistillation.None ? 0 : FeatureWeight,
+        ["images_seen"] = imagesSeen,
+        ["teacher_images_seen"] = TeacherImagesSeen,
+        ["fraction_of_teacher_images"] = TeacherImagesSeen is long t && t > 0 ? Math.Round(imagesSeen / (double)t, 6) : null,
+    };
+}
+
+/// <summary>What the trainer reports after each step; <see cref="Terms"/> names the loss's parts (task, output, feature) when distilling.</summary>
+public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double ImagesPerSecond, TimeSpan Eta, long? ResidentBytes,
+    IReadOnlyDictionary<string, double>? Terms = null);
 
 public sealed record TrainResult(int Steps, double FinalLoss, TimeSpan WallTime, string OutputFolder);
 
@@ -60,6 +109,12 @@ public sealed class DiffusionTrainer
     private readonly TrainOptions _options;
     private readonly string _output;
 
+    /// <summary>
+    /// The released model's scheduler_config.json when it keeps one of its own (a distilled student keeps its
+    /// teacher's); null writes the project's default schedule, as for a model trained from scratch.
+    /// </summary>
+    public string? SchedulerJson { get; init; }
+
     public DiffusionTrainer(DiffusionModel model, IImageDataset data, TrainOptions options, string outputFolder)
     {
         ImageDatasets.RequireShape(data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
@@ -76,7 +131,10 @@ public sealed class DiffusionTrainer
     {
         var o = _options;
         Directory.CreateDirectory(_output);
-        var schedulerConfig = SchedulerConfig.Parse(ModelFolder.DefaultSchedule, "default DDPM schedule");
+        // The noise levels the model samples with: its own scheduler config when it keeps one (a distilled student), else the default.
+        var schedulerConfig = SchedulerConfig.Parse(SchedulerJson ?? ModelFolder.DefaultSchedule, SchedulerJson is null ? "default DDPM schedule" : "the model's scheduler config");
+        if (schedulerConfig.PredictionType != "epsilon")
+            throw new ArgumentException($"Training and distillation fit the epsilon prediction; this model's scheduler config predicts '{schedulerConfig.PredictionType}'.");
         using var betas = NoiseSchedule.Betas(schedulerConfig);
         using var alphasCumprod = NoiseSchedule.AlphasCumprod(betas);
         int numTrainTimesteps = (int)alphasCumprod.shape[0];
@@ -99,6 +157,7 @@ public sealed class DiffusionTrainer
         var device = named.First().parameter.device;
         var stopwatch = Stopwatch.StartNew();
         double lastLoss = double.NaN;
+        IReadOnlyDictionary<string, double>? terms = null;
         int step = startStep;
         for (; step < o.Steps; step++)
         {
@@ -126,13 +185,14 @@ public sealed class DiffusionTrainer
                 var noisy = NoiseSchedule.AddNoise(alphasCumprod.to(device), images, noise, timesteps);
 
                 optimizer.ZeroGrad();
-                var prediction = _model.Predict(noisy, timesteps, labels);
-                var loss = nn.functional.mse_loss(prediction, noise);
+                var (loss, parts) = Loss(noisy, timesteps, labels, noise);
                 loss.backward();
                 // Fail fast: a non-finite loss or gradient would poison the weights and the EMA for good.
                 double lossValue = loss.item<float>();
-                Runtime.NonFiniteCheck.Loss("train", currentStep + 1, lossValue);
-                Runtime.NonFiniteCheck.Gradients("train", currentStep + 1, named.Select(n => (n.name, (Tensor?)n.parameter.grad)));
+                terms = parts;
+                foreach (var (name, value) in parts) Runtime.NonFiniteCheck.Loss(Stage, currentStep + 1, value, $"{name} loss");
+                Runtime.NonFiniteCheck.Loss(Stage, currentStep + 1, lossValue);
+                Runtime.NonFiniteCheck.Gradients(Stage, currentStep + 1, named.Select(n => (n.name, (Tensor?)n.parameter.grad)));
                 optimizer.ClipGradNorm(o.GradClip);
                 optimizer.Step(o.LearningRateAt(currentStep));
                 UpdateEma(named, ema, currentStep);
@@ -144,7 +204,7 @@ public sealed class DiffusionTrainer
             double seconds = stopwatch.Elapsed.TotalSeconds;
             double imagesPerSecond = done * o.BatchSize / Math.Max(seconds, 1e-9);
             var eta = TimeSpan.FromSeconds(seconds / done * (o.Steps - step - 1));
-            progress?.Invoke(new TrainProgress(step + 1, o.Steps, lastLoss, imagesPerSecond, eta, NativeMemory.ResidentBytes()));
+            progress?.Invoke(new TrainProgress(step + 1, o.Steps, lastLoss, imagesPerSecond, eta, NativeMemory.ResidentBytes(), terms));
 
             if ((step + 1) % o.CheckpointEvery == 0 && step + 1 < o.Steps)
                 SaveCheckpoint(checkpoint, step + 1, optimizer, ema);
@@ -157,6 +217,64 @@ public sealed class DiffusionTrainer
         foreach (var t in ema.Values) t.Dispose();
         _model.eval();
         return new TrainResult(step, lastLoss, stopwatch.Elapsed, _output);
+    }
+
+    private string Stage => _options.Distillation is null ? "train" : "distill";
+
+    /// <summary>The step's loss and its parts by name (the task loss alone when not distilling).</summary>
+    private (Tensor loss, IReadOnlyDictionary<string, double> parts) Loss(Tensor noisy, Tensor timesteps, Tensor? labels, Tensor noise)
+    {
+        var d = _options.Distillation;
+        if (d is null || d.Kd == KnowledgeDistillation.None)
+        {
+            var task = nn.functional.mse_loss(_model.Predict(noisy, timesteps, labels), noise);
+            var only = d is null ? task : task * d.TaskWeight;
+            return (only, new Dictionary<string, double> { ["task"] = task.item<float>() });
+        }
+        var studentFeatures = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var teacherFeatures = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        Tensor prediction, target;
+        _model.FeatureTap = (name, feature) => studentFeatures[name] = feature;
+        try
+        {
+            prediction = _model.Predict(noisy, timesteps, labels);
+        }
+        finally
+        {
+            _model.FeatureTap = null;
+        }
+        using (no_grad())
+        {
+            d.Teacher.FeatureTap = (name, feature) => teacherFeatures[name] = feature;
+            try
+            {
+                target = d.Teacher.Predict(noisy, timesteps, labels);
+            }
+            finally
+            {
+                d.Teacher.FeatureTap = null;
+            }
+        }
+        var taskLoss = nn.functional.mse_loss(prediction, noise);
+        var outputLoss = nn.functional.mse_loss(prediction, target);
+        Tensor featureLoss = zeros([], device: prediction.device);
+        foreach (var (name, student) in studentFeatures)
+        {
+            if (!teacherFeatures.TryGetValue(name, out var teacher)) continue; // a block the teacher lacks: nothing to match
+            if (!student.shape.SequenceEqual(teacher.shape))
+                throw new ArgumentException($"The student's {name} gives [{string.Join(", ", student.shape)}] but the teacher's gives " +
+                    $"[{string.Join(", ", teacher.shape)}]; distil a student pruned from this teacher.");
+            featureLoss = featureLoss + (d.Kd == KnowledgeDistillation.Normalized
+                ? (student - teacher).square().sum() / teacher.square().sum().clamp_min(1e-12)
+                : nn.functional.mse_loss(student, teacher));
+        }
+        var loss = taskLoss * d.TaskWeight + outputLoss * d.OutputWeight + featureLoss * d.FeatureWeight;
+        return (loss, new Dictionary<string, double>
+        {
+            ["task"] = taskLoss.item<float>(),
+            ["output"] = outputLoss.item<float>(),
+            ["feature"] = featureLoss.item<float>(),
+        });
     }
 
     private void UpdateEma(List<(string name, TorchSharp.Modules.Parameter parameter)> named, Dictionary<string, Tensor> ema, int step)
@@ -182,8 +300,13 @@ public sealed class DiffusionTrainer
 
     private void SaveReleased(DiffusionModel model, SchedulerConfig schedulerConfig, int steps, double loss, TimeSpan wall, int startStep)
     {
-        DiffusersModelLoader.Save(model, _output, new Dictionary<string, string> { ["dprune_train_steps"] = steps.ToString() });
-        File.WriteAllText(Path.Combine(_output, ModelFolder.SchedulerConfig), SchedulerJsonFor(model));
+        // Each file whole (written beside it, then renamed), the config last: a folder with a config.json has its weights.
+        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["dprune_train_steps"] = steps.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        if (_options.Distillation is { } recipe) metadata["dprune_distilled_from"] = recipe.TeacherName;
+        AtomicFile.Replace(Path.Combine(_output, ModelFolder.Weights),
+            path => SafetensorsWriter.Write(path, model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal), metadata));
+        AtomicFile.Replace(Path.Combine(_output, ModelFolder.SchedulerConfig), SchedulerJson ?? SchedulerJsonFor(model));
+        AtomicFile.Replace(Path.Combine(_output, ModelFolder.Config), model.ConfigToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var args = new JsonObject
         {
             ["steps"] = steps,
@@ -199,7 +322,8 @@ public sealed class DiffusionTrainer
             ["resumed_from_step"] = startStep,
             ["images_seen"] = (long)steps * _options.BatchSize,
         };
-        File.WriteAllText(Path.Combine(_output, ModelFolder.TrainingArgs), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (_options.Distillation is { } distillation) args["distillation"] = distillation.ToJson((long)steps * _options.BatchSize);
+        AtomicFile.Replace(Path.Combine(_output, ModelFolder.TrainingArgs), args.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         // Put the live (non-EMA) weights back so training could continue in this process.
         if (_restore is not null)
         {
@@ -220,7 +344,11 @@ public sealed class DiffusionTrainer
         SafetensorsWriter.Write(Path.Combine(staging, "ema.safetensors"), ema.OrderBy(kv => kv.Key, StringComparer.Ordinal));
         SafetensorsWriter.Write(Path.Combine(staging, "optimizer.safetensors"), optimizer.StateTensors().OrderBy(kv => kv.Key, StringComparer.Ordinal));
         File.WriteAllText(Path.Combine(staging, "config.json"), _model.ConfigToJson().ToJsonString());
-        File.WriteAllText(Path.Combine(staging, "state.json"), new JsonObject { ["step"] = step, ["total_steps"] = _options.Steps, ["seed"] = _options.Seed }.ToJsonString());
+        File.WriteAllText(Path.Combine(staging, "state.json"), new JsonObject
+        {
+            ["step"] = step, ["total_steps"] = _options.Steps, ["seed"] = _options.Seed,
+            ["kd"] = _options.Distillation?.Kd.ToString().ToLowerInvariant(),
+        }.ToJsonString());
         string old = folder + ".old";
         if (Directory.Exists(old)) Directory.Delete(old, true);
         if (Directory.Exists(folder)) Directory.Move(folder, old);
@@ -234,6 +362,9 @@ public sealed class DiffusionTrainer
         int step = state["step"]!.GetValue<int>();
         if (state["seed"]!.GetValue<long>() != _options.Seed)
             throw new ArgumentException($"The checkpoint in '{folder}' was trained with seed {state["seed"]}, not {_options.Seed}; resume with the same settings.");
+        string? kd = _options.Distillation?.Kd.ToString().ToLowerInvariant();
+        if ((state["kd"]?.GetValue<string>()) != kd)
+            throw new ArgumentException($"The checkpoint in '{folder}' was made with --kd {state["kd"]?.GetValue<string>() ?? "(no distillation)"}, not {kd ?? "(no distillation)"}; resume with the same settings.");
         var weights = DiffusersModelLoader.ReadSafetensors(Path.Combine(folder, "model.safetensors"));
         DiffusersModelLoader.LoadStrict(_model, weights, folder);
         var emaWeights = DiffusersModelLoader.ReadSafetensors(Path.Combine(folder, "ema.safetensors"));
