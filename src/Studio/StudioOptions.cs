@@ -12,4 +12,10 @@ public sealed class StudioOptions
     /// otherwise from the current directory.
     /// </summary>
     public string SamplesRoot { get; set; } = "";
+
+    /// <summary>
+    /// Folder the Studio writes its outputs to (pruned models go to <c>pruned/</c>). Empty (the default) means the
+    /// repository's <c>out/studio</c>; a relative path is taken from the repository root when one is found.
+    /// </summary>
+    public string OutputRoot { get; set; } = "";
 }

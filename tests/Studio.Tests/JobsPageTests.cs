@@ -70,9 +70,16 @@ public sealed class JobsPageTests : MudTestContext
     }
 
     // Tracks jobs like the real queue but never runs them, so the page test controls every update.
-    private sealed class RecordingJobQueue(JobStateService state) : IJobQueue
+    internal sealed class RecordingJobQueue(JobStateService state) : IJobQueue
     {
         public List<StudioJob> Enqueued { get; } = [];
+        public List<Guid> Cancelled { get; } = [];
+
+        public bool Cancel(Guid id)
+        {
+            Cancelled.Add(id);
+            return true;
+        }
 
         public ValueTask<JobSnapshot> EnqueueAsync(StudioJob job, CancellationToken cancellationToken = default)
         {

@@ -64,6 +64,18 @@ public static class RepositoryLayout
             : Path.GetFullPath(configured, baseDir);
     }
 
+    /// <summary>
+    /// The Studio's output folder: <paramref name="configured"/> when set (relative paths as for the samples folder),
+    /// else <c>&lt;repo&gt;/out/studio</c>, else <c>out/studio</c> under the current directory.
+    /// </summary>
+    public static string ResolveOutputRoot(string? configured, string? repositoryRoot)
+    {
+        var baseDir = repositoryRoot ?? Directory.GetCurrentDirectory();
+        return string.IsNullOrWhiteSpace(configured)
+            ? Path.Combine(baseDir, "out", "studio")
+            : Path.GetFullPath(configured, baseDir);
+    }
+
     // Same key as WebHostDefaults.WebRootKey; spelled out so this file needs no ASP.NET Core types.
     private const string WebHostDefaultsWebRootKey = "webroot";
 }

@@ -15,6 +15,7 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
         Channel.CreateUnbounded<StudioJob>(new UnboundedChannelOptions { SingleReader = true });
     private readonly JobStateService _state;
     private readonly ILogger<ChannelJobQueue> _logger;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, CancellationTokenSource> _cancels = new();
 
     /// <summary>Creates the queue; it runs jobs once started as a hosted service.</summary>
     public ChannelJobQueue(JobStateService state, ILogger<ChannelJobQueue> logger)
@@ -28,8 +29,17 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     {
         ArgumentNullException.ThrowIfNull(job);
         var snapshot = _state.Track(job);
+        _cancels[job.Id] = new CancellationTokenSource();
         await _channel.Writer.WriteAsync(job, cancellationToken);
         return snapshot;
+    }
+
+    /// <inheritdoc />
+    public bool Cancel(Guid id)
+    {
+        if (_state.Find(id) is not { IsFinished: false } || !_cancels.TryGetValue(id, out var cancel)) return false;
+        cancel.Cancel();
+        return true;
     }
 
     /// <inheritdoc />
@@ -48,10 +58,18 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
 
     private async Task RunAsync(StudioJob job, CancellationToken stoppingToken)
     {
-        _state.MarkRunning(job.Id);
+        var own = _cancels.GetValueOrDefault(job.Id) ?? new CancellationTokenSource();
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(own.Token, stoppingToken);
         try
         {
-            await job.RunAsync(new StateProgress(_state, job.Id), stoppingToken);
+            if (own.IsCancellationRequested)
+            {
+                _state.MarkCanceled(job.Id, "Canceled before it started");
+                return;
+            }
+            _state.MarkRunning(job.Id);
+            await job.RunAsync(new StateProgress(_state, job.Id), linked.Token);
+            if (job.Result is { } result) _state.SetResult(job.Id, result);
             _state.MarkSucceeded(job.Id);
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -59,11 +77,19 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
             _state.MarkCanceled(job.Id);
             throw;
         }
+        catch (OperationCanceledException) when (own.IsCancellationRequested)
+        {
+            _state.MarkCanceled(job.Id, "Canceled by the user; nothing half-written was left");
+        }
         catch (Exception ex)
         {
             // A failing job must not stop the queue: record why, and go on to the next one.
             _logger.LogError(ex, "Job {JobName} ({JobId}) failed", job.Name, job.Id);
             _state.MarkFailed(job.Id, ex.Message);
+        }
+        finally
+        {
+            if (_cancels.TryRemove(job.Id, out var done)) done.Dispose();
         }
     }
 

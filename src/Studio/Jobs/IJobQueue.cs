@@ -8,4 +8,10 @@ public interface IJobQueue
     /// <see cref="JobStateService"/>.
     /// </summary>
     ValueTask<JobSnapshot> EnqueueAsync(StudioJob job, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Asks a queued or running job to stop: a queued one never starts, a running one stops at its next iteration or
+    /// step and leaves no half-written output. False when the job is unknown or already finished.
+    /// </summary>
+    bool Cancel(Guid id);
 }

@@ -51,9 +51,30 @@ public sealed class JobStateService
     public JobSnapshot MarkRunning(Guid id) =>
         Update(id, job => job with { Status = JobStatus.Running, Message = "Started", StartedAt = _time.GetUtcNow() });
 
-    /// <summary>Records a progress report; the fraction is clamped to 0..1.</summary>
+    /// <summary>How many log lines a job keeps.</summary>
+    public const int LogLines = 500;
+
+    /// <summary>
+    /// Records a progress report: the fraction (clamped to 0..1) and message, unless it is a note; its figures join
+    /// the history, its picture replaces the last, its message joins the log.
+    /// </summary>
     public JobSnapshot ReportProgress(Guid id, JobProgress progress) =>
-        Update(id, job => job with { Progress = Math.Clamp(progress.Fraction, 0, 1), Message = progress.Message });
+        Update(id, job =>
+        {
+            var log = job.Lines.Count >= LogLines ? job.Lines.Skip(job.Lines.Count - LogLines + 1) : job.Lines;
+            var next = progress.Note ? job : job with { Progress = Math.Clamp(progress.Fraction, 0, 1), Message = progress.Message };
+            return next with
+            {
+                Log = progress.Message.Length > 0 && (progress.Note || progress.Metrics is null) ? [.. log, progress.Message] : job.Log,
+                History = progress.Metrics is { Count: > 0 } metrics
+                    ? [.. job.Points, new JobMetrics(progress.Stage ?? "", progress.Step ?? job.Points.Count + 1, metrics)]
+                    : job.History,
+                Preview = progress.Preview ?? job.Preview,
+            };
+        });
+
+    /// <summary>Records what a job made, before it is marked succeeded.</summary>
+    public JobSnapshot SetResult(Guid id, string result) => Update(id, job => job with { Result = result });
 
     /// <summary>Marks the job succeeded, at full progress.</summary>
     public JobSnapshot MarkSucceeded(Guid id) =>
@@ -63,9 +84,9 @@ public sealed class JobStateService
     public JobSnapshot MarkFailed(Guid id, string error) =>
         Update(id, job => job with { Status = JobStatus.Failed, Message = "Failed", Error = error, FinishedAt = _time.GetUtcNow() });
 
-    /// <summary>Marks the job canceled (the Studio is shutting down).</summary>
-    public JobSnapshot MarkCanceled(Guid id) =>
-        Update(id, job => job with { Status = JobStatus.Canceled, Message = "Canceled", FinishedAt = _time.GetUtcNow() });
+    /// <summary>Marks the job canceled (by the user, or the Studio is shutting down).</summary>
+    public JobSnapshot MarkCanceled(Guid id, string message = "Canceled") =>
+        Update(id, job => job with { Status = JobStatus.Canceled, Message = message, FinishedAt = _time.GetUtcNow() });
 
     private JobSnapshot Update(Guid id, Func<JobSnapshot, JobSnapshot> change)
     {

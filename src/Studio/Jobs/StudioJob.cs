@@ -13,6 +13,9 @@ public abstract class StudioJob
     /// <summary>What the job does, for people.</summary>
     public abstract string Name { get; }
 
+    /// <summary>What the job made, for people (its output and figures); set by the job before it returns.</summary>
+    public string? Result { get; protected set; }
+
     /// <summary>Does the work. Throwing marks the job failed with the exception's message.</summary>
     public abstract Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken);
 }

@@ -1,0 +1,79 @@
+using System.Globalization;
+using DiffusionPrune.Evaluation;
+using DiffusionPrune.Pipeline;
+using DiffusionPrune.Pruning;
+
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>What a prune job evaluates after pruning: a quick look, not a benchmark (the CLI's eval is for those).</summary>
+/// <param name="Samples">Images sampled from the pruned model and, from the same noise, the original.</param>
+/// <param name="Steps">DDIM steps per image.</param>
+public sealed record QuickEvaluation(int Samples = 64, int Steps = 10);
+
+/// <summary>
+/// Prunes a model and evaluates the result against the original, through the core's <see cref="DiffusionPipeline"/>:
+/// the original is loaded once, the pruned model goes to evaluation in memory, and the page sees every iteration's
+/// figures, the first sample grid and the log. Cancelling stops at the next iteration or step; the output folder is
+/// written whole or not at all.
+/// </summary>
+public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation = null) : StudioJob
+{
+    /// <summary>The request the job runs.</summary>
+    public PruneRequest Request { get; } = request;
+
+    /// <summary>The evaluation after pruning; null skips it.</summary>
+    public QuickEvaluation? Evaluation { get; } = evaluation;
+
+    /// <inheritdoc />
+    public override string Name => string.Create(CultureInfo.InvariantCulture,
+        $"Prune {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath))} with {Request.Method} to remove {Request.TargetParams:0.#%}");
+
+    /// <summary>Where the job's share of the overall progress bar goes: pruning, then evaluating.</summary>
+    private double PruneShare => Evaluation is null ? 1.0 : 0.75;
+
+    /// <inheritdoc />
+    public override async Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken)
+    {
+        using var pipeline = new DiffusionPipeline();
+        var pruned = await pipeline.PruneAsync(Request, Forward(progress, 0, PruneShare), cancellationToken);
+        var report = pruned.Report;
+        string result = string.Create(CultureInfo.InvariantCulture,
+            $"{report.Method}: removed {report.AchievedParams:P1} of the parameters ({report.ParametersBefore:N0} → {report.ParametersAfter:N0}), " +
+            $"MACs {report.MacsBefore:N0} → {report.MacsAfter:N0}, in {report.Seconds:F1} s; saved to {Request.OutputPath}");
+        if (Evaluation is { } quick)
+        {
+            var eval = await pipeline.EvaluateAsync(new EvalRequest
+            {
+                ModelPath = Request.OutputPath!,
+                ReferenceModelPath = Request.ModelPath,
+                Samples = quick.Samples,
+                Steps = quick.Steps,
+                BatchSize = quick.Samples,
+                Seed = Request.Seed,
+                BootstrapResamples = 100,
+            }, Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
+            eval.Save(Path.Combine(Request.OutputPath!, Formats.ModelFolder.EvalReport));
+            result += string.Create(CultureInfo.InvariantCulture,
+                $". Quick look ({quick.Samples} samples x {quick.Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
+            if (eval.Ssim is double ssim) result += string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {ssim:F3}");
+        }
+        progress.Report(new JobProgress(1, result, Note: true));
+        Result = result;
+    }
+
+    /// <summary>The pipeline's progress as the Studio's, with the stage's fraction placed in its share of the bar.</summary>
+    private static IProgress<StageProgress> Forward(IProgress<JobProgress> progress, double start, double share) =>
+        new SynchronousProgress<StageProgress>(p =>
+        {
+            string stage = p.Stage.ToString().ToLowerInvariant();
+            if (p.Fraction is not double fraction)
+            {
+                progress.Report(new JobProgress(start, p.Message, Preview: p.Preview, Note: true, Stage: stage));
+                return;
+            }
+            string message = p.Done is long done && p.Total is long total
+                ? string.Create(CultureInfo.InvariantCulture, $"{p.Stage} {done}/{total}: {p.Message}")
+                : p.Message;
+            progress.Report(new JobProgress(start + share * fraction, message, p.Metrics, p.Preview, p.Done, Note: p.Done is null && p.Metrics is null, Stage: stage));
+        });
+}
