@@ -19,6 +19,13 @@ public static class CliCommon
         Required = true,
     };
 
+    /// <summary>The images a command trains or distils on (<c>train</c>, <c>distill</c>).</summary>
+    public static Option<string> DataOption() => new("--data")
+    {
+        Description = "Images: mnist (samples/data), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size.",
+        DefaultValueFactory = _ => "mnist",
+    };
+
     public static Option<string> DeviceOption() => new("--device")
     {
         Description = "auto | cpu | cuda (falls back to the CPU with a message when CUDA is absent).",

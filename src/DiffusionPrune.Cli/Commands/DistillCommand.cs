@@ -21,7 +21,7 @@ public static class DistillCommand
         };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
         var batch = new Option<int>("--batch") { Description = "Batch size.", DefaultValueFactory = _ => 64 };
-        var data = new Option<string>("--data") { Description = "Images: mnist (samples/data), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size.", DefaultValueFactory = _ => "mnist" };
+        var data = CliCommon.DataOption();
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 1e-4 };
         var warmup = new Option<int?>("--warmup") { Description = "Warm-up steps (default: a tenth of the steps, at most 100)." };
         var ema = new Option<double>("--ema") { Description = "EMA decay of the released weights.", DefaultValueFactory = _ => 0.999 };

@@ -37,13 +37,15 @@ public static class PruneCommand
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
         var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
+        var resume = new Option<bool>("--resume") { Description = "EcoDiff: continue a run into the same --output that was stopped (Ctrl+C, kill, crash) from its last checkpoint; the scores equal an uninterrupted run's." };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "EcoDiff: iterations between checkpoints (kept beside --output until the model is written).", DefaultValueFactory = _ => 10 };
         var probeMemory = new Option<bool>("--probe-memory") { Description = "Benchmark: run one EcoDiff iteration at --steps and print peak RSS and time (see benchmarks/ecodiff-memory.sh)." };
         var device = CliCommon.DeviceOption();
         var quiet = CliOutput.QuietOption();
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, probeMemory, device,
+            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -67,6 +69,8 @@ public static class PruneCommand
                 Iterations = parse.GetValue(iterations),
                 Calibration = parse.GetValue(calibration),
                 Seed = parse.GetValue(seed),
+                Resume = parse.GetValue(resume),
+                CheckpointEvery = parse.GetValue(checkpointEvery),
                 Scope = parse.GetValue(scope) switch
                 {
                     "global" => SelectionScope.Global,

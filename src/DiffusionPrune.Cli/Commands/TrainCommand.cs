@@ -14,7 +14,7 @@ public static class TrainCommand
     {
         var arch = new Option<string>("--arch") { Description = $"{string.Join(" | ", ModelFamilies.All.Select(f => f.ShortName))} (must match the config's _class_name).", Required = true };
         var config = new Option<string>("--config") { Description = "A diffusers config.json for the model to train.", Required = true };
-        var data = new Option<string>("--data") { Description = "Training data: mnist (samples/data), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size.", DefaultValueFactory = _ => "mnist" };
+        var data = CliCommon.DataOption();
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
         var batch = new Option<int>("--batch") { Description = "Batch size.", DefaultValueFactory = _ => 64 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 5e-4 };

@@ -61,6 +61,19 @@ public sealed record EcoDiffOptions
     /// <summary>Seed of the calibration noise, labels and gate noise; null takes <see cref="ImportanceContext.Seed"/>.</summary>
     public long? Seed { get; init; }
 
+    /// <summary>
+    /// Folder for a checkpoint every <see cref="CheckpointEvery"/> iterations (logits, optimizer moments, gate-noise
+    /// generator, beta, history), written whole; null writes none. With <see cref="Resume"/> a run continues from it and
+    /// ends with the scores the uninterrupted run would have given.
+    /// </summary>
+    public string? CheckpointFolder { get; init; }
+
+    /// <summary>Iterations between checkpoints. Default 10.</summary>
+    public int CheckpointEvery { get; init; } = 10;
+
+    /// <summary>Continue from the checkpoint in <see cref="CheckpointFolder"/>.</summary>
+    public bool Resume { get; init; }
+
     public void Validate()
     {
         if (Iterations < 1) throw new ArgumentException($"EcoDiff needs at least one iteration (got {Iterations}).");
@@ -72,6 +85,8 @@ public sealed record EcoDiffOptions
         if (!(BetaGain > 0) || !double.IsFinite(BetaGain)) throw new ArgumentException($"The beta gain must be a positive number (got {BetaGain}).");
         if (!double.IsFinite(InitialLogit)) throw new ArgumentException("The initial logit must be finite.");
         if (!(GuidanceScale >= 0) || !double.IsFinite(GuidanceScale)) throw new ArgumentException($"The guidance scale must be >= 0 (got {GuidanceScale}).");
+        if (CheckpointEvery < 1) throw new ArgumentException($"--checkpoint-every must be at least 1 (got {CheckpointEvery}).");
+        if (Resume && CheckpointFolder is null) throw new ArgumentException("--resume needs a checkpoint folder (give the --output of the run to resume).");
     }
 }
 
@@ -127,7 +142,14 @@ public sealed class EcoDiffPruner : IImportanceCriterion
         context.Log?.Invoke($"ecodiff: {objective.Gates.Count} unit groups, {objective.Gates.Sum(g => g.Gate.Units)} units, " +
                             $"{context.CalibrationSamples} calibration samples in {objective.BatchCount} batches, {context.Steps} steps, " +
                             $"checkpointing {(Options.Checkpointing ? "on" : "off")}");
-        for (int iteration = 1; iteration <= Options.Iterations; iteration++)
+        string fingerprint = EcoDiffCheckpoint.Fingerprint(Options, context, seed);
+        int first = 1;
+        if (Options.Resume)
+        {
+            first = EcoDiffCheckpoint.Load(Options.CheckpointFolder!, fingerprint, objective, optimizer, _history) + 1;
+            context.Log?.Invoke($"ecodiff: resumed after iteration {first - 1} from {Options.CheckpointFolder}");
+        }
+        for (int iteration = first; iteration <= Options.Iterations; iteration++)
         {
             context.Cancellation.ThrowIfCancellationRequested();
             var clock = Stopwatch.StartNew();
@@ -149,6 +171,8 @@ public sealed class EcoDiffPruner : IImportanceCriterion
             var report = new EcoDiffIterationReport(iteration, loss.Loss, loss.Reconstruction, loss.Regularizer,
                 kept, clock.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), beta);
             _history.Add(report);
+            if (Options.CheckpointFolder is { } folder && iteration % Options.CheckpointEvery == 0 && iteration < Options.Iterations)
+                EcoDiffCheckpoint.Save(folder, fingerprint, iteration, objective, optimizer, _history);
             OnIteration?.Invoke(report);
         }
         return objective.Scores();
@@ -246,6 +270,21 @@ public sealed class EcoDiffObjective : IDisposable
     public int BatchCount { get; }
 
     public long[] Timesteps => (long[])_timesteps.Clone();
+
+    /// <summary>The gate-noise generator's state (a checkpoint keeps it so a resumed run draws the same noise).</summary>
+    public byte[] GateNoiseState
+    {
+        get
+        {
+            using var state = _gateNoise.get_state();
+            return state.data<byte>().ToArray();
+        }
+        set
+        {
+            using var state = tensor(value);
+            _gateNoise.set_state(state);
+        }
+    }
 
     /// <summary>The logits, named by group path, for the optimizer.</summary>
     public IEnumerable<(string name, Parameter param)> NamedParameters() => Gates.Select(g => (g.Group.Path, g.Gate.Logits));

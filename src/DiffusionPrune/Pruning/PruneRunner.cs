@@ -39,6 +39,15 @@ public sealed record PruneRequest
     public bool SteerBetaToTarget { get; init; }
 
     /// <summary>
+    /// EcoDiff: continue a run into the same <see cref="OutputPath"/> that was stopped (Ctrl+C, kill -9, a crash) from
+    /// its last checkpoint (<see cref="EcoDiffCheckpoint.FolderFor"/>); the scores equal the uninterrupted run's.
+    /// </summary>
+    public bool Resume { get; init; }
+
+    /// <summary>EcoDiff: iterations between checkpoints when there is an <see cref="OutputPath"/>. Default 10.</summary>
+    public int CheckpointEvery { get; init; } = 10;
+
+    /// <summary>
     /// Calibration images for methods that use them (taylor): <c>mnist</c>, an MNIST data file or a folder of PNG/JPEG
     /// images (<see cref="Data.ImageDatasets.Open"/>); null for the method's default. An error for data-free methods.
     /// </summary>
@@ -133,10 +142,16 @@ public static class PruneRunner
         var groups = PrunableGroups.Of(model);
         var before = ModelCost.Measure(model);
 
-        IImportanceCriterion criterion = request.Method.ToLowerInvariant() == "ecodiff"
+        bool ecodiff = request.Method.ToLowerInvariant() == "ecodiff";
+        if (request.Resume && !ecodiff)
+            throw new ArgumentException($"--resume continues an EcoDiff run; {request.Method} runs in one go (start it again).");
+        IImportanceCriterion criterion = ecodiff
             ? new EcoDiffPruner(request.EcoDiff with
             {
                 Iterations = request.Iterations,
+                CheckpointFolder = request.OutputPath is null ? null : EcoDiffCheckpoint.FolderFor(request.OutputPath),
+                CheckpointEvery = request.CheckpointEvery,
+                Resume = request.Resume,
                 GuidanceScale = request.GuidanceIfConditional is double g && model.NullClass is not null ? g : request.EcoDiff.GuidanceScale,
                 TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
             }, onIteration)
@@ -220,6 +235,8 @@ public static class PruneRunner
                 report = report with { Seconds = seconds ?? report.Seconds, PeakResidentBytes = NativeMemory.PeakResidentBytes() };
                 Formats.ReportJson.Write(Path.Combine(folder, ModelFolder.PruneReport), report.ToJson());
             }, cancel);
+        string checkpoint = EcoDiffCheckpoint.FolderFor(outputPath);
+        if (Directory.Exists(checkpoint)) Directory.Delete(checkpoint, recursive: true); // the run is done: nothing left to resume
         return report;
     }
 }

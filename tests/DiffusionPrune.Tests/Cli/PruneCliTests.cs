@@ -10,7 +10,7 @@ namespace DiffusionPrune.Tests.Cli;
 public class PruneCliTests
 {
     /// <summary>A tiny U-Net model folder (random weights) so EcoDiff runs in seconds through the real executable.</summary>
-    private static string TinyModel(TempFolder temp)
+    internal static string TinyModel(TempFolder temp)
     {
         const string config = """
             {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1, "out_channels": 1,

@@ -14,7 +14,7 @@ public class TrainerTests
 {
     public const string Collection = "training runs compared bit for bit";
 
-    private const string TinyUNet = """
+    internal const string TinyUNet = """
         {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
          "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
          "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
