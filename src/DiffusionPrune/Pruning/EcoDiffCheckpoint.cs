@@ -35,7 +35,8 @@ public static class EcoDiffCheckpoint
     public static string Fingerprint(EcoDiffOptions options, ImportanceContext context, long seed)
     {
         var o = options with { CheckpointFolder = null, Resume = false, CheckpointEvery = 1, Iterations = 1 };
-        return string.Join("|", o.ToString(), context.Steps.ToString(CultureInfo.InvariantCulture),
+        // JSON, not the record's ToString: that formats numbers in the current culture, and a resume must not depend on it
+        return string.Join("|", System.Text.Json.JsonSerializer.Serialize(o), context.Steps.ToString(CultureInfo.InvariantCulture),
             context.CalibrationSamples.ToString(CultureInfo.InvariantCulture), seed.ToString(CultureInfo.InvariantCulture),
             SourceIdentity.DescribeFile(context.SchedulerConfigPath), context.SchedulerName ?? "");
     }

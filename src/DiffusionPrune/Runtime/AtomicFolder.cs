@@ -65,14 +65,20 @@ public static class AtomicFolder
         return full;
     }
 
-    /// <summary>Siblings of <paramref name="name"/> left by a writer that died (another process's live write has a different name and is left alone while its process runs).</summary>
+    /// <summary>
+    /// Siblings of <paramref name="name"/> left by a writer that died: <c>{prefix}{name}-{pid}-{guid}</c> or
+    /// <c>{prefix}{name}-old-{guid}</c> exactly, so a live write to a longer name ("out-2" beside "out") is never
+    /// taken for one; another process's live write is left alone while that process runs.
+    /// </summary>
     private static void RemoveStale(string parent, string name)
     {
+        var own = new System.Text.RegularExpressions.Regex(
+            "^" + System.Text.RegularExpressions.Regex.Escape(PartialPrefix + name) + "-(?:(?<pid>[0-9]+)|old)-[0-9a-f]{32}$");
         foreach (var folder in Directory.EnumerateDirectories(parent, $"{PartialPrefix}{name}-*"))
         {
-            string rest = Path.GetFileName(folder)[(PartialPrefix.Length + name.Length + 1)..];
-            int dash = rest.IndexOf('-');
-            if (dash > 0 && int.TryParse(rest[..dash], out int pid) && IsRunning(pid)) continue;
+            var match = own.Match(Path.GetFileName(folder));
+            if (!match.Success) continue; // another target's write
+            if (match.Groups["pid"].Success && int.TryParse(match.Groups["pid"].Value, out int pid) && IsRunning(pid)) continue;
             TryDelete(folder);
         }
     }

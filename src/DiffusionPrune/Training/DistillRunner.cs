@@ -66,13 +66,15 @@ public static class DistillRunner
         Action<string>? log = null, CancellationToken cancel = default)
     {
         if (request.Steps < 1) throw new ArgumentException("--steps must be at least 1.");
-        string output = CheckOutput(request);
         if (student.InChannels != teacher.InChannels || !student.SampleSize.SequenceEqual(teacher.SampleSize) || student.NumClasses != teacher.NumClasses)
             throw new ArgumentException($"The student ({student.ClassName}, {student.InChannels} x {string.Join(" x ", student.SampleSize)}, " +
                 $"{student.NumClasses?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "no"} classes) and the teacher ({teacher.ClassName}, {teacher.InChannels} x " +
                 $"{string.Join(" x ", teacher.SampleSize)}, {teacher.NumClasses?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "no"} classes) do not make the same samples.");
+        if (request.BatchSize < 1) throw new ArgumentException("--batch must be at least 1.");
         string? schedulerPath = DiffusersModelLoader.FindSchedulerConfig(request.StudentPath) ?? DiffusersModelLoader.FindSchedulerConfig(request.TeacherPath);
         var data = ImageDatasets.Open(request.Data, student.InChannels, student.SampleSize[0], student.SampleSize[^1]);
+        ImageDatasets.RequireLabelsFor(data, student.NumClasses);
+        string output = CheckOutput(request); // after every check above: it clears an earlier output when not resuming
         log?.Invoke($"distilling {student.ClassName} ({student.ParameterCount():N0} parameters) from its teacher ({teacher.ParameterCount():N0}), " +
             $"kd {request.Kd.ToString().ToLowerInvariant()}, {request.Steps} steps x {request.BatchSize} images of {data.Name}");
 

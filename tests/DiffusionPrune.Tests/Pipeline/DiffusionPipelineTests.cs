@@ -205,10 +205,14 @@ public class DiffusionPipelineTests
         Assert.Single(Directory.EnumerateFileSystemEntries(temp.Path));
 
         // a sibling left by a writer that was killed (its process is gone) is removed by the next write
-        string leftover = Path.Combine(temp.Path, $"{AtomicFolder.PartialPrefix}bundle-999999999-0");
+        string leftover = Path.Combine(temp.Path, $"{AtomicFolder.PartialPrefix}bundle-999999999-{Guid.NewGuid():N}");
         Directory.CreateDirectory(leftover);
+        // a write to another target whose name starts the same ("bundle-2") is not a leftover of "bundle"
+        string other = Path.Combine(temp.Path, $"{AtomicFolder.PartialPrefix}bundle-2-999999999-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(other);
         AtomicFolder.Write(target, "the bundle", _ => true, folder => File.WriteAllText(Path.Combine(folder, "README.md"), "new"));
         Assert.Equal("new", File.ReadAllText(Path.Combine(target, "README.md")));
         Assert.False(Directory.Exists(leftover));
+        Assert.True(Directory.Exists(other));
     }
 }

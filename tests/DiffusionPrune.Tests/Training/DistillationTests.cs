@@ -179,8 +179,11 @@ public class DistillationTests
 
         manual_seed(1);
         using var dit = ModelFamilies.Create(ConfigJson.Parse(TinyDiT));
-        var e = Assert.Throws<ArgumentException>(() => DistillRunner.Run(request with { OutputPath = temp.File("x") }, student, dit));
+        string earlier = temp.File("earlier");
+        DistillRunner.Run(request with { OutputPath = earlier }, student, teacher); // an earlier output
+        var e = Assert.Throws<ArgumentException>(() => DistillRunner.Run(request with { OutputPath = earlier }, student, dit));
         Assert.Contains("do not make the same samples", e.Message);
+        Assert.True(File.Exists(Path.Combine(earlier, ModelFolder.Config))); // a refused run leaves the earlier output alone
     }
 
     [Fact]
