@@ -174,6 +174,12 @@ public class PruneCliTests
         string output = temp.File("interrupted");
         var info = CliTests.DprunStartInfo("prune", "--model", model, "--method", "ecodiff", "--target-params", "0.1",
             "--steps", "2", "--iterations", "500", "--calibration", "2", "--output", output);
+        // A process started in the background (a CI runner's `cmd &`) has SIGINT ignored, its children inherit that, and
+        // .NET then rightly leaves Ctrl+C alone. Give dprune a default SIGINT, as a terminal's foreground job has
+        // (coreutils env); that is the situation this test is about.
+        info.ArgumentList.Insert(0, info.FileName);
+        info.ArgumentList.Insert(0, "--default-signal=INT");
+        info.FileName = "env";
         using var process = System.Diagnostics.Process.Start(info)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var lines = new List<string>();
