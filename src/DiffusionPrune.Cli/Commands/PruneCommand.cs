@@ -8,7 +8,8 @@ using DiffusionPrune.Pruning.Importance;
 namespace DiffusionPrune.Cli.Commands;
 
 /// <summary>
-/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor --target-params 0.2 --steps 10 --iterations N --calibration K --output DIR</c>
+/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|random-layer --target-params 0.2 [--budget params|macs|latency]
+/// --steps 10 --iterations N --calibration K --output DIR</c>
 /// </summary>
 public static class PruneCommand
 {
@@ -20,7 +21,11 @@ public static class PruneCommand
             Description = string.Join("; ", ImportanceCriteria.All.Select(m => $"{m.Name}: {m.Description}")) + ".",
             DefaultValueFactory = _ => "ecodiff",
         };
-        var target = new Option<double?>("--target-params") { Description = "Fraction of parameters to remove, e.g. 0.2 (required unless --probe-memory)." };
+        var target = new Option<double?>("--target-params") { Description = "Fraction to remove, e.g. 0.2: of the parameters, or for layer methods of the --budget (required unless --probe-memory)." };
+        var budget = new Option<string>("--budget") { Description = "Layer methods: what the target measures: params | macs | latency (a per-layer latency table measured here, cached beside the model).", DefaultValueFactory = _ => "params" };
+        var selection = new Option<string>("--selection") { Description = "Layer methods: knapsack (least total score meeting the budget) | greedy (score per cost, the baseline).", DefaultValueFactory = _ => "knapsack" };
+        var additivity = new Option<int>("--additivity-subsets") { Description = "laptop: random layer subsets whose measured loss is compared with the sum of single-layer losses.", DefaultValueFactory = _ => 20 };
+        var latencyBatch = new Option<int>("--latency-batch") { Description = "Layer methods with --budget latency: the batch size the latency table is measured at.", DefaultValueFactory = _ => 1 };
         var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
         var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations.", DefaultValueFactory = _ => 100 };
         var calibration = new Option<int>("--calibration") { Description = "Calibration samples (noise seeds / images).", DefaultValueFactory = _ => 16 };
@@ -45,7 +50,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -71,6 +76,21 @@ public static class PruneCommand
                 Seed = parse.GetValue(seed),
                 Resume = parse.GetValue(resume),
                 CheckpointEvery = parse.GetValue(checkpointEvery),
+                Budget = parse.GetValue(budget) switch
+                {
+                    "params" => Pruning.Layers.LayerBudget.Params,
+                    "macs" => Pruning.Layers.LayerBudget.Macs,
+                    "latency" => Pruning.Layers.LayerBudget.Latency,
+                    var other => throw new ArgumentException($"--budget must be params, macs or latency, not '{other}'."),
+                },
+                Selection = parse.GetValue(selection) switch
+                {
+                    "knapsack" => Pruning.Layers.LayerSelection.Knapsack,
+                    "greedy" => Pruning.Layers.LayerSelection.Greedy,
+                    var other => throw new ArgumentException($"--selection must be knapsack or greedy, not '{other}'."),
+                },
+                AdditivitySubsets = parse.GetValue(additivity),
+                LatencyBatch = parse.GetValue(latencyBatch),
                 Scope = parse.GetValue(scope) switch
                 {
                     "global" => SelectionScope.Global,
@@ -114,8 +134,17 @@ public static class PruneCommand
             using var pipeline = new DiffusionPipeline(dev);
             var report = console.Track(progress => pipeline.PruneAsync(request, progress, CliCommon.Interrupt), _ => "iteration", detail: true).Report;
             console.EndProgress();
-            console.Result($"{report.Method}: removed {report.AchievedParams:P1} of parameters (target {report.TargetParams:P0}): " +
+            string targetText = report.Layers is { Budget: not Pruning.Layers.LayerBudget.Params } l ? $"target {report.TargetParams:P0} of the {l.Unit}" : $"target {report.TargetParams:P0}";
+            console.Result($"{report.Method}: removed {report.AchievedParams:P1} of parameters ({targetText}): " +
                 $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
+            if (report.Layers is { } layers)
+            {
+                console.Result($"removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.Selection.ToString().ToLowerInvariant()}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
+                if (layers.Additivity is { } check)
+                    console.Result(check.PearsonR is double r
+                        ? $"additivity: Pearson r = {r:F3}, Spearman rho = {check.SpearmanRho:F3} over {check.Samples.Count} random layer subsets (sum of single-layer losses vs measured)"
+                        : $"additivity: not measured ({check.Samples.Count} subsets)");
+            }
             console.Result($"wrote {report.OutputPath} ({ModelFolder.PruneReport})");
             var summary = report.ToJson();
             summary["output_path"] = Path.GetFullPath(outputPath); // for the script on this machine; the report file keeps the name only

@@ -59,6 +59,12 @@ public abstract class ModelFamily
     /// <summary>Adds the model's forward pass to an ONNX graph (inputs per <see cref="OnnxContract"/>).</summary>
     public abstract void BuildOnnx(OnnxGraph graph, DiffusionModel model);
 
+    /// <summary>
+    /// The whole layers pruning may remove from <paramref name="model"/> (each becomes exactly the identity), in module
+    /// order, and the layers that exist but cannot be removed, with the reason (for error messages).
+    /// </summary>
+    public abstract LayerCandidates LayerCandidatesOf(DiffusionModel model);
+
     /// <summary>Renames keys of older checkpoints of this class to today's names before a strict load. Returns how many.</summary>
     public virtual int UpgradeWeights(Dictionary<string, Tensor> weights) => 0;
 
@@ -75,6 +81,9 @@ public abstract class ModelFamily
     public override string ToString() => ClassName;
 }
 
+/// <summary>A model's removable layers (module order) and its other layers with why they cannot be removed.</summary>
+public sealed record LayerCandidates(IReadOnlyList<Pruning.LayerGroup> Removable, IReadOnlyDictionary<string, string> NotRemovable);
+
 /// <summary>A family whose models are all one C# class: the typed half of the plumbing.</summary>
 public abstract class ModelFamily<TModel> : ModelFamily where TModel : DiffusionModel
 {
@@ -83,11 +92,13 @@ public abstract class ModelFamily<TModel> : ModelFamily where TModel : Diffusion
     public sealed override ConditioningInput ConditioningOf(DiffusionModel model) => ConditioningOf(Typed(model));
     public sealed override void BuildOnnx(OnnxGraph graph, DiffusionModel model) => BuildOnnx(graph, Typed(model));
     public sealed override void InitializeForTraining(DiffusionModel model, bool sharedQueryKey = false) => InitializeForTraining(Typed(model), sharedQueryKey);
+    public sealed override LayerCandidates LayerCandidatesOf(DiffusionModel model) => LayerCandidatesOf(Typed(model));
 
     protected abstract TModel WithStructure(TModel model, ModelStructure structure);
     protected abstract ConditioningInput ConditioningOf(TModel model);
     protected abstract void BuildOnnx(OnnxGraph graph, TModel model);
     protected virtual void InitializeForTraining(TModel model, bool sharedQueryKey) => base.InitializeForTraining(model, sharedQueryKey);
+    protected abstract LayerCandidates LayerCandidatesOf(TModel model);
 
     private TModel Typed(DiffusionModel model) => model as TModel
         ?? throw new ArgumentException($"{ClassName}'s family was asked about a {model.ClassName}.", nameof(model));

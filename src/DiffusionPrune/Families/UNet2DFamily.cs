@@ -1,5 +1,6 @@
 using DiffusionPrune.Export;
 using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
 using static TorchSharp.torch;
 
 namespace DiffusionPrune.Families;
@@ -23,6 +24,35 @@ public sealed class UNet2DFamily : ModelFamily<UNet2DModel>
     };
 
     protected override void BuildOnnx(OnnxGraph graph, UNet2DModel model) => UNet2DOnnx.Build(graph, model);
+
+    /// <summary>Every residual ResNet block with in == out channels and no resampling, and every attention block.</summary>
+    protected override LayerCandidates LayerCandidatesOf(UNet2DModel model)
+    {
+        var layers = new List<LayerGroup>();
+        var notRemovable = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (path, module) in model.named_modules())
+        {
+            switch (module)
+            {
+                case ResnetBlock2D resnet when resnet.Resamples:
+                    notRemovable[path] = "it up- or downsamples, so it is not the identity when removed";
+                    break;
+                case ResnetBlock2D resnet when resnet.InChannels != resnet.OutChannels:
+                    notRemovable[path] = $"its input has {resnet.InChannels} channels but its output {resnet.OutChannels}, so it cannot become the identity";
+                    break;
+                case ResnetBlock2D resnet:
+                    layers.Add(new LayerGroup(path, LayerKind.ResnetBlock, resnet, LayerGroup.ParametersOf(resnet), g => resnet.LayerGate = g));
+                    break;
+                case Attention attention when attention.ResidualConnection:
+                    layers.Add(new LayerGroup(path, LayerKind.AttentionBlock, attention, LayerGroup.ParametersOf(attention), g => attention.LayerGate = g));
+                    break;
+                case Attention:
+                    notRemovable[path] = "it has no residual connection of its own";
+                    break;
+            }
+        }
+        return new LayerCandidates(layers, notRemovable);
+    }
 
     public override int UpgradeWeights(Dictionary<string, Tensor> weights) => DiffusersModelLoader.RenameLegacyAttentionKeys(weights);
 }

@@ -260,6 +260,9 @@ public sealed class LayerGroup : PrunableGroup
     public LayerKind Kind { get; }
     public nn.Module Module { get; }
 
+    /// <summary>Every parameter of <paramref name="module"/>.</summary>
+    public static long ParametersOf(nn.Module module) => module.parameters().Sum(p => p.numel());
+
     /// <summary>Parameters removal saves (a DiT block 0 keeps its norm1.emb, which the output layer reads).</summary>
     public long RemovedParameters { get; }
 
@@ -308,46 +311,31 @@ public sealed class PrunableGroups
     public UnitGroup? Unit(string path) => _unitsByPath.GetValueOrDefault(path);
     public LayerGroup? Layer(string path) => _layersByPath.GetValueOrDefault(path);
 
+    /// <summary>
+    /// Unit groups from the module tree (coupling is declared per block type above); removable layers from the model's
+    /// family (<see cref="Families.ModelFamily.LayerCandidatesOf"/>).
+    /// </summary>
     public static PrunableGroups Of(DiffusionModel model)
     {
         var units = new List<UnitGroup>();
-        var layers = new List<LayerGroup>();
-        var notRemovable = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (path, module) in model.named_modules())
         {
             switch (module)
             {
                 case ResnetBlock2D resnet:
                     units.Add(new ResnetChannelGroup(path, resnet));
-                    if (resnet.Resamples)
-                        notRemovable[path] = "it up- or downsamples, so it is not the identity when removed";
-                    else if (resnet.InChannels != resnet.OutChannels)
-                        notRemovable[path] = $"its input has {resnet.InChannels} channels but its output {resnet.OutChannels}, so it cannot become the identity";
-                    else
-                        layers.Add(new LayerGroup(path, LayerKind.ResnetBlock, resnet, Count(resnet), g => resnet.LayerGate = g));
                     break;
                 case Attention attention:
                     units.Add(new AttentionHeadGroup(path, attention));
-                    if (attention.ResidualConnection)
-                        layers.Add(new LayerGroup(path, LayerKind.AttentionBlock, attention, Count(attention), g => attention.LayerGate = g));
-                    else
-                        notRemovable[path] = "it has no residual connection of its own (remove the transformer block that holds it instead)";
                     break;
                 case FeedForward ff:
                     units.Add(new FeedForwardGroup(path, ff));
-                    notRemovable[path] = "it has no residual connection of its own (remove the transformer block that holds it instead)";
-                    break;
-                case DiTBlock block:
-                    // diffusers' output layer reads transformer_blocks.0.norm1.emb, so removing block 0 keeps it.
-                    long saved = Count(block) - (path == "transformer_blocks.0" ? Count(block.Norm1.Emb) : 0);
-                    layers.Add(new LayerGroup(path, LayerKind.TransformerBlock, block, saved, g => block.LayerGate = g));
                     break;
             }
         }
-        return new PrunableGroups(model, units, layers, notRemovable);
+        var candidates = Families.ModelFamilies.Of(model).LayerCandidatesOf(model);
+        return new PrunableGroups(model, units, candidates.Removable.ToList(), new Dictionary<string, string>(candidates.NotRemovable, StringComparer.Ordinal));
     }
-
-    private static long Count(nn.Module module) => module.parameters().Sum(p => p.numel());
 
     /// <summary>Removes every gate this model has (unit and layer gates).</summary>
     public void ClearMasks()

@@ -6,6 +6,7 @@ using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Pruning.Layers;
 using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
 using static TorchSharp.torch;
@@ -16,10 +17,25 @@ namespace DiffusionPrune.Pruning;
 public sealed record PruneRequest
 {
     public required string ModelPath { get; init; }
-    /// <summary>ecodiff | magnitude | random | taylor.</summary>
+    /// <summary>A name from <see cref="ImportanceCriteria"/>: ecodiff | magnitude | random | taylor (width) or laptop | ldpruner | random-layer (layers).</summary>
     public required string Method { get; init; }
-    /// <summary>Fraction of the model's parameters to remove, strictly between 0 and 1.</summary>
+    /// <summary>
+    /// Fraction to remove, strictly between 0 and 1: of the parameters for width methods; of the <see cref="Budget"/>
+    /// (parameters, MACs or latency) for layer methods.
+    /// </summary>
     public required double TargetParams { get; init; }
+
+    /// <summary>Layer methods: what the target measures. Default parameters.</summary>
+    public LayerBudget Budget { get; init; } = LayerBudget.Params;
+
+    /// <summary>Layer methods: knapsack (default) or the greedy score-per-cost baseline.</summary>
+    public LayerSelection Selection { get; init; } = LayerSelection.Knapsack;
+
+    /// <summary>laptop: random layer subsets of the additivity check (default 20).</summary>
+    public int AdditivitySubsets { get; init; } = 20;
+
+    /// <summary>Layer methods with a latency budget: the batch the latency table is measured at (default 1).</summary>
+    public int LatencyBatch { get; init; } = 1;
     /// <summary>The folder for the pruned model; <see cref="PruneRunner.Run"/> needs it, <see cref="PruneRunner.Prune"/> keeps the model in memory.</summary>
     public string? OutputPath { get; init; }
     public string? SchedulerConfigPath { get; init; }
@@ -63,17 +79,18 @@ public sealed record PruneRequest
 
 public sealed record PruneReport(
     string Method, double TargetParams, double AchievedParams, long ParametersBefore, long ParametersAfter, long MacsBefore, long MacsAfter,
-    IReadOnlyDictionary<string, double> KeptFractionPerLayer, double Seconds, long? PeakResidentBytes, JsonObject Settings, string? OutputPath)
+    IReadOnlyDictionary<string, double> KeptFractionPerLayer, double Seconds, long? PeakResidentBytes, JsonObject Settings, string? OutputPath,
+    LayerPruneSummary? Layers = null)
 {
     public JsonObject ToJson()
     {
         var perLayer = new JsonObject();
         foreach (var (k, v) in KeptFractionPerLayer) perLayer[k] = Math.Round(v, 4);
-        return new JsonObject
+        var json = new JsonObject
         {
             ["method"] = Method,
             ["settings"] = Settings.DeepClone(),
-            ["target_removed_params"] = TargetParams,
+            ["target_removed_params"] = Layers is { Budget: not LayerBudget.Params } ? null : TargetParams,
             ["achieved_removed_params"] = AchievedParams,
             ["params_before"] = ParametersBefore,
             ["params_after"] = ParametersAfter,
@@ -84,6 +101,55 @@ public sealed record PruneReport(
             ["peak_rss_bytes"] = PeakResidentBytes,
             ["output"] = OutputPath is null ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(OutputPath))), // the folder's name, never a local path
         };
+        if (Layers is not null)
+        {
+            json["removed_layers"] = new JsonArray(Layers.Removed.Select(p => (JsonNode?)p).ToArray());
+            json["layer_selection"] = Layers.ToJson();
+            if (Layers.Additivity is not null)
+            {
+                json["additivity_pearson_r"] = Layers.Additivity.PearsonR is double r ? Math.Round(r, 4) : null;
+                json["additivity_spearman_rho"] = Layers.Additivity.SpearmanRho is double rho ? Math.Round(rho, 4) : null;
+            }
+        }
+        return json;
+    }
+}
+
+/// <summary>What a layer prune chose and why: scores, savings in the budget's unit, the target and what was reached.</summary>
+public sealed record LayerPruneSummary(
+    LayerBudget Budget, LayerSelection Selection, string Unit, double Total, double TargetFraction, double AchievedFraction,
+    IReadOnlyList<string> Removed, IReadOnlyDictionary<string, double> Scores, IReadOnlyDictionary<string, double> Savings, AdditivityCheck? Additivity,
+    string? LatencySource)
+{
+    public JsonObject ToJson()
+    {
+        var layers = new JsonObject();
+        foreach (var (path, score) in Scores)
+            layers[path] = new JsonObject
+            {
+                ["score"] = score,
+                ["saving"] = Savings[path],
+                ["removed"] = Removed.Contains(path, StringComparer.Ordinal),
+            };
+        var json = new JsonObject
+        {
+            ["budget"] = Budget.ToString().ToLowerInvariant(),
+            ["selection"] = Selection.ToString().ToLowerInvariant(),
+            ["unit"] = Unit,
+            ["total"] = Total,
+            ["target_fraction"] = TargetFraction,
+            ["achieved_fraction"] = Math.Round(AchievedFraction, 6),
+            ["layers"] = layers,
+        };
+        if (LatencySource is not null) json["latency_table"] = LatencySource;
+        if (Additivity is not null)
+            json["additivity"] = new JsonArray(Additivity.Samples.Select(a => (JsonNode?)new JsonObject
+            {
+                ["layers"] = new JsonArray(a.Layers.Select(l => (JsonNode?)l).ToArray()),
+                ["predicted"] = a.Predicted,
+                ["measured"] = a.Measured,
+            }).ToArray());
+        return json;
     }
 }
 
@@ -145,6 +211,11 @@ public static class PruneRunner
         bool ecodiff = request.Method.ToLowerInvariant() == "ecodiff";
         if (request.Resume && !ecodiff)
             throw new ArgumentException($"--resume continues an EcoDiff run; {request.Method} runs in one go (start it again).");
+        if (ImportanceCriteria.Find(request.Method) is { RemovesLayers: true } layerMethod)
+            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, cancel, watch, groups, before);
+        if (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack)
+            throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
+                $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
         IImportanceCriterion criterion = ecodiff
             ? new EcoDiffPruner(request.EcoDiff with
             {
@@ -216,6 +287,72 @@ public static class PruneRunner
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null);
         return new PrunedModel(pruned, report, selection.Plan, schedulerPath);
     }
+
+    /// <summary>Depth pruning: score whole layers, choose the cheapest set that meets the budget, remove them.</summary>
+    private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
+        Action<string>? log, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
+    {
+        if (request.Data is not null)
+            throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
+                $"{method.Name} is data-free (it calibrates on seeded noise).");
+        if (request.LatencyBatch < 1) throw new ArgumentException($"The latency batch must be at least 1 (got {request.LatencyBatch}).");
+        ILayerCriterion criterion = method.Name == "laptop" ? new LaptopCriterion(request.AdditivitySubsets) : ImportanceCriteria.CreateLayers(method.Name);
+        var costs = request.Budget switch
+        {
+            LayerBudget.Macs => LayerCosts.Macs(groups),
+            LayerBudget.Latency => LayerCosts.Latency(groups, LatencyCacheFolder(request.ModelPath), request.LatencyBatch, log: log),
+            _ => LayerCosts.Parameters(groups),
+        };
+        double reachable = costs.Saving.Values.Sum() / costs.Total;
+        if (reachable < request.TargetParams)
+            throw new ArgumentException($"Removing all {groups.Layers.Count} removable layers of this {model.ClassName} saves {reachable:P1} of its {costs.Unit}, " +
+                $"less than the {request.TargetParams:P0} asked; lower the target, or use a width method (ecodiff, taylor) to reach it.");
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, null, cancel);
+        log?.Invoke($"scoring {groups.Layers.Count} removable layers with {criterion.Name}");
+        LayerScores scores;
+        try
+        {
+            scores = criterion.Score(model, groups, context);
+        }
+        finally
+        {
+            groups.ClearMasks();
+        }
+        cancel.ThrowIfCancellationRequested();
+        var items = groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], scores[l.Path])).ToList();
+        var choice = LayerSelector.Select(items, request.TargetParams * costs.Total, request.Selection);
+        var plan = new PruningPlan();
+        foreach (var path in choice.Removed) plan.RemovedLayers.Add(path);
+        log?.Invoke($"{criterion.Name}: removing {choice.Removed.Count} of {groups.Layers.Count} layers ({request.Selection.ToString().ToLowerInvariant()}, " +
+                    $"{choice.Saving / costs.Total:P1} of the {costs.Unit}): {string.Join(", ", choice.Removed)}");
+
+        var pruned = StructuralSurgery.Apply(model, plan);
+        var after = ModelCost.Measure(pruned);
+        var kept = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        foreach (var group in groups.Units) kept[group.Path] = choice.Removed.Any(group.IsWithin) ? 0.0 : 1.0;
+        var settings = new JsonObject
+        {
+            ["model"] = Formats.SourceIdentity.Describe(request.ModelPath),
+            ["steps"] = request.Steps,
+            ["calibration"] = request.Calibration,
+            ["seed"] = request.Seed,
+            ["budget"] = request.Budget.ToString().ToLowerInvariant(),
+            ["selection"] = request.Selection.ToString().ToLowerInvariant(),
+            ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
+        };
+        if (criterion is LaptopCriterion laptop) settings["additivity_subsets"] = laptop.AdditivitySubsets;
+        if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;
+        var summary = new LayerPruneSummary(request.Budget, request.Selection, costs.Unit, costs.Total, request.TargetParams, choice.Saving / costs.Total,
+            choice.Removed, scores.ByLayer, costs.Saving, scores.Additivity, costs.Source);
+        double achievedParams = (before.Parameters - after.Parameters) / (double)before.Parameters;
+        var report = new PruneReport(criterion.Name, request.TargetParams, achievedParams, before.Parameters, after.Parameters, before.Macs, after.Macs,
+            kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null, summary);
+        return new PrunedModel(pruned, report, plan, schedulerPath);
+    }
+
+    /// <summary>The model's folder, where the latency table is cached.</summary>
+    private static string? LatencyCacheFolder(string modelPath) =>
+        Directory.Exists(modelPath) ? modelPath : File.Exists(modelPath) ? Path.GetDirectoryName(Path.GetFullPath(modelPath)) : null;
 
     /// <summary>
     /// Writes the pruned model (diffusers layout), its plan, its report and the scheduler config it was calibrated with

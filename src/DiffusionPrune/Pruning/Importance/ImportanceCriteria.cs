@@ -1,3 +1,5 @@
+using DiffusionPrune.Pruning.Layers;
+
 namespace DiffusionPrune.Pruning.Importance;
 
 /// <summary>
@@ -6,20 +8,30 @@ namespace DiffusionPrune.Pruning.Importance;
 /// </summary>
 public static class ImportanceCriteria
 {
-    /// <summary>A method: its name, what it does in one line, and a factory for its criterion with default settings.</summary>
+    /// <summary>
+    /// A method: its name, what it does in one line, and a factory for its criterion with default settings: a width
+    /// criterion (<see cref="Create"/>, scores units) or a layer criterion (<see cref="CreateLayers"/>, scores whole layers).
+    /// </summary>
     /// <param name="UsesImages">It calibrates on images (<c>--data</c>); the others are data-free.</param>
-    public sealed record Entry(string Name, string Description, Func<IImportanceCriterion> Create, bool UsesImages = false);
+    public sealed record Entry(string Name, string Description, Func<IImportanceCriterion>? Create, bool UsesImages = false, Func<ILayerCriterion>? CreateLayers = null)
+    {
+        /// <summary>It removes whole layers (depth pruning) rather than narrowing them.</summary>
+        public bool RemovesLayers => CreateLayers is not null;
+    }
 
     private static readonly IReadOnlyList<Entry> Entries =
     [
+        new("laptop", "LAPTOP-Diff: remove whole layers by their one-shot output loss, chosen by knapsack under a params, MACs or latency budget", null,
+            CreateLayers: () => new LaptopCriterion()),
+        new("ldpruner", "LD-Pruner: remove whole layers by the shift of the final latents' mean and std", null, CreateLayers: () => new LdPrunerCriterion()),
+        new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion()),
         new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffPruner()),
         new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance()),
         new("random", "baseline: seeded random scores", () => new RandomImportance()),
         new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images", () => new TaylorImportance(), UsesImages: true),
     ];
 
-    private static readonly IReadOnlyDictionary<string, Func<IImportanceCriterion>> Factories =
-        Entries.ToDictionary(e => e.Name, e => e.Create, StringComparer.OrdinalIgnoreCase);
+    private static readonly IReadOnlyDictionary<string, Entry> ByName = Entries.ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);
 
     /// <summary>Every method with its description, sorted by name.</summary>
     public static IReadOnlyList<Entry> All => Entries.OrderBy(e => e.Name, StringComparer.Ordinal).ToArray();
@@ -28,15 +40,23 @@ public static class ImportanceCriteria
     public static Entry? Find(string name) => Entries.FirstOrDefault(e => string.Equals(e.Name, name.Trim(), StringComparison.OrdinalIgnoreCase));
 
     /// <summary>Known names, sorted.</summary>
-    public static IReadOnlyList<string> Names => Factories.Keys.Order(StringComparer.Ordinal).ToArray();
+    public static IReadOnlyList<string> Names => ByName.Keys.Order(StringComparer.Ordinal).ToArray();
 
-    /// <summary>A new criterion with its default settings; names are case-insensitive.</summary>
-    /// <exception cref="ArgumentException">No criterion of that name (the message lists the known ones).</exception>
-    public static IImportanceCriterion Create(string name)
+    /// <summary>A new width criterion with its default settings; names are case-insensitive.</summary>
+    /// <exception cref="ArgumentException">No width criterion of that name (the message lists the known ones).</exception>
+    public static IImportanceCriterion Create(string name) =>
+        Lookup(name).Create?.Invoke() ?? throw new ArgumentException($"'{name}' removes whole layers; it is a layer criterion.", nameof(name));
+
+    /// <summary>A new layer criterion with its default settings; names are case-insensitive.</summary>
+    /// <exception cref="ArgumentException">No layer criterion of that name.</exception>
+    public static ILayerCriterion CreateLayers(string name) =>
+        Lookup(name).CreateLayers?.Invoke() ?? throw new ArgumentException($"'{name}' narrows layers; it is not a layer criterion.", nameof(name));
+
+    private static Entry Lookup(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        return Factories.TryGetValue(name.Trim(), out var factory)
-            ? factory()
+        return ByName.TryGetValue(name.Trim(), out var entry)
+            ? entry
             : throw new ArgumentException($"Unknown importance criterion '{name}'. Known criteria: {string.Join(", ", Names)}.", nameof(name));
     }
 }

@@ -1,0 +1,340 @@
+using System.Text.Json.Nodes;
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Batch;
+using DiffusionPrune.Families;
+using DiffusionPrune.Formats;
+using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Pruning.Layers;
+using DiffusionPrune.Schedulers;
+using DiffusionPrune.Tests.Cli;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Tests.Pruning;
+
+/// <summary>
+/// Depth pruning: the families' layer candidates, LAPTOP's output loss and additivity check, LD-Pruner's latent shift,
+/// the knapsack against brute force, the cost tables (latency cached beside the model) and the runner and CLI end to end.
+/// </summary>
+public class LayerPruningTests
+{
+    private static string SchedulerConfigPath => Fixtures.Diffusers("unet2d-small", "scheduler_config.json");
+
+    /// <summary>Class-conditional DiT with six blocks (enough distinct layer subsets for the additivity check), 8 x 8.</summary>
+    private static DiTTransformer2DModel SixBlockDiT(int seed)
+    {
+        manual_seed(seed);
+        var model = new DiTTransformer2DModel(new DiTConfig
+        {
+            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = 6,
+            SampleSize = 8, PatchSize = 4, NumEmbedsAdaNorm = 5, NormNumGroups = 1,
+        });
+        using (no_grad())
+            foreach (var p in model.parameters()) p.add_(randn(p.shape) * 0.1); // a fresh adaLN-Zero block is already the identity
+        model.eval();
+        return model;
+    }
+
+    private static ImportanceContext Context(long seed = 1, int steps = 3, int samples = 4) => new(SchedulerConfigPath, steps, samples, seed, CPU);
+
+    // ---- candidates ----
+
+    [Fact]
+    public void The_UNet_family_offers_same_width_resnets_and_attention_blocks_and_says_why_not_the_others()
+    {
+        using var model = EcoDiffTests.TinyUNet(1);
+        var candidates = ModelFamilies.Of(model).LayerCandidatesOf(model);
+        Assert.Equal(
+            ["down_blocks.0.resnets.0", "down_blocks.1.attentions.0", "mid_block.attentions.0", "mid_block.resnets.0", "mid_block.resnets.1",
+             "up_blocks.0.attentions.0", "up_blocks.0.attentions.1"],
+            candidates.Removable.Select(l => l.Path).Order(StringComparer.Ordinal));
+        Assert.Contains("channels", candidates.NotRemovable["down_blocks.1.resnets.0"], StringComparison.Ordinal);
+        Assert.All(candidates.Removable, l => Assert.Equal(LayerGroup.ParametersOf(l.Module), l.RemovedParameters));
+        Assert.Equal(candidates.Removable.Select(l => l.Path), PrunableGroups.Of(model).Layers.Select(l => l.Path));
+    }
+
+    [Fact]
+    public void The_DiT_family_offers_whole_blocks_and_block_0_keeps_the_embedding_the_output_layer_reads()
+    {
+        using var model = SixBlockDiT(2);
+        var candidates = ModelFamilies.Of(model).LayerCandidatesOf(model);
+        Assert.Equal(Enumerable.Range(0, 6).Select(i => $"transformer_blocks.{i}"), candidates.Removable.Select(l => l.Path));
+        Assert.True(candidates.Removable[0].RemovedParameters < candidates.Removable[1].RemovedParameters);
+        Assert.Contains("transformer block", candidates.NotRemovable["transformer_blocks.0.attn1"], StringComparison.Ordinal);
+    }
+
+    // ---- criteria ----
+
+    [Fact]
+    public void The_output_loss_is_zero_for_no_layer_and_a_gated_layer_samples_as_the_model_built_without_it()
+    {
+        using var model = SixBlockDiT(3);
+        var groups = PrunableGroups.Of(model);
+        using var scheduler = Scheduler.FromFile(SchedulerConfigPath, "ddim");
+        using var calibration = new LayerCalibration(model, scheduler, steps: 3, samples: 4, seed: 5);
+        Assert.Equal(0.0, calibration.OutputLoss([]));
+        var layer = groups.Layer("transformer_blocks.2")!;
+        double gated = calibration.OutputLoss([layer]);
+        Assert.True(gated > 0);
+
+        // The same loss from the physically smaller model on the full model's trajectory.
+        var plan = new PruningPlan();
+        plan.RemovedLayers.Add(layer.Path);
+        using var smaller = StructuralSurgery.Apply(model, plan);
+        using var scheduler2 = Scheduler.FromFile(SchedulerConfigPath, "ddim");
+        using var smallerCalibration = new LayerCalibration(smaller, scheduler2, steps: 3, samples: 4, seed: 5);
+        using var gatedFinal = calibration.FinalLatents([layer]);
+        Assert.True(Fixtures.RelativeError(gatedFinal, smallerCalibration.Final) < 1e-5);
+        Assert.All(groups.Layers, l => Assert.Null(GateOf(l)));
+    }
+
+    [Fact]
+    public void Laptop_scores_every_layer_and_checks_additivity_on_at_least_20_distinct_subsets()
+    {
+        using var model = SixBlockDiT(4);
+        var groups = PrunableGroups.Of(model);
+        var scores = new LaptopCriterion().Score(model, groups, Context());
+        Assert.Equal(groups.Layers.Select(l => l.Path).Order(StringComparer.Ordinal), scores.ByLayer.Keys);
+        Assert.All(scores.ByLayer.Values, v => Assert.True(v > 0 && double.IsFinite(v)));
+        var check = scores.Additivity!;
+        Assert.Equal(20, check.Samples.Count);
+        Assert.Equal(20, check.Samples.Select(s => string.Join(",", s.Layers)).Distinct().Count());
+        Assert.All(check.Samples, s =>
+        {
+            Assert.InRange(s.Layers.Count, 2, 3);
+            Assert.Equal(s.Layers.Sum(l => scores[l]), s.Predicted, 12);
+        });
+        Assert.InRange(check.PearsonR!.Value, -1, 1);
+        Assert.InRange(check.SpearmanRho!.Value, -1, 1);
+        Assert.All(groups.Layers, l => Assert.Null(GateOf(l))); // every gate cleared
+
+        // Seeded: the same scores again.
+        var again = new LaptopCriterion().Score(model, groups, Context());
+        Assert.Equal(scores.ByLayer, again.ByLayer);
+    }
+
+    [Fact]
+    public void LdPruner_scores_the_latent_shift_and_random_layer_is_seeded()
+    {
+        using var model = SixBlockDiT(5);
+        var groups = PrunableGroups.Of(model);
+        var shift = new LdPrunerCriterion().Score(model, groups, Context());
+        Assert.All(shift.ByLayer.Values, v => Assert.True(v > 0 && double.IsFinite(v)));
+        Assert.Equal(shift.ByLayer, new LdPrunerCriterion().Score(model, groups, Context()).ByLayer);
+
+        var a = new RandomLayerCriterion().Score(model, groups, Context(seed: 7));
+        Assert.Equal(a.ByLayer, new RandomLayerCriterion().Score(model, groups, Context(seed: 7)).ByLayer);
+        Assert.NotEqual(a.ByLayer, new RandomLayerCriterion().Score(model, groups, Context(seed: 8)).ByLayer);
+    }
+
+    private static object? GateOf(LayerGroup layer) => layer.Module switch
+    {
+        DiTBlock block => block.LayerGate,
+        ResnetBlock2D resnet => resnet.LayerGate,
+        Attention attention => attention.LayerGate,
+        _ => throw new InvalidOperationException(),
+    };
+
+    // ---- selection ----
+
+    [Fact]
+    public void The_knapsack_finds_the_least_score_that_meets_the_target_as_brute_force_does()
+    {
+        var random = new Random(11);
+        for (int instance = 0; instance < 200; instance++)
+        {
+            int n = random.Next(1, 10);
+            var items = Enumerable.Range(0, n).Select(i => new LayerItem($"l{i}", random.Next(0, 50), Math.Round(random.NextDouble(), 3))).ToList();
+            double all = items.Sum(i => i.Saving);
+            if (all == 0) continue;
+            double needed = Math.Max(1, Math.Floor(all * random.NextDouble()));
+            double best = double.PositiveInfinity;
+            for (int mask = 0; mask < 1 << n; mask++)
+            {
+                var subset = items.Where((_, i) => (mask >> i & 1) == 1).ToList();
+                if (subset.Sum(i => i.Saving) >= needed) best = Math.Min(best, subset.Sum(i => i.Score));
+            }
+            var choice = LayerSelector.Select(items, needed, LayerSelection.Knapsack);
+            Assert.True(choice.Saving >= needed);
+            Assert.Equal(best, choice.Score, 9);
+
+            var greedy = LayerSelector.Select(items, needed, LayerSelection.Greedy);
+            Assert.True(greedy.Saving >= needed);
+            Assert.True(greedy.Score >= best - 1e-9);
+        }
+    }
+
+    [Fact]
+    public void Large_real_valued_savings_are_discretised_but_the_target_is_always_met()
+    {
+        // Flooring each saving to needed / Resolution loses at most n units, so the knapsack is at least as good as the
+        // exact optimum for a target raised by (n + 1) units.
+        var random = new Random(12);
+        const int n = 12;
+        for (int instance = 0; instance < 50; instance++)
+        {
+            var items = Enumerable.Range(0, n).Select(i => new LayerItem($"l{i}", random.NextDouble() * 3e6, random.NextDouble())).ToList();
+            double needed = items.Sum(i => i.Saving) * (0.1 + 0.7 * random.NextDouble());
+            var choice = LayerSelector.Select(items, needed, LayerSelection.Knapsack);
+            Assert.True(choice.Saving >= needed, $"{choice.Saving} < {needed}");
+            double raised = needed + (n + 1) * needed / LayerSelector.Resolution, best = double.PositiveInfinity;
+            for (int mask = 0; mask < 1 << n; mask++)
+            {
+                var subset = items.Where((_, i) => (mask >> i & 1) == 1).ToList();
+                if (subset.Sum(i => i.Saving) >= raised) best = Math.Min(best, subset.Sum(i => i.Score));
+            }
+            Assert.True(choice.Score <= best + 1e-9, $"{choice.Score} > {best}");
+        }
+    }
+
+    [Fact]
+    public void A_target_no_set_of_layers_reaches_is_refused_in_one_line()
+    {
+        var error = Assert.Throws<ArgumentException>(() => LayerSelector.Select([new("a", 3, 1), new("b", 4, 1)], 8, LayerSelection.Knapsack));
+        Assert.Contains("saves 7", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Pearson_and_Spearman_agree_with_hand_values()
+    {
+        Assert.Equal(1.0, Statistics.PearsonR([1, 2, 3], [2, 4, 6])!.Value, 12);
+        Assert.Equal(-1.0, Statistics.PearsonR([1, 2, 3], [3, 2, 1])!.Value, 12);
+        Assert.Null(Statistics.PearsonR([1, 1, 1], [1, 2, 3]));
+        Assert.Equal(1.0, Statistics.SpearmanRho([1, 2, 3, 4], [1, 4, 9, 100])!.Value, 12); // monotone, not linear
+        // y's ranks are [1, 4, 2.5, 2.5]: a tie takes its mean rank.
+        Assert.Equal(1.5 / Math.Sqrt(22.5), Statistics.SpearmanRho([1, 2, 3, 4], [1, 3, 2, 2])!.Value, 12);
+    }
+
+    // ---- costs ----
+
+    [Fact]
+    public void Mac_savings_are_what_the_smaller_model_no_longer_computes()
+    {
+        using var model = SixBlockDiT(6);
+        var groups = PrunableGroups.Of(model);
+        var macs = LayerCosts.Macs(groups);
+        long full = ModelCost.Measure(model).Macs;
+        Assert.Equal(full, macs.Total);
+        var plan = new PruningPlan();
+        plan.RemovedLayers.Add("transformer_blocks.1");
+        using var smaller = StructuralSurgery.Apply(model, plan);
+        Assert.Equal(full - ModelCost.Measure(smaller).Macs, macs.Saving["transformer_blocks.1"]);
+    }
+
+    [Fact]
+    public void The_latency_table_is_measured_once_and_then_read_from_beside_the_model()
+    {
+        using var temp = Fixtures.Temp();
+        using var model = SixBlockDiT(7);
+        var groups = PrunableGroups.Of(model);
+        var options = new LatencyOptions { WarmupRuns = 1, TimedRuns = 2 };
+        var measured = LayerCosts.Latency(groups, temp.Path, batch: 2, options);
+        Assert.Equal("measured", measured.Source);
+        Assert.True(measured.Total > 0);
+        Assert.All(measured.Saving.Values, v => Assert.True(v >= 0));
+        Assert.True(File.Exists(Path.Combine(temp.Path, LayerCosts.LatencyFile)));
+
+        var cached = LayerCosts.Latency(groups, temp.Path, batch: 2, options);
+        Assert.Equal("cache", cached.Source);
+        Assert.InRange(Math.Abs(measured.Total - cached.Total), 0, 1e-4); // stored to 4 decimals
+        foreach (var (path, saving) in measured.Saving) Assert.InRange(Math.Abs(saving - cached.Saving[path]), 0, 2e-4);
+
+        // Another batch is another table; a damaged file is measured again.
+        Assert.Equal("measured", LayerCosts.Latency(groups, temp.Path, batch: 1, options).Source);
+        File.WriteAllText(Path.Combine(temp.Path, LayerCosts.LatencyFile), "{ not json");
+        Assert.Equal("measured", LayerCosts.Latency(groups, temp.Path, batch: 2, options).Source);
+    }
+
+    // ---- runner and CLI ----
+
+    private static string SaveModel(TempFolder temp, DiffusionModel model, string name)
+    {
+        string folder = temp.File(name);
+        DiffusersModelLoader.Save(model, folder);
+        File.Copy(SchedulerConfigPath, Path.Combine(folder, ModelFolder.SchedulerConfig));
+        return folder;
+    }
+
+    [Fact]
+    public void A_laptop_prune_removes_whole_layers_and_reports_scores_savings_and_additivity()
+    {
+        using var temp = Fixtures.Temp();
+        using var source = SixBlockDiT(8);
+        string folder = SaveModel(temp, source, "dit");
+        var report = PruneRunner.Run(new PruneRequest
+        {
+            ModelPath = folder, Method = "laptop", TargetParams = 0.3, OutputPath = temp.File("out"), Steps = 2, Calibration = 3,
+        }, CPU);
+        Assert.Equal("laptop", report.Method);
+        Assert.True(report.AchievedParams >= 0.3);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(temp.File("out"), ModelFolder.PruneReport)))!.AsObject();
+        var removed = json["removed_layers"]!.AsArray().Select(n => n!.GetValue<string>()).ToArray();
+        Assert.Equal(2, removed.Length); // each block is a sixth of the parameters
+        Assert.InRange(json["additivity_pearson_r"]!.GetValue<double>(), -1, 1);
+        Assert.Equal(20, json["layer_selection"]!["additivity"]!.AsArray().Count);
+        Assert.Equal("params", json["layer_selection"]!["budget"]!.GetValue<string>());
+        Assert.Equal(removed, PruningPlan.Load(Path.Combine(temp.File("out"), ModelFolder.PrunePlan)).RemovedLayers);
+
+        // The knapsack removed the two layers of least output loss (all savings but block 0's are equal and block 0 saves less).
+        var scores = json["layer_selection"]!["layers"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!["score"]!.GetValue<double>());
+        double best = scores.Keys.SelectMany(a => scores.Keys.Where(b => string.CompareOrdinal(a, b) < 0).Select(b => scores[a] + scores[b])).Min();
+        Assert.Equal(best, removed.Sum(p => scores[p]), 12);
+
+        using var pruned = ModelFamilies.Load(temp.File("out"));
+        Assert.Equal(4, PrunableGroups.Of(pruned).Layers.Count);
+        Assert.Equal(report.ParametersAfter, pruned.ParameterCount());
+    }
+
+    [Fact]
+    public void Layer_targets_beyond_the_removable_layers_and_layer_options_on_width_methods_are_refused()
+    {
+        using var temp = Fixtures.Temp();
+        using var source = EcoDiffTests.TinyUNet(9);
+        string folder = SaveModel(temp, source, "unet");
+        var error = Assert.Throws<ArgumentException>(() => PruneRunner.Run(new PruneRequest
+        {
+            ModelPath = folder, Method = "ldpruner", TargetParams = 0.9, OutputPath = temp.File("a"),
+        }, CPU));
+        Assert.Contains("removable layers", error.Message, StringComparison.Ordinal);
+        Assert.Contains("width method", error.Message, StringComparison.Ordinal);
+
+        error = Assert.Throws<ArgumentException>(() => PruneRunner.Run(new PruneRequest
+        {
+            ModelPath = folder, Method = "magnitude", TargetParams = 0.2, OutputPath = temp.File("b"), Budget = LayerBudget.Macs,
+        }, CPU));
+        Assert.Contains("--budget", error.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(temp.File("a")));
+    }
+
+    [Fact]
+    public void The_registry_lists_the_layer_methods_with_their_kind()
+    {
+        Assert.True(ImportanceCriteria.Find("laptop")!.RemovesLayers);
+        Assert.True(ImportanceCriteria.Find("LDPRUNER")!.RemovesLayers);
+        Assert.False(ImportanceCriteria.Find("taylor")!.RemovesLayers);
+        Assert.IsType<RandomLayerCriterion>(ImportanceCriteria.CreateLayers("random-layer"));
+        Assert.Throws<ArgumentException>(() => ImportanceCriteria.Create("laptop"));
+        Assert.Contains("random-layer", BatchPlan.KnownMethods);
+    }
+
+    [Fact]
+    public void Dprune_prune_laptop_prints_the_removed_layers_and_the_additivity_r()
+    {
+        using var temp = Fixtures.Temp();
+        string model = PruneCliTests.TinyModel(temp);
+        var (code, stdout, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "laptop", "--target-params", "0.05", "--budget", "macs",
+            "--selection", "greedy", "--steps", "2", "--calibration", "2", "--output", temp.File("out"));
+        Assert.True(code == 0, stderr);
+        Assert.Matches(@"removed \d+ layers? \(greedy, \d+\.\d % of the MACs\)", stdout);
+        Assert.Contains("of the MACs):", stdout, StringComparison.Ordinal);
+        Assert.Matches(@"additivity: Pearson r = -?[01]\.\d{3}, Spearman rho = -?[01]\.\d{3} over \d+ random layer subsets", stdout);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(temp.File("out"), ModelFolder.PruneReport)))!;
+        Assert.Null(json["target_removed_params"]);
+        Assert.True(json["layer_selection"]!["achieved_fraction"]!.GetValue<double>() >= 0.05);
+
+        (code, _, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "laptop", "--target-params", "0.1", "--budget", "watts", "--output", temp.File("x"));
+        Assert.Equal(2, code);
+        Assert.Contains("--budget must be params, macs or latency", stderr, StringComparison.Ordinal);
+    }
+}
