@@ -143,6 +143,31 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
     }
 
     [Fact]
+    public async Task A_layer_prune_job_reports_the_removed_layers_and_the_additivity_check()
+    {
+        string model = TinyModel();
+        string output = Path.Combine(_samples.Root, "out", "pruned", "tiny-laptop");
+        var state = new JobStateService();
+        using var queue = new ChannelJobQueue(state, NullLogger<ChannelJobQueue>.Instance);
+        await queue.StartAsync(CancellationToken.None);
+        var job = new PruneJob(new PruneRequest
+        {
+            ModelPath = model, Method = "laptop", TargetParams = 0.05, OutputPath = output, Steps = 2, Calibration = 2,
+            Budget = DiffusionPrune.Pruning.Layers.LayerBudget.Macs,
+        });
+        Assert.EndsWith("with laptop to remove 5% of the macs", job.Name, StringComparison.Ordinal);
+        await queue.EnqueueAsync(job);
+        await WaitUntilAsync(() => state.Find(job.Id)?.IsFinished == true, TimeSpan.FromMinutes(3));
+        await queue.StopAsync(CancellationToken.None);
+
+        var done = state.Find(job.Id)!;
+        Assert.True(done.Status == JobStatus.Succeeded, done.Error);
+        Assert.Matches(@"Removed \d+ layers? \(knapsack, \d+\.\d % of the MACs\)", done.Result);
+        Assert.Contains("Additivity over", done.Result, StringComparison.Ordinal);
+        Assert.Contains(done.Lines, line => line.StartsWith("laptop: additivity Pearson r", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Cancelling_a_running_ecodiff_job_stops_it_and_leaves_no_output_folder()
     {
         string model = TinyModel();

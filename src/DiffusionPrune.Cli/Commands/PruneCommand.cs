@@ -36,6 +36,7 @@ public static class PruneCommand
         var betaControl = new Option<string>("--beta-control") { Description = "target (steer beta until the expected kept fraction meets the target) | fixed (as the paper; default).", DefaultValueFactory = _ => "fixed" };
         var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
+        var roundTo = new Option<int>("--round-to") { Description = "Width methods: round kept ResNet channels and feed-forward neurons to multiples of this, e.g. 8 (1: any width).", DefaultValueFactory = _ => 1 };
         var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models; use the scale you will sample with).", DefaultValueFactory = _ => 1.0 };
         var data = new Option<string?>("--data") { Description = "Calibration images for taylor: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size." };
@@ -50,7 +51,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -90,6 +91,7 @@ public static class PruneCommand
                     var other => throw new ArgumentException($"--selection must be knapsack or greedy, not '{other}'."),
                 },
                 AdditivitySubsets = parse.GetValue(additivity),
+                RoundTo = parse.GetValue(roundTo),
                 LatencyBatch = parse.GetValue(latencyBatch),
                 Scope = parse.GetValue(scope) switch
                 {

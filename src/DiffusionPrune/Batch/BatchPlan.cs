@@ -6,6 +6,8 @@ using DiffusionPrune.Export;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Layers;
+using DiffusionPrune.Training;
 
 namespace DiffusionPrune.Batch;
 
@@ -26,6 +28,26 @@ public sealed record BatchPruneSettings
     public int Calibration { get; init; } = 16;
     public long Seed { get; init; }
     public SelectionScope Scope { get; init; } = SelectionScope.Global;
+
+    /// <summary>Layer methods: what the target measures (params, macs, latency).</summary>
+    public LayerBudget Budget { get; init; } = LayerBudget.Params;
+
+    /// <summary>Layer methods: knapsack or greedy.</summary>
+    public LayerSelection Selection { get; init; } = LayerSelection.Knapsack;
+}
+
+/// <summary>The optional <c>distill</c> section: every pruned model is distilled from its original before it is evaluated.</summary>
+public sealed record BatchDistillSettings
+{
+    public KnowledgeDistillation Kd { get; init; } = KnowledgeDistillation.Normalized;
+    public int Steps { get; init; } = 1000;
+    public int BatchSize { get; init; } = 64;
+    public double LearningRate { get; init; } = 1e-4;
+    /// <summary><c>mnist</c>, or a data file or image folder (resolved against the plan's root).</summary>
+    public string Data { get; init; } = "mnist";
+    public long Seed { get; init; }
+
+    public static string KdName(KnowledgeDistillation kd) => kd.ToString().ToLowerInvariant();
 }
 
 /// <summary>The <c>eval</c> section: what every item (the original too) passes to <see cref="Evaluation.ModelEvaluator"/>.</summary>
@@ -90,6 +112,9 @@ public sealed record BatchPlan
     public BatchEvalSettings Eval { get; init; } = new();
     public IReadOnlyList<ExportFormat> ExportFormats { get; init; } = [ExportFormat.Safetensors, ExportFormat.Onnx];
 
+    /// <summary>Null (the default) when pruned models are evaluated as pruned; else how each is distilled first.</summary>
+    public BatchDistillSettings? Distill { get; init; }
+
     /// <summary>Null when the plan turns latency off (<c>"latency": null</c>).</summary>
     public BatchLatencySettings? Latency { get; init; } = new();
 
@@ -129,6 +154,13 @@ public sealed record BatchPlan
             {
                 ["steps"] = Prune.Steps, ["iterations"] = Prune.Iterations, ["calibration"] = Prune.Calibration, ["seed"] = Prune.Seed,
                 ["scope"] = Prune.Scope == SelectionScope.Global ? "global" : "per-layer",
+                ["budget"] = Prune.Budget.ToString().ToLowerInvariant(), ["selection"] = Prune.Selection.ToString().ToLowerInvariant(),
+            };
+        if (!item.IsOriginal && Distill is { } d)
+            settings["distill"] = new JsonObject
+            {
+                ["kd"] = BatchDistillSettings.KdName(d.Kd), ["steps"] = d.Steps, ["batch"] = d.BatchSize, ["lr"] = d.LearningRate,
+                ["data"] = d.Data == "mnist" ? "mnist" : Path.GetFullPath(d.Data), ["seed"] = d.Seed,
             };
         settings["eval"] = new JsonObject
         {
@@ -175,7 +207,7 @@ public sealed record BatchPlan
         {
             var reader = new PlanReader(name);
             var top = document.RootElement;
-            reader.Object(top, "the plan", "description", "root", "output", "models", "methods", "targets", "prune", "eval", "export", "latency");
+            reader.Object(top, "the plan", "description", "root", "output", "models", "methods", "targets", "prune", "distill", "eval", "export", "latency");
 
             string planFolder = Path.GetDirectoryName(Path.GetFullPath(planPath))!;
             string root = Path.GetFullPath(Path.Combine(planFolder, reader.String(top, "root") ?? "."));
@@ -189,6 +221,7 @@ public sealed record BatchPlan
             var methods = ReadMethods(reader, top);
             var targets = ReadTargets(reader, top);
             var prune = ReadPrune(reader, top);
+            var distill = ReadDistill(reader, top, Resolve);
             var eval = ReadEval(reader, top, Resolve);
             var formats = ReadFormats(reader, top);
             var latency = ReadLatency(reader, top);
@@ -198,7 +231,7 @@ public sealed record BatchPlan
             return new BatchPlan
             {
                 PlanPath = Path.GetFullPath(planPath), Root = root, Output = output, Models = models, Methods = methods, Targets = targets,
-                Prune = prune, Eval = eval, ExportFormats = formats, Latency = latency,
+                Prune = prune, Distill = distill, Eval = eval, ExportFormats = formats, Latency = latency,
             };
         }
     }
@@ -314,7 +347,7 @@ public sealed record BatchPlan
     {
         var defaults = new BatchPruneSettings();
         if (!reader.Section(top, "prune", out var section)) return defaults;
-        reader.Object(section, "\"prune\"", "steps", "iterations", "calibration", "seed", "scope");
+        reader.Object(section, "\"prune\"", "steps", "iterations", "calibration", "seed", "scope", "budget", "selection");
         return new BatchPruneSettings
         {
             Steps = reader.Int(section, "prune", "steps", defaults.Steps, 1),
@@ -327,6 +360,51 @@ public sealed record BatchPlan
                 "per-layer" => SelectionScope.PerLayer,
                 var other => throw new BatchPlanException($"{reader.Plan}: \"prune\".\"scope\" is '{other}'; use global or per-layer."),
             },
+            Budget = reader.String(section, "budget") switch
+            {
+                null or "params" => LayerBudget.Params,
+                "macs" => LayerBudget.Macs,
+                "latency" => LayerBudget.Latency,
+                var other => throw new BatchPlanException($"{reader.Plan}: \"prune\".\"budget\" is '{other}'; use params, macs or latency (what a layer method's target measures)."),
+            },
+            Selection = reader.String(section, "selection") switch
+            {
+                null or "knapsack" => LayerSelection.Knapsack,
+                "greedy" => LayerSelection.Greedy,
+                var other => throw new BatchPlanException($"{reader.Plan}: \"prune\".\"selection\" is '{other}'; use knapsack or greedy."),
+            },
+        };
+    }
+
+    private static BatchDistillSettings? ReadDistill(PlanReader reader, JsonElement top, Func<string, string> resolve)
+    {
+        var defaults = new BatchDistillSettings();
+        if (!reader.Section(top, "distill", out var section)) return null;
+        reader.Object(section, "\"distill\"", "kd", "steps", "batch", "lr", "data", "seed");
+        double lr = reader.Double(section, "distill", "lr", defaults.LearningRate);
+        if (!(lr > 0) || !double.IsFinite(lr))
+            throw new BatchPlanException($"{reader.Plan}: \"distill\".\"lr\" must be a positive number (got {lr}).");
+        string data = reader.String(section, "data") ?? defaults.Data;
+        if (data != "mnist")
+        {
+            data = resolve(data);
+            if (!File.Exists(data) && !Directory.Exists(data))
+                throw new BatchPlanException($"{reader.Plan}: \"distill\".\"data\" '{data}' does not exist; give mnist, an MNIST data file or a folder of images.");
+        }
+        return new BatchDistillSettings
+        {
+            Kd = reader.String(section, "kd") switch
+            {
+                null or "normalized" => KnowledgeDistillation.Normalized,
+                "plain" => KnowledgeDistillation.Plain,
+                "none" => KnowledgeDistillation.None,
+                var other => throw new BatchPlanException($"{reader.Plan}: \"distill\".\"kd\" is '{other}'; use normalized, plain or none."),
+            },
+            Steps = reader.Int(section, "distill", "steps", defaults.Steps, 1),
+            BatchSize = reader.Int(section, "distill", "batch", defaults.BatchSize, 1),
+            LearningRate = lr,
+            Data = data,
+            Seed = reader.Long(section, "distill", "seed", defaults.Seed),
         };
     }
 

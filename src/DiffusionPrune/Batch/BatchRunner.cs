@@ -61,6 +61,7 @@ public static class BatchRunner
     public const string ItemFileName = "item.json";
     public const string ItemFormat = "dprune-batch-item/1";
     public const string ModelFolderName = "model";
+    public const string DistilledFolderName = "distilled";
     public const string BundleFolderName = "bundle";
 
 
@@ -141,6 +142,7 @@ public static class BatchRunner
             finally
             {
                 pipeline.Forget(Path.Combine(folder, ModelFolderName)); // the pruned model: done with
+                pipeline.Forget(Path.Combine(folder, DistilledFolderName));
                 NativeMemory.Trim();
             }
         }
@@ -228,10 +230,44 @@ public static class BatchRunner
                 Calibration = plan.Prune.Calibration,
                 Seed = plan.Prune.Seed,
                 Scope = plan.Prune.Scope,
+                Budget = plan.Prune.Budget,
+                Selection = plan.Prune.Selection,
                 GuidanceIfConditional = plan.Eval.GuidanceScale, // EcoDiff calibrates as the plan samples
             }, progress, cancel).ConfigureAwait(false)).Report;
             schedulerConfig = null; // the pruned folder holds a copy
             log(string.Create(CultureInfo.InvariantCulture, $"removed {prune.AchievedParams:0.0%} of the parameters ({prune.ParametersBefore:N0} -> {prune.ParametersAfter:N0}) in {prune.Seconds:F1} s"));
+        }
+        cancel.ThrowIfCancellationRequested();
+
+        // 1b. optionally distil the pruned model from its original; the distilled model is the one evaluated, exported and timed
+        JsonObject? distilled = null;
+        if (!item.IsOriginal && plan.Distill is { } d)
+        {
+            string student = modelFolder;
+            modelFolder = Path.Combine(folder, DistilledFolderName);
+            log($"distilling ({BatchDistillSettings.KdName(d.Kd)} KD, {d.Steps} steps of {d.BatchSize} images) from the original");
+            var result = await pipeline.DistillAsync(new DistillRequest
+            {
+                StudentPath = student,
+                TeacherPath = item.Model.Path,
+                OutputPath = modelFolder,
+                Kd = d.Kd,
+                Steps = d.Steps,
+                BatchSize = d.BatchSize,
+                LearningRate = d.LearningRate,
+                Data = d.Data,
+                Seed = d.Seed,
+            }, progress, cancel).ConfigureAwait(false);
+            distilled = new JsonObject
+            {
+                ["folder"] = DistilledFolderName,
+                ["kd"] = BatchDistillSettings.KdName(d.Kd),
+                ["steps"] = result.Steps,
+                ["images"] = (long)result.Steps * d.BatchSize,
+                ["final_loss"] = result.FinalLoss,
+                ["seconds"] = Math.Round(result.WallTime.TotalSeconds, 2),
+            };
+            log(string.Create(CultureInfo.InvariantCulture, $"distilled: {result.Steps} steps, final loss {result.FinalLoss:F4}, in {result.WallTime.TotalSeconds:F1} s"));
         }
         cancel.ThrowIfCancellationRequested();
 
@@ -300,8 +336,9 @@ public static class BatchRunner
             ["parameters"] = eval.Parameters,
             ["macs"] = eval.Macs,
             ["settings"] = plan.SettingsOf(item),
-            ["model_folder"] = item.IsOriginal ? Path.GetFullPath(item.Model.Path) : ModelFolderName,
+            ["model_folder"] = item.IsOriginal ? Path.GetFullPath(item.Model.Path) : distilled is null ? ModelFolderName : DistilledFolderName,
             ["prune"] = prune?.ToJson(),
+            ["distill"] = distilled,
             ["eval"] = eval.ToJson(),
             ["export"] = new JsonObject
             {

@@ -165,8 +165,13 @@ public static class BatchSummary
         md.AppendLine(Inv, $"{rows.Count} of {total} items finished; written {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC by `dprune batch {Path.GetFileName(plan.PlanPath)}`.");
         md.AppendLine();
         var p = plan.Prune;
+        string layerNote = plan.Methods.Any(m => Pruning.Importance.ImportanceCriteria.Find(m) is { RemovesLayers: true })
+            ? $"; layer methods choose by {p.Selection.ToString().ToLowerInvariant()} under a {p.Budget.ToString().ToLowerInvariant()} budget (their targets are fractions of it)" : "";
         md.AppendLine(Inv, $"- **Pruning**: {string.Join(", ", plan.Methods)} to remove {string.Join(", ", plan.Targets.Order().Select(t => t.ToString("0%", Inv)))} of the parameters; " +
-            $"{p.Steps} calibration steps, {p.Calibration} calibration samples, {p.Iterations} EcoDiff iterations, seed {p.Seed}.");
+            $"{p.Steps} calibration steps, {p.Calibration} calibration samples, {p.Iterations} EcoDiff iterations, seed {p.Seed}{layerNote}.");
+        if (plan.Distill is { } d)
+            md.AppendLine(Inv, $"- **Distillation**: every pruned model is distilled from its original before it is measured: {d.Kd.ToString().ToLowerInvariant()} KD, " +
+                $"{d.Steps} steps of {d.BatchSize} images ({(long)d.Steps * d.BatchSize:N0} images), learning rate {d.LearningRate}, data {(d.Data == "mnist" ? "mnist" : Path.GetFileName(d.Data))}, seed {d.Seed}.");
         var e = plan.Eval;
         md.AppendLine(Inv, $"- **Quality**: {e.Samples} samples x {e.Steps} {e.Scheduler} steps (seed {e.Seed}, guidance {e.GuidanceScale}); FID-proxy with its 95% bootstrap interval " +
             $"and KID against the MNIST test split in the project's feature space; SSIM of each pruned model's samples to the original's from the same noise.");

@@ -37,8 +37,9 @@ public static class PlanSelector
         Select(groups, scores, targetRemovedFraction, scope, minKeepFraction).Plan;
 
     /// <summary><see cref="SelectForParameterTarget"/> with the achieved fraction and exact counts.</summary>
+    /// <param name="roundTo">Kept widths of ResNet channels and feed-forward neurons become multiples of this (1: any width).</param>
     public static PlanSelection Select(PrunableGroups groups, UnitScores scores, double targetRemovedFraction,
-        SelectionScope scope = SelectionScope.Global, double minKeepFraction = 0.1)
+        SelectionScope scope = SelectionScope.Global, double minKeepFraction = 0.1, int roundTo = 1)
     {
         ArgumentNullException.ThrowIfNull(groups);
         ArgumentNullException.ThrowIfNull(scores);
@@ -47,6 +48,8 @@ public static class PlanSelector
                 $"The target fraction of parameters to remove must lie strictly between 0 and 1 (got {targetRemovedFraction}); e.g. 0.2 removes 20%.");
         if (double.IsNaN(minKeepFraction) || minKeepFraction < 0 || minKeepFraction > 1)
             throw new PruningPlanException($"The minimum kept fraction per layer must lie in [0, 1] (got {minKeepFraction}).");
+        if (roundTo < 1)
+            throw new PruningPlanException($"Kept widths are rounded to multiples of a whole number of at least 1 (got {roundTo}).");
 
         long total = groups.Model.ParameterCount();
         long needed = (long)Math.Ceiling(targetRemovedFraction * total);
@@ -61,7 +64,7 @@ public static class PlanSelector
                 throw new PruningPlanException($"Group '{path}' has {group.Units} units but {values.Length} scores were given.");
             if (values.Any(float.IsNaN))
                 throw new PruningPlanException($"The scores of group '{path}' contain NaN; the importance criterion failed.");
-            candidates.Add(new Candidate(group, values, MinimumKeep(group, minKeepFraction)));
+            candidates.Add(new Candidate(group, values, MinimumKeep(group, minKeepFraction), roundTo));
         }
 
         long reachable = candidates.Sum(c => c.MaxRemovableParameters);
@@ -69,7 +72,7 @@ public static class PlanSelector
             throw new PruningPlanException(
                 $"Removing {targetRemovedFraction:P1} of the parameters ({needed:N0} of {total:N0}) is not possible: keeping at least " +
                 $"{minKeepFraction:P0} of every layer's units (and whole GroupNorm groups) allows at most {reachable / (double)total:P2} " +
-                $"({reachable:N0}). Lower the target or the per-layer minimum.");
+                $"({reachable:N0}){(roundTo > 1 ? $" with widths rounded to multiples of {roundTo}" : "")}. Lower the target or the per-layer minimum.");
 
         // 2. greedy: take the cheapest next step until the budget is met.
         long removed = 0;
@@ -120,54 +123,71 @@ public static class PlanSelector
     }
 
     /// <summary>
-    /// A group being narrowed. One step removes one unit, or for a ResNet block the next-lowest channel of every
-    /// GroupNorm group at once (the only way to stay valid); a step's score is the mean of the scores it removes.
+    /// A group being narrowed. An atomic step removes one unit, or for a ResNet block the next-lowest channel of every
+    /// GroupNorm group at once (the only way to stay valid). With a width rounding R, a step runs atomic steps until the
+    /// kept width is a multiple of R again; a step's score is the mean of the scores it removes.
     /// </summary>
     private sealed class Candidate
     {
-        private readonly double[] _stepScores;
-        private readonly int _unitsPerStep;
-        private readonly long _parametersPerStep;
-        private int _steps;
+        private readonly double[] _atomicScores;
+        private readonly int[] _keeps; // the kept widths this group may stop at, descending from its full width
+        private int _step;
 
-        public Candidate(UnitGroup group, float[] scores, int minimumKeep)
+        public Candidate(UnitGroup group, float[] scores, int minimumKeep, int roundTo)
         {
             Group = group;
             Scores = scores;
             MinimumKeep = minimumKeep;
-            Keep = group.Units;
+            int unitsPerStep;
             if (group is ResnetChannelGroup resnet)
             {
                 int width = resnet.ChannelsPerNormGroup, normGroups = resnet.NormGroups;
                 // per norm group, its channels' scores ascending; step k removes the k-th lowest of each.
                 var ascending = Enumerable.Range(0, normGroups)
                     .Select(g => Enumerable.Range(g * width, width).Select(i => (double)scores[i]).Order().ToArray()).ToArray();
-                _stepScores = Enumerable.Range(0, width).Select(k => ascending.Average(a => a[k])).ToArray();
-                _unitsPerStep = normGroups;
+                _atomicScores = Enumerable.Range(0, width).Select(k => ascending.Average(a => a[k])).ToArray();
+                unitsPerStep = normGroups;
             }
             else
             {
-                _stepScores = scores.Select(s => (double)s).Order().ToArray();
-                _unitsPerStep = 1;
+                _atomicScores = scores.Select(s => (double)s).Order().ToArray();
+                unitsPerStep = 1;
             }
-            _parametersPerStep = group.ParametersPerUnit * _unitsPerStep;
+            UnitsPerAtomicStep = unitsPerStep;
+            int round = RoundsWidth(group) ? roundTo : 1;
+            var keeps = new List<int> { group.Units };
+            for (int keep = group.Units - unitsPerStep; keep >= minimumKeep && keep >= 1; keep -= unitsPerStep)
+                if (keep % round == 0) keeps.Add(keep);
+            _keeps = keeps.ToArray();
         }
 
+        /// <summary>Widths of heads are already multiples of the head size; rounding applies to channels and neurons.</summary>
+        private static bool RoundsWidth(UnitGroup group) => group is ResnetChannelGroup or FeedForwardGroup;
+
+        private int UnitsPerAtomicStep { get; }
         public UnitGroup Group { get; }
         public float[] Scores { get; }
         public int MinimumKeep { get; }
-        public int Keep { get; private set; }
+        public int Keep => _keeps[_step];
 
-        public bool CanStep => Keep - _unitsPerStep >= MinimumKeep;
-        public double NextScore => _stepScores[_steps];
-        public double FractionAfterStep => 1.0 - (Keep - _unitsPerStep) / (double)Group.Units;
-        public long MaxRemovableParameters => Group.ParametersPerUnit * (Group.Units - MinimumKeep);
+        public bool CanStep => _step + 1 < _keeps.Length;
+        public double NextScore
+        {
+            get
+            {
+                int first = (Group.Units - _keeps[_step]) / UnitsPerAtomicStep, last = (Group.Units - _keeps[_step + 1]) / UnitsPerAtomicStep;
+                return _atomicScores[first..last].Average();
+            }
+        }
+
+        public double FractionAfterStep => 1.0 - _keeps[_step + 1] / (double)Group.Units;
+        public long MaxRemovableParameters => Group.ParametersPerUnit * (Group.Units - _keeps[^1]);
 
         public long Step()
         {
-            _steps++;
-            Keep -= _unitsPerStep;
-            return _parametersPerStep;
+            long removed = Group.ParametersPerUnit * (_keeps[_step] - _keeps[_step + 1]);
+            _step++;
+            return removed;
         }
     }
 }

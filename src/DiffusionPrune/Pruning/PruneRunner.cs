@@ -25,6 +25,9 @@ public sealed record PruneRequest
     /// </summary>
     public required double TargetParams { get; init; }
 
+    /// <summary>Width methods: kept widths of ResNet channels and feed-forward neurons become multiples of this (1, the default: any width).</summary>
+    public int RoundTo { get; init; } = 1;
+
     /// <summary>Layer methods: what the target measures. Default parameters.</summary>
     public LayerBudget Budget { get; init; } = LayerBudget.Params;
 
@@ -248,7 +251,7 @@ public static class PruneRunner
             groups.ClearMasks();
         }
         cancel.ThrowIfCancellationRequested();
-        var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction);
+        var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction, request.RoundTo);
 
         var pruned = StructuralSurgery.Apply(model, selection.Plan);
         var after = ModelCost.Measure(pruned);
@@ -263,6 +266,7 @@ public static class PruneRunner
             ["seed"] = request.Seed,
             ["scope"] = request.Scope.ToString(),
             ["min_keep_fraction"] = request.MinKeepFraction,
+            ["round_to"] = request.RoundTo,
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
         if (data is not null) settings["data"] = data is Data.ImageFolderDataset folder
@@ -295,6 +299,8 @@ public static class PruneRunner
         if (request.Data is not null)
             throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
                 $"{method.Name} is data-free (it calibrates on seeded noise).");
+        if (request.RoundTo != 1)
+            throw new ArgumentException($"--round-to rounds the widths a width method keeps; {method.Name} removes whole layers.");
         if (request.LatencyBatch < 1) throw new ArgumentException($"The latency batch must be at least 1 (got {request.LatencyBatch}).");
         ILayerCriterion criterion = method.Name == "laptop" ? new LaptopCriterion(request.AdditivitySubsets) : ImportanceCriteria.CreateLayers(method.Name);
         var costs = request.Budget switch

@@ -26,7 +26,10 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
 
     /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,
-        $"Prune {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath))} with {Request.Method} to remove {Request.TargetParams:0.#%}");
+        $"Prune {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath))} with {Request.Method} to remove {Request.TargetParams:0.#%}{BudgetSuffix}");
+
+    private string BudgetSuffix => Pruning.Importance.ImportanceCriteria.Find(Request.Method)?.RemovesLayers == true && Request.Budget != Pruning.Layers.LayerBudget.Params
+        ? $" of the {Request.Budget.ToString().ToLowerInvariant()}" : "";
 
     /// <summary>Where the job's share of the overall progress bar goes: pruning, then evaluating.</summary>
     private double PruneShare => Evaluation is null ? 1.0 : 0.75;
@@ -40,6 +43,13 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
         string result = string.Create(CultureInfo.InvariantCulture,
             $"{report.Method}: removed {report.AchievedParams:P1} of the parameters ({report.ParametersBefore:N0} → {report.ParametersAfter:N0}), " +
             $"MACs {report.MacsBefore:N0} → {report.MacsAfter:N0}, in {report.Seconds:F1} s; saved to {Request.OutputPath}");
+        if (report.Layers is { } layers)
+        {
+            result += string.Create(CultureInfo.InvariantCulture,
+                $". Removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.Selection.ToString().ToLowerInvariant()}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
+            if (layers.Additivity?.PearsonR is double r)
+                result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
+        }
         if (Evaluation is { } quick)
         {
             var eval = await pipeline.EvaluateAsync(new EvalRequest

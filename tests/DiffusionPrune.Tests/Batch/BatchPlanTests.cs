@@ -1,6 +1,8 @@
 using DiffusionPrune.Batch;
 using DiffusionPrune.Export;
+using DiffusionPrune.Pruning.Layers;
 using DiffusionPrune.Tests.Cli;
+using DiffusionPrune.Training;
 
 namespace DiffusionPrune.Tests.Batch;
 
@@ -84,7 +86,7 @@ public class BatchPlanTests
     }
 
     [Theory]
-    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, magnitude, random, taylor")]
+    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, laptop, ldpruner, magnitude, random, random-layer, taylor")]
     [InlineData("methods", "[]", "\"methods\" is empty")]
     [InlineData("methods", "[\"random\", \"Random\"]", "lists 'random' twice")]
     [InlineData("targets", "[0]", "strictly between 0 and 1")]
@@ -100,6 +102,13 @@ public class BatchPlanTests
     [InlineData("eval", "{\"samples\": 1}", "\"eval\".\"samples\" must be a whole number of at least 2")]
     [InlineData("eval", "{\"scheduler\": \"euler\"}", "use ddim, ddpm or dpm++2m")]
     [InlineData("prune", "{\"iterations\": 0}", "\"prune\".\"iterations\" must be a whole number of at least 1")]
+    [InlineData("prune", "{\"budget\": \"flops\"}", "\"prune\".\"budget\" is 'flops'; use params, macs or latency")]
+    [InlineData("prune", "{\"selection\": \"best\"}", "\"prune\".\"selection\" is 'best'; use knapsack or greedy")]
+    [InlineData("distill", "{\"kd\": \"feature\"}", "\"distill\".\"kd\" is 'feature'; use normalized, plain or none")]
+    [InlineData("distill", "{\"steps\": 0}", "\"distill\".\"steps\" must be a whole number of at least 1")]
+    [InlineData("distill", "{\"lr\": -1}", "\"distill\".\"lr\" must be a positive number")]
+    [InlineData("distill", "{\"data\": \"/no/such/images\"}", "\"distill\".\"data\" '/no/such/images' does not exist")]
+    [InlineData("distill", "{\"teacher\": \"x\"}", "unknown key \"teacher\"")]
     [InlineData("export", "{\"formats\": [\"tflite\"]}", "'tflite' is not a known format")]
     [InlineData("export", "{\"formats\": [\"safetensors\"]}", "must include \"onnx\" (or set \"latency\": null)")]
     [InlineData("latency", "{\"batches\": [0]}", "batch sizes of 1 or more")]
@@ -108,6 +117,28 @@ public class BatchPlanTests
         string message = ErrorOf(Plan(key, value));
         Assert.StartsWith("plan.json: ", message);
         Assert.Contains(expected, message);
+    }
+
+    [Fact]
+    public void Layer_budgets_and_an_optional_distillation_stage_are_read_and_change_the_item_settings()
+    {
+        var plain = BatchPlan.Parse(Plan("methods", "[\"laptop\", \"taylor\"]"), "/tmp/plan.json");
+        Assert.Null(plain.Distill);
+        Assert.Equal(LayerBudget.Params, plain.Prune.Budget);
+
+        var json = Plan("methods", "[\"laptop\", \"taylor\"]").TrimEnd('}') +
+            ", \"prune\": {\"budget\": \"macs\", \"selection\": \"greedy\"}, \"distill\": {\"kd\": \"plain\", \"steps\": 50, \"batch\": 8}}";
+        var plan = BatchPlan.Parse(json, "/tmp/plan.json");
+        Assert.Equal(LayerBudget.Macs, plan.Prune.Budget);
+        Assert.Equal(LayerSelection.Greedy, plan.Prune.Selection);
+        Assert.Equal((KnowledgeDistillation.Plain, 50, 8, "mnist"), (plan.Distill!.Kd, plan.Distill.Steps, plan.Distill.BatchSize, plan.Distill.Data));
+
+        var item = plan.Items().First(i => i.Method == "laptop");
+        Assert.Equal("macs", plan.SettingsOf(item)["prune"]!["budget"]!.GetValue<string>());
+        Assert.Equal("plain", plan.SettingsOf(item)["distill"]!["kd"]!.GetValue<string>());
+        Assert.Null(plan.SettingsOf(plan.Items()[0])["distill"]); // the original is not distilled
+        // A finished item of the plan without distillation is stale under this one.
+        Assert.NotEqual(plain.SettingsOf(item).ToJsonString(), plan.SettingsOf(item).ToJsonString());
     }
 
     [Fact]

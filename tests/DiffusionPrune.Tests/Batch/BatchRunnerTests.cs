@@ -47,6 +47,30 @@ public class BatchRunnerTests
     }
 
     [Fact]
+    public void A_layer_method_with_a_distillation_stage_measures_the_distilled_model()
+    {
+        using var temp = Fixtures.Temp();
+        var (planPath, parameters) = TinyPlan(temp.Path);
+        File.WriteAllText(planPath, File.ReadAllText(planPath)
+            .Replace("\"methods\": [\"magnitude\", \"random\"]", "\"methods\": [\"laptop\"]", StringComparison.Ordinal)
+            .Replace("\"targets\": [0.2]", "\"targets\": [0.1], \"distill\": { \"steps\": 2, \"batch\": 4 }", StringComparison.Ordinal)
+            .Replace("\"latency\": { \"batches\": [1, 2], \"warmup\": 1, \"runs\": 2 }", "\"latency\": null, \"export\": { \"formats\": [\"safetensors\"] }", StringComparison.Ordinal));
+        var plan = BatchPlan.Load(planPath);
+        var log = new List<string>();
+        var run = BatchRunner.Run(plan, new BatchRunOptions { Log = log.Add });
+        Assert.Empty(run.Failed);
+        var item = plan.Items()[1];
+        var record = BatchRunner.ReadItem(plan.FolderOf(item))!;
+        Assert.Equal("distilled", record["model_folder"]!.GetValue<string>());
+        Assert.Equal(8, record["distill"]!["images"]!.GetValue<long>());
+        Assert.NotEmpty(record["prune"]!["removed_layers"]!.AsArray());
+        Assert.True(record["parameters"]!.GetValue<long>() < parameters); // the distilled model is the pruned one, retrained
+        Assert.True(File.Exists(Path.Combine(plan.FolderOf(item), BatchRunner.DistilledFolderName, "eval_report.json")));
+        Assert.Contains(log, l => l.Contains("distilling (normalized KD, 2 steps of 4 images) from the original", StringComparison.Ordinal));
+        Assert.Contains("- **Distillation**: every pruned model is distilled", File.ReadAllText(Path.Combine(plan.Output, BatchSummary.MarkdownName)));
+    }
+
+    [Fact]
     public void A_tiny_sweep_writes_items_and_summaries_then_resumes_without_redoing_finished_items()
     {
         using var temp = Fixtures.Temp();

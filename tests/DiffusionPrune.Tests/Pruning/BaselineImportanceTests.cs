@@ -263,9 +263,28 @@ public class BaselineImportanceTests(ITestOutputHelper output)
         Assert.IsType<RandomImportance>(ImportanceCriteria.Create("random"));
         Assert.IsType<MagnitudeImportance>(ImportanceCriteria.Create("Magnitude"));
         Assert.IsType<TaylorImportance>(ImportanceCriteria.Create("taylor"));
-        Assert.All(ImportanceCriteria.Names, n => Assert.Equal(n, ImportanceCriteria.Create(n).Name));
+        Assert.All(ImportanceCriteria.All, e => Assert.Equal(e.Name, e.RemovesLayers ? ImportanceCriteria.CreateLayers(e.Name).Name : ImportanceCriteria.Create(e.Name).Name));
         var error = Assert.Throws<ArgumentException>(() => ImportanceCriteria.Create("l2"));
         Assert.Contains("'l2'", error.Message);
-        Assert.Contains("ecodiff, magnitude, random, taylor", error.Message);
+        Assert.Contains("ecodiff, laptop, ldpruner, magnitude, random, random-layer, taylor", error.Message);
+    }
+
+    [Fact]
+    public void Rounded_widths_keep_multiples_of_8_and_still_meet_the_target()
+    {
+        // A DiT: its feed-forward neurons are pruned one at a time (a GroupNorm'd ResNet already moves in steps of its group count).
+        using var model = TinyDiT(seed: 5);
+        var groups = PrunableGroups.Of(model);
+        var scores = ImportanceCriteria.Create("magnitude").Score(model, groups, Context(seed: 1));
+        var free = PlanSelector.Select(groups, scores, 0.15);
+        var rounded = PlanSelector.Select(groups, scores, 0.15, roundTo: 8);
+        Assert.True(rounded.AchievedRemovedFraction >= 0.15);
+        Assert.NotEmpty(rounded.Plan.Keep);
+        foreach (var (path, kept) in rounded.Plan.Keep)
+            if (groups.Unit(path) is ResnetChannelGroup or FeedForwardGroup)
+                Assert.True(kept.Length % 8 == 0, $"{path} keeps {kept.Length}");
+        Assert.Contains(free.Plan.Keep, kv => groups.Unit(kv.Key) is FeedForwardGroup && kv.Value.Length % 8 != 0); // the rounding changed something
+        Assert.Equal(free.Plan.Keep.Keys.Order(), PlanSelector.Select(groups, scores, 0.15, roundTo: 1).Plan.Keep.Keys.Order());
+        Assert.Throws<PruningPlanException>(() => PlanSelector.Select(groups, scores, 0.15, roundTo: 0));
     }
 }

@@ -304,6 +304,11 @@ public class LayerPruningTests
             ModelPath = folder, Method = "magnitude", TargetParams = 0.2, OutputPath = temp.File("b"), Budget = LayerBudget.Macs,
         }, CPU));
         Assert.Contains("--budget", error.Message, StringComparison.Ordinal);
+        error = Assert.Throws<ArgumentException>(() => PruneRunner.Run(new PruneRequest
+        {
+            ModelPath = folder, Method = "laptop", TargetParams = 0.1, OutputPath = temp.File("c"), RoundTo = 8,
+        }, CPU));
+        Assert.Contains("--round-to", error.Message, StringComparison.Ordinal);
         Assert.False(Directory.Exists(temp.File("a")));
     }
 
