@@ -27,7 +27,7 @@ public static class PruneCommand
         var additivity = new Option<int>("--additivity-subsets") { Description = "laptop: random layer subsets whose measured loss is compared with the sum of single-layer losses.", DefaultValueFactory = _ => 20 };
         var latencyBatch = new Option<int>("--latency-batch") { Description = "Layer methods with --budget latency: the batch size the latency table is measured at.", DefaultValueFactory = _ => 1 };
         var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
-        var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations.", DefaultValueFactory = _ => 100 };
+        var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations; learnable-depth joint mask and weight updates.", DefaultValueFactory = _ => 100 };
         var calibration = new Option<int>("--calibration") { Description = "Calibration samples (noise seeds / images).", DefaultValueFactory = _ => 16 };
         var beta = new Option<double>("--beta") { Description = "EcoDiff sparsity weight.", DefaultValueFactory = _ => 0.1 };
         var lr = new Option<double>("--lr") { Description = "EcoDiff logit learning rate.", DefaultValueFactory = _ => 0.1 };
@@ -141,7 +141,11 @@ public static class PruneCommand
                 $"{report.ParametersBefore:N0} -> {report.ParametersAfter:N0}; MACs {report.MacsBefore:N0} -> {report.MacsAfter:N0}; {report.Seconds:F1} s");
             if (report.Layers is { } layers)
             {
-                console.Result($"removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.Selection.ToString().ToLowerInvariant()}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
+                console.Result($"removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.SelectionName}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
+                if (layers.OneShotRemoved is { } oneShot)
+                    console.Result(oneShot.Order(StringComparer.Ordinal).SequenceEqual(layers.Removed.Order(StringComparer.Ordinal))
+                        ? "the one-shot choice (laptop, same budget) removes the same layers"
+                        : $"the one-shot choice (laptop, same budget) would remove: {string.Join(", ", oneShot)}");
                 if (layers.Additivity is { } check)
                     console.Result(check.PearsonR is double r
                         ? $"additivity: Pearson r = {r:F3}, Spearman rho = {check.SpearmanRho:F3} over {check.Samples.Count} random layer subsets (sum of single-layer losses vs measured)"

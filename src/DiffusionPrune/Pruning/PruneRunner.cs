@@ -124,6 +124,15 @@ public sealed record LayerPruneSummary(
     IReadOnlyList<string> Removed, IReadOnlyDictionary<string, double> Scores, IReadOnlyDictionary<string, double> Savings, AdditivityCheck? Additivity,
     string? LatencySource)
 {
+    /// <summary>Learnable depth: what the one-shot LAPTOP choice at the same budget removes, for comparison.</summary>
+    public IReadOnlyList<string>? OneShotRemoved { get; init; }
+
+    /// <summary>Learnable depth: the most probable layer sets at the end of training.</summary>
+    public IReadOnlyList<(IReadOnlyList<string> Layers, double Probability)>? LearnedSets { get; init; }
+
+    /// <summary>How the layers were chosen: knapsack, greedy, or learned (the most probable set of learnable depth).</summary>
+    public string SelectionName => LearnedSets is not null ? "learned" : Selection.ToString().ToLowerInvariant();
+
     public JsonObject ToJson()
     {
         var layers = new JsonObject();
@@ -137,7 +146,7 @@ public sealed record LayerPruneSummary(
         var json = new JsonObject
         {
             ["budget"] = Budget.ToString().ToLowerInvariant(),
-            ["selection"] = Selection.ToString().ToLowerInvariant(),
+            ["selection"] = SelectionName,
             ["unit"] = Unit,
             ["total"] = Total,
             ["target_fraction"] = TargetFraction,
@@ -145,6 +154,17 @@ public sealed record LayerPruneSummary(
             ["layers"] = layers,
         };
         if (LatencySource is not null) json["latency_table"] = LatencySource;
+        if (OneShotRemoved is not null)
+        {
+            json["one_shot_removed"] = new JsonArray(OneShotRemoved.Select(p => (JsonNode?)p).ToArray());
+            json["same_as_one_shot"] = OneShotRemoved.Order(StringComparer.Ordinal).SequenceEqual(Removed.Order(StringComparer.Ordinal));
+        }
+        if (LearnedSets is not null)
+            json["learned_sets"] = new JsonArray(LearnedSets.Select(s => (JsonNode?)new JsonObject
+            {
+                ["layers"] = new JsonArray(s.Layers.Select(l => (JsonNode?)l).ToArray()),
+                ["probability"] = Math.Round(s.Probability, 4),
+            }).ToArray());
         if (Additivity is not null)
             json["additivity"] = new JsonArray(Additivity.Samples.Select(a => (JsonNode?)new JsonObject
             {
@@ -296,13 +316,24 @@ public static class PruneRunner
     private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
         Action<string>? log, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
     {
-        if (request.Data is not null)
+        if (request.Data is not null && !method.UsesImages)
             throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
                 $"{method.Name} is data-free (it calibrates on seeded noise).");
+        Data.IImageDataset? data = null;
+        if (request.Data is not null)
+        {
+            data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
+            log?.Invoke($"calibration data: {data.Name}");
+        }
         if (request.RoundTo != 1)
             throw new ArgumentException($"--round-to rounds the widths a width method keeps; {method.Name} removes whole layers.");
         if (request.LatencyBatch < 1) throw new ArgumentException($"The latency batch must be at least 1 (got {request.LatencyBatch}).");
-        ILayerCriterion criterion = method.Name == "laptop" ? new LaptopCriterion(request.AdditivitySubsets) : ImportanceCriteria.CreateLayers(method.Name);
+        ILayerCriterion criterion = method.Name switch
+        {
+            "laptop" => new LaptopCriterion(request.AdditivitySubsets),
+            "learnable-depth" => new LearnableDepthCriterion(new LearnableDepthOptions { Iterations = request.Iterations }),
+            _ => ImportanceCriteria.CreateLayers(method.Name),
+        };
         var costs = request.Budget switch
         {
             LayerBudget.Macs => LayerCosts.Macs(groups),
@@ -313,12 +344,22 @@ public static class PruneRunner
         if (reachable < request.TargetParams)
             throw new ArgumentException($"Removing all {groups.Layers.Count} removable layers of this {model.ClassName} saves {reachable:P1} of its {costs.Unit}, " +
                 $"less than the {request.TargetParams:P0} asked; lower the target, or use a width method (ecodiff, taylor) to reach it.");
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, null, cancel);
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
+        var target = new LayerTarget(costs, request.TargetParams * costs.Total);
         log?.Invoke($"scoring {groups.Layers.Count} removable layers with {criterion.Name}");
         LayerScores scores;
+        IReadOnlyList<string>? oneShot = null;
         try
         {
-            scores = criterion.Score(model, groups, context);
+            scores = criterion.Score(model, groups, context, target);
+            if (scores.Chosen is not null)
+            {
+                // How the learned choice differs from the one-shot one (LAPTOP's output loss, same budget and selection).
+                log?.Invoke("comparing with the one-shot choice (laptop output loss, same budget)");
+                var laptop = new LaptopCriterion(additivitySubsets: 0).Score(model, groups, context with { Log = null }, target);
+                oneShot = LayerSelector.Select(groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], laptop[l.Path])).ToList(),
+                    target.Needed, request.Selection).Removed;
+            }
         }
         finally
         {
@@ -326,10 +367,14 @@ public static class PruneRunner
         }
         cancel.ThrowIfCancellationRequested();
         var items = groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], scores[l.Path])).ToList();
-        var choice = LayerSelector.Select(items, request.TargetParams * costs.Total, request.Selection);
+        var choice = scores.Chosen is { } chosen
+            ? new LayerChoice(chosen.Order(StringComparer.Ordinal).ToArray(), chosen.Sum(p => costs.Saving[p]), chosen.Sum(p => scores[p]))
+            : LayerSelector.Select(items, target.Needed, request.Selection);
+        if (choice.Saving < target.Needed)
+            throw new InvalidOperationException($"{criterion.Name} chose layers saving {choice.Saving:G4}, less than the {target.Needed:G4} needed.");
         var plan = new PruningPlan();
         foreach (var path in choice.Removed) plan.RemovedLayers.Add(path);
-        log?.Invoke($"{criterion.Name}: removing {choice.Removed.Count} of {groups.Layers.Count} layers ({request.Selection.ToString().ToLowerInvariant()}, " +
+        log?.Invoke($"{criterion.Name}: removing {choice.Removed.Count} of {groups.Layers.Count} layers ({(scores.Chosen is null ? request.Selection.ToString().ToLowerInvariant() : "learned")}, " +
                     $"{choice.Saving / costs.Total:P1} of the {costs.Unit}): {string.Join(", ", choice.Removed)}");
 
         var pruned = StructuralSurgery.Apply(model, plan);
@@ -346,10 +391,24 @@ public static class PruneRunner
             ["selection"] = request.Selection.ToString().ToLowerInvariant(),
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
-        if (criterion is LaptopCriterion laptop) settings["additivity_subsets"] = laptop.AdditivitySubsets;
+        if (criterion is LaptopCriterion laptopCriterion) settings["additivity_subsets"] = laptopCriterion.AdditivitySubsets;
+        if (criterion is LearnableDepthCriterion learnable)
+        {
+            settings["iterations"] = learnable.Options.Iterations;
+            settings["batch_size"] = learnable.Options.BatchSize;
+            settings["weight_learning_rate"] = learnable.Options.WeightLearningRate;
+            settings["mask_learning_rate"] = learnable.Options.MaskLearningRate;
+            settings["temperature"] = $"{learnable.Options.StartTemperature} -> {learnable.Options.EndTemperature}";
+            settings["data"] = data is Data.ImageFolderDataset folder ? $"image folder ({folder.Count} images)" : data?.Name ?? "mnist";
+            if (learnable.LossHistory.Count > 0) settings["final_loss"] = Math.Round(learnable.LossHistory.TakeLast(10).Average(), 6);
+        }
         if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;
         var summary = new LayerPruneSummary(request.Budget, request.Selection, costs.Unit, costs.Total, request.TargetParams, choice.Saving / costs.Total,
-            choice.Removed, scores.ByLayer, costs.Saving, scores.Additivity, costs.Source);
+            choice.Removed, scores.ByLayer, costs.Saving, scores.Additivity, costs.Source)
+        {
+            OneShotRemoved = oneShot,
+            LearnedSets = scores.LearnedSets,
+        };
         double achievedParams = (before.Parameters - after.Parameters) / (double)before.Parameters;
         var report = new PruneReport(criterion.Name, request.TargetParams, achievedParams, before.Parameters, after.Parameters, before.Macs, after.Macs,
             kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null, summary);

@@ -46,7 +46,7 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
         if (report.Layers is { } layers)
         {
             result += string.Create(CultureInfo.InvariantCulture,
-                $". Removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.Selection.ToString().ToLowerInvariant()}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
+                $". Removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.SelectionName}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
             if (layers.Additivity?.PearsonR is double r)
                 result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
         }

@@ -342,4 +342,77 @@ public class LayerPruningTests
         Assert.Equal(2, code);
         Assert.Contains("--budget must be params, macs or latency", stderr, StringComparison.Ordinal);
     }
+
+    // ---- learnable depth ----
+
+    [Fact]
+    public void Learnable_depth_ranges_over_exactly_the_minimal_layer_sets_that_meet_the_budget()
+    {
+        var random = new Random(21);
+        for (int instance = 0; instance < 100; instance++)
+        {
+            int n = random.Next(1, 9);
+            var savings = Enumerable.Range(0, n).Select(_ => (double)random.Next(0, 20)).ToArray();
+            double needed = Math.Max(1, Math.Floor(savings.Sum() * random.NextDouble()));
+            if (savings.Sum() < needed) continue;
+            var expected = new List<string>();
+            for (int mask = 1; mask < 1 << n; mask++)
+            {
+                var set = Enumerable.Range(0, n).Where(i => (mask >> i & 1) == 1).ToArray();
+                bool meets(IEnumerable<int> s) => s.Sum(i => savings[i]) >= needed;
+                if (meets(set) && set.All(drop => !meets(set.Where(i => i != drop)))) expected.Add(string.Join(",", set));
+            }
+            var sets = LearnableDepthCriterion.CandidateSets(savings, needed);
+            Assert.Equal(expected.Order(StringComparer.Ordinal), sets.Select(s => string.Join(",", s)).Order(StringComparer.Ordinal));
+        }
+        Assert.Throws<ArgumentException>(() => LearnableDepthCriterion.CandidateSets([1, 1, 1, 1], 3, max: 3)); // C(4,3) = 4 > 3
+    }
+
+    /// <summary>An MNIST-shaped class-conditional DiT (1 x 32 x 32, patch 8, 10 classes) with four blocks.</summary>
+    private static DiTTransformer2DModel MnistShapedDiT(int seed)
+    {
+        manual_seed(seed);
+        var model = new DiTTransformer2DModel(new DiTConfig
+        {
+            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = 4,
+            SampleSize = 32, PatchSize = 8, NumEmbedsAdaNorm = 10, NormNumGroups = 1,
+        });
+        using (no_grad())
+            foreach (var p in model.parameters()) p.add_(randn(p.shape) * 0.1);
+        model.eval();
+        return model;
+    }
+
+    [Fact]
+    public void Learnable_depth_learns_a_set_that_meets_the_budget_leaves_the_model_alone_and_is_compared_with_one_shot()
+    {
+        using var temp = Fixtures.Temp();
+        using var source = MnistShapedDiT(10);
+        string folder = SaveModel(temp, source, "dit");
+        using var model = ModelFamilies.Load(folder);
+        var before = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        var request = new PruneRequest { ModelPath = folder, Method = "learnable-depth", TargetParams = 0.4, Iterations = 6, Steps = 2, Calibration = 2, Seed = 3 };
+        var log = new List<string>();
+        using var pruned = PruneRunner.Prune(model, request, Path.Combine(folder, ModelFolder.SchedulerConfig), CPU, log.Add);
+        var layers = pruned.Report.Layers!;
+        Assert.Equal("learned", layers.SelectionName);
+        Assert.True(layers.AchievedFraction >= 0.4);
+        Assert.Equal(2, layers.Removed.Count); // each block is about a quarter
+        Assert.Equal(layers.LearnedSets![0].Layers.Order(StringComparer.Ordinal), layers.Removed);
+        Assert.Equal(2, layers.OneShotRemoved!.Count);
+        Assert.InRange(layers.LearnedSets.Sum(s => s.Probability), 0, 1 + 1e-6);
+        Assert.All(layers.Scores.Values, p => Assert.InRange(p, -1e-6, 1 + 1e-6)); // probabilities of being kept
+        Assert.Contains(log, l => l.StartsWith("learnable-depth: 6/6 loss", StringComparison.Ordinal));
+        var json = pruned.Report.ToJson();
+        Assert.NotNull(json["layer_selection"]!["same_as_one_shot"]);
+        Assert.Equal(6, json["settings"]!["iterations"]!.GetValue<int>());
+
+        // The recovery update trained a copy: the model given is unchanged and ungated.
+        foreach (var (key, value) in model.state_dict()) Assert.True(value.equal(before[key]).all().item<bool>(), key);
+        Assert.All(PrunableGroups.Of(model).Layers, l => Assert.Null(GateOf(l)));
+
+        // Seeded: the same run learns the same probabilities.
+        using var again = PruneRunner.Prune(model, request, Path.Combine(folder, ModelFolder.SchedulerConfig), CPU);
+        Assert.Equal(layers.Scores, again.Report.Layers!.Scores);
+    }
 }

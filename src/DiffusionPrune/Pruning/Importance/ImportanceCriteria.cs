@@ -24,6 +24,8 @@ public static class ImportanceCriteria
         new("laptop", "LAPTOP-Diff: remove whole layers by their one-shot output loss, chosen by knapsack under a params, MACs or latency budget", null,
             CreateLayers: () => new LaptopCriterion()),
         new("ldpruner", "LD-Pruner: remove whole layers by the shift of the final latents' mean and std", null, CreateLayers: () => new LdPrunerCriterion()),
+        new("learnable-depth", "TinyFusion-style: learn which whole layers to remove jointly with a short recovery update of the weights, on calibration images", null,
+            UsesImages: true, CreateLayers: () => new LearnableDepthCriterion()),
         new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion()),
         new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffPruner()),
         new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance()),

@@ -235,27 +235,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
     /// <remarks>The data given (<c>--data</c>), else the MNIST training split, which fits only 1 x 32 x 32 models of at least 10 classes.</remarks>
     private (Tensor Images, Tensor? Labels) CalibrationBatch(DiffusionModel model, ImportanceContext context)
     {
-        if (model.SampleSize is not [var h, var w])
-            throw new ArgumentException($"Taylor importance needs a model with a 2-D sample size, not {string.Join(" x ", model.SampleSize)}.");
-        IImageDataset split;
-        var data = calibrationData ?? context.CalibrationData;
-        if (data is null)
-        {
-            int size = MnistDataset.ImageSize;
-            if (model.InChannels != 1 || h != size || w != size)
-                throw new ArgumentException(
-                    $"Taylor importance calibrates on MNIST images (1 x {size} x {size}) unless given data, but the model takes {model.InChannels} x {h} x {w} samples. " +
-                    "Give it a folder of images (--data DIR), or score with a data-free criterion (magnitude, random).");
-            if (model.NumClasses is int classes && classes < 10)
-                throw new ArgumentException($"The model has {classes} classes, but the calibration labels are the MNIST digits 0..9; it needs at least 10 classes.");
-            split = MnistDataset.Load().Train;
-        }
-        else
-        {
-            split = data;
-            ImageDatasets.RequireShape(split, model.InChannels, h, w);
-            ImageDatasets.RequireLabelsFor(split, model.NumClasses);
-        }
+        var split = CalibrationImages.Open(model, calibrationData ?? context.CalibrationData, "Taylor importance");
         if (context.CalibrationSamples > split.Count)
             throw new ArgumentException($"CalibrationSamples is {context.CalibrationSamples}, but the {split.Name} holds {split.Count} images; ask for at most that many.");
         int[] order = Enumerable.Range(0, split.Count).ToArray();

@@ -12,12 +12,21 @@ public sealed class LayerScores
     /// <summary>LAPTOP's additivity check: predicted (sum of single-layer losses) against measured loss of random subsets.</summary>
     public AdditivityCheck? Additivity { get; set; }
 
+    /// <summary>A criterion that chooses the layers itself (learnable depth) sets them here; the others leave selection to <see cref="LayerSelector"/>.</summary>
+    public IReadOnlyList<string>? Chosen { get; set; }
+
+    /// <summary>Learnable depth: the most probable layer sets at the end of training, with their probabilities.</summary>
+    public IReadOnlyList<(IReadOnlyList<string> Layers, double Probability)>? LearnedSets { get; set; }
+
     public double this[string path]
     {
         get => ByLayer[path];
         set => ByLayer[path] = value;
     }
 }
+
+/// <summary>What a layer prune must reach: each layer's saving in the budget's unit and the total saving needed.</summary>
+public sealed record LayerTarget(LayerCostTable Costs, double Needed);
 
 /// <summary>One subset of the additivity check.</summary>
 public sealed record AdditivitySample(IReadOnlyList<string> Layers, double Predicted, double Measured);
@@ -31,10 +40,11 @@ public sealed record AdditivityCheck(IReadOnlyList<AdditivitySample> Samples, do
 /// <summary>A layer criterion: a score per removable layer (higher = keep). <see cref="LayerSelector"/> turns scores into a plan.</summary>
 public interface ILayerCriterion
 {
-    /// <summary>Name used on the command line and in reports: laptop | ldpruner | random-layer.</summary>
+    /// <summary>Name used on the command line and in reports: laptop | ldpruner | random-layer | learnable-depth.</summary>
     string Name { get; }
 
-    LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context);
+    /// <param name="target">The budget; criteria that choose the layers themselves need it, the others ignore it.</param>
+    LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context, LayerTarget? target = null);
 }
 
 /// <summary>
@@ -49,7 +59,7 @@ public sealed class LaptopCriterion(int additivitySubsets = 20) : ILayerCriterio
     public int AdditivitySubsets { get; } = additivitySubsets >= 0 ? additivitySubsets
         : throw new ArgumentOutOfRangeException(nameof(additivitySubsets), "The number of additivity subsets cannot be negative.");
 
-    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context)
+    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context, LayerTarget? target = null)
     {
         LayerCriterion.Check(model, groups);
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
@@ -87,7 +97,7 @@ public sealed class LdPrunerCriterion : ILayerCriterion
 {
     public string Name => "ldpruner";
 
-    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context)
+    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context, LayerTarget? target = null)
     {
         LayerCriterion.Check(model, groups);
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
@@ -113,7 +123,7 @@ public sealed class RandomLayerCriterion : ILayerCriterion
 {
     public string Name => "random-layer";
 
-    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context)
+    public LayerScores Score(DiffusionModel model, PrunableGroups groups, ImportanceContext context, LayerTarget? target = null)
     {
         LayerCriterion.Check(model, groups);
         var random = new Random(unchecked((int)(context.Seed ^ (context.Seed >> 32))));
