@@ -34,6 +34,9 @@ public sealed record BatchPruneSettings
 
     /// <summary>Layer methods: knapsack or greedy.</summary>
     public LayerSelection Selection { get; init; } = LayerSelection.Knapsack;
+
+    /// <summary>Width methods: kept ResNet channels and feed-forward neurons become multiples of this (1: any width).</summary>
+    public int RoundTo { get; init; } = 1;
 }
 
 /// <summary>The optional <c>distill</c> section: every pruned model is distilled from its original before it is evaluated.</summary>
@@ -156,6 +159,8 @@ public sealed record BatchPlan
                 ["scope"] = Prune.Scope == SelectionScope.Global ? "global" : "per-layer",
                 ["budget"] = Prune.Budget.ToString().ToLowerInvariant(), ["selection"] = Prune.Selection.ToString().ToLowerInvariant(),
             };
+        if (!item.IsOriginal && Prune.RoundTo != 1 && Pruning.Importance.ImportanceCriteria.Find(item.Method!) is { RemovesLayers: false })
+            settings["prune"]!["round_to"] = Prune.RoundTo;
         if (!item.IsOriginal && Distill is { } d)
             settings["distill"] = new JsonObject
             {
@@ -347,13 +352,14 @@ public sealed record BatchPlan
     {
         var defaults = new BatchPruneSettings();
         if (!reader.Section(top, "prune", out var section)) return defaults;
-        reader.Object(section, "\"prune\"", "steps", "iterations", "calibration", "seed", "scope", "budget", "selection");
+        reader.Object(section, "\"prune\"", "steps", "iterations", "calibration", "seed", "scope", "budget", "selection", "round_to");
         return new BatchPruneSettings
         {
             Steps = reader.Int(section, "prune", "steps", defaults.Steps, 1),
             Iterations = reader.Int(section, "prune", "iterations", defaults.Iterations, 1),
             Calibration = reader.Int(section, "prune", "calibration", defaults.Calibration, 1),
             Seed = reader.Long(section, "prune", "seed", defaults.Seed),
+            RoundTo = reader.Int(section, "prune", "round_to", defaults.RoundTo, 1),
             Scope = reader.String(section, "scope") switch
             {
                 null or "global" => SelectionScope.Global,

@@ -232,6 +232,7 @@ public static class BatchRunner
                 Scope = plan.Prune.Scope,
                 Budget = plan.Prune.Budget,
                 Selection = plan.Prune.Selection,
+                RoundTo = Pruning.Importance.ImportanceCriteria.Find(item.Method!) is { RemovesLayers: true } ? 1 : plan.Prune.RoundTo, // widths only
                 GuidanceIfConditional = plan.Eval.GuidanceScale, // EcoDiff calibrates as the plan samples
             }, progress, cancel).ConfigureAwait(false)).Report;
             schedulerConfig = null; // the pruned folder holds a copy

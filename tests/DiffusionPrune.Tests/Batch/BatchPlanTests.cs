@@ -86,7 +86,7 @@ public class BatchPlanTests
     }
 
     [Theory]
-    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, laptop, ldpruner, magnitude, random, random-layer, taylor")]
+    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, laptop, ldpruner, learnable-depth, magnitude, random, random-layer, taylor")]
     [InlineData("methods", "[]", "\"methods\" is empty")]
     [InlineData("methods", "[\"random\", \"Random\"]", "lists 'random' twice")]
     [InlineData("targets", "[0]", "strictly between 0 and 1")]
@@ -127,7 +127,7 @@ public class BatchPlanTests
         Assert.Equal(LayerBudget.Params, plain.Prune.Budget);
 
         var json = Plan("methods", "[\"laptop\", \"taylor\"]").TrimEnd('}') +
-            ", \"prune\": {\"budget\": \"macs\", \"selection\": \"greedy\"}, \"distill\": {\"kd\": \"plain\", \"steps\": 50, \"batch\": 8}}";
+            ", \"prune\": {\"budget\": \"macs\", \"selection\": \"greedy\", \"round_to\": 8}, \"distill\": {\"kd\": \"plain\", \"steps\": 50, \"batch\": 8}}";
         var plan = BatchPlan.Parse(json, "/tmp/plan.json");
         Assert.Equal(LayerBudget.Macs, plan.Prune.Budget);
         Assert.Equal(LayerSelection.Greedy, plan.Prune.Selection);
@@ -136,6 +136,9 @@ public class BatchPlanTests
         var item = plan.Items().First(i => i.Method == "laptop");
         Assert.Equal("macs", plan.SettingsOf(item)["prune"]!["budget"]!.GetValue<string>());
         Assert.Equal("plain", plan.SettingsOf(item)["distill"]!["kd"]!.GetValue<string>());
+        Assert.Equal(8, plan.Prune.RoundTo);
+        Assert.Null(plan.SettingsOf(item)["prune"]!["round_to"]); // widths only: a layer method ignores it
+        Assert.Equal(8, plan.SettingsOf(plan.Items().First(i => i.Method == "taylor"))["prune"]!["round_to"]!.GetValue<int>());
         Assert.Null(plan.SettingsOf(plan.Items()[0])["distill"]); // the original is not distilled
         // A finished item of the plan without distillation is stale under this one.
         Assert.NotEqual(plain.SettingsOf(item).ToJsonString(), plan.SettingsOf(item).ToJsonString());
