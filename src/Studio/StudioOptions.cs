@@ -6,6 +6,12 @@ public sealed class StudioOptions
     /// <summary>The configuration section these options are bound from.</summary>
     public const string SectionName = "Studio";
 
+    /// <summary>Where under <see cref="OutputRoot"/> pruned models go.</summary>
+    public const string PrunedFolder = "pruned";
+
+    /// <summary>Where under <see cref="OutputRoot"/> distilled models go.</summary>
+    public const string DistilledFolder = "distilled";
+
     /// <summary>
     /// Folder that holds <c>models/&lt;name&gt;/</c>. Empty (the default) means the repository's
     /// <c>samples/</c>; a relative path is taken from the repository root when one is found,
@@ -14,7 +20,7 @@ public sealed class StudioOptions
     public string SamplesRoot { get; set; } = "";
 
     /// <summary>
-    /// Folder the Studio writes its outputs to (pruned models go to <c>pruned/</c>). Empty (the default) means the
+    /// Folder the Studio writes its outputs to (pruned models go to <c>pruned/</c>, distilled ones to <c>distilled/</c>). Empty (the default) means the
     /// repository's <c>out/studio</c>; a relative path is taken from the repository root when one is found.
     /// </summary>
     public string OutputRoot { get; set; } = "";

@@ -16,10 +16,15 @@ public static class StudioServiceCollectionExtensions
         services.AddOptions<StudioOptions>().Bind(configuration.GetSection(StudioOptions.SectionName));
 
         // Singleton: stateless; it reads the disk on every call, so new models show up on refresh.
-        services.AddSingleton<IModelCatalog>(provider => new FileSystemModelCatalog(
-            RepositoryLayout.ResolveSamplesRoot(
-                provider.GetRequiredService<IOptions<StudioOptions>>().Value.SamplesRoot,
-                RepositoryLayout.FindRoot())));
+        // It lists the samples' models, then the Studio's own outputs (pruned/NAME, distilled/NAME).
+        services.AddSingleton<IModelCatalog>(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            string? root = RepositoryLayout.FindRoot();
+            string outputs = RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root);
+            return new FileSystemModelCatalog(RepositoryLayout.ResolveSamplesRoot(options.SamplesRoot, root),
+                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder)]);
+        });
 
         // Singleton: jobs outlive any one circuit; every open page sees the same list.
         services.AddSingleton<JobStateService>();

@@ -13,10 +13,16 @@ public sealed class FileSystemModelCatalog : IModelCatalog
     private const string ConfigFileName = ModelFolder.Config;
     private const string ClassNameKey = "_class_name";
 
-    /// <summary>Creates a catalog over <paramref name="samplesRoot"/><c>/models</c>.</summary>
-    public FileSystemModelCatalog(string samplesRoot)
+    private readonly IReadOnlyList<string> _outputRoots;
+
+    /// <summary>
+    /// Creates a catalog over <paramref name="samplesRoot"/><c>/models</c> and, after those, the Studio's own outputs:
+    /// each folder of <paramref name="outputRoots"/> (e.g. <c>out/studio/pruned</c>), listed as <c>pruned/NAME</c>.
+    /// </summary>
+    public FileSystemModelCatalog(string samplesRoot, IReadOnlyList<string>? outputRoots = null)
     {
         ModelsRoot = Path.Combine(Path.GetFullPath(samplesRoot), "models");
+        _outputRoots = (outputRoots ?? []).Select(Path.GetFullPath).ToArray();
     }
 
     /// <inheritdoc />
@@ -25,21 +31,25 @@ public sealed class FileSystemModelCatalog : IModelCatalog
     /// <inheritdoc />
     public async Task<IReadOnlyList<ModelSummary>> ListModelsAsync(CancellationToken cancellationToken = default)
     {
-        if (!Directory.Exists(ModelsRoot))
-            return [];
-
         var models = new List<ModelSummary>();
-        foreach (var folder in Directory.EnumerateDirectories(ModelsRoot).Order(StringComparer.Ordinal))
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            models.Add(await ReadFolderAsync(folder, cancellationToken));
-        }
+        if (Directory.Exists(ModelsRoot))
+            foreach (var folder in Directory.EnumerateDirectories(ModelsRoot).Order(StringComparer.Ordinal))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                models.Add(await ReadFolderAsync(folder, Path.GetFileName(folder), cancellationToken));
+            }
+        foreach (var root in _outputRoots.Where(Directory.Exists))
+            foreach (var folder in Directory.EnumerateDirectories(root).Order(StringComparer.Ordinal))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                if (Path.GetFileName(folder).StartsWith('.')) continue; // a folder being written (AtomicFolder) or a checkpoint
+                models.Add(await ReadFolderAsync(folder, $"{Path.GetFileName(root)}/{Path.GetFileName(folder)}", cancellationToken));
+            }
         return models;
     }
 
-    private static async Task<ModelSummary> ReadFolderAsync(string folder, CancellationToken cancellationToken)
+    private static async Task<ModelSummary> ReadFolderAsync(string folder, string name, CancellationToken cancellationToken)
     {
-        var name = Path.GetFileName(folder);
         var safetensorsBytes = Directory.EnumerateFiles(folder, "*.safetensors")
             .Sum(file => new FileInfo(file).Length);
         var (className, problem) = await ReadClassNameAsync(Path.Combine(folder, ConfigFileName), cancellationToken);

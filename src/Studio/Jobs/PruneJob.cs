@@ -72,7 +72,7 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
     }
 
     /// <summary>The pipeline's progress as the Studio's, with the stage's fraction placed in its share of the bar.</summary>
-    private static IProgress<StageProgress> Forward(IProgress<JobProgress> progress, double start, double share) =>
+    internal static IProgress<StageProgress> Forward(IProgress<JobProgress> progress, double start, double share) =>
         new SynchronousProgress<StageProgress>(p =>
         {
             string stage = p.Stage.ToString().ToLowerInvariant();

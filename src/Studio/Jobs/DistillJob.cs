@@ -1,0 +1,56 @@
+using System.Globalization;
+using DiffusionPrune.Evaluation;
+using DiffusionPrune.Pipeline;
+using DiffusionPrune.Training;
+
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>
+/// Distils a pruned model from its teacher through the core's <see cref="DiffusionPipeline"/> (normalized, plain or no
+/// KD), then, optionally, takes a quick look at the distilled model against the teacher from the same noise. The page
+/// sees every step's losses, images per second and ETA. Cancelling stops after the step being run.
+/// </summary>
+public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluation = null) : StudioJob
+{
+    /// <summary>The request the job runs.</summary>
+    public DistillRequest Request { get; } = request;
+
+    /// <summary>The evaluation after distilling; null skips it.</summary>
+    public QuickEvaluation? Evaluation { get; } = evaluation;
+
+    /// <inheritdoc />
+    public override string Name => string.Create(CultureInfo.InvariantCulture,
+        $"Distil {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.StudentPath))} from {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.TeacherPath))} " +
+        $"({Request.Kd.ToString().ToLowerInvariant()} KD, {Request.Steps} steps)");
+
+    private double DistillShare => Evaluation is null ? 1.0 : 0.85;
+
+    /// <inheritdoc />
+    public override async Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken)
+    {
+        using var pipeline = new DiffusionPipeline();
+        var trained = await pipeline.DistillAsync(Request, PruneJob.Forward(progress, 0, DistillShare), cancellationToken);
+        string result = string.Create(CultureInfo.InvariantCulture,
+            $"distilled {trained.Steps} steps of {Request.BatchSize} images ({(long)trained.Steps * Request.BatchSize:N0} images, " +
+            $"{Request.Kd.ToString().ToLowerInvariant()} KD), final loss {trained.FinalLoss:F4}, in {trained.WallTime.TotalSeconds:F1} s; saved to {Request.OutputPath}");
+        if (Evaluation is { } quick)
+        {
+            var eval = await pipeline.EvaluateAsync(new EvalRequest
+            {
+                ModelPath = Request.OutputPath,
+                ReferenceModelPath = Request.TeacherPath,
+                Samples = quick.Samples,
+                Steps = quick.Steps,
+                BatchSize = quick.Samples,
+                Seed = Request.Seed,
+                BootstrapResamples = 100,
+            }, PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
+            eval.Save(Path.Combine(Request.OutputPath, Formats.ModelFolder.EvalReport));
+            result += string.Create(CultureInfo.InvariantCulture,
+                $". Quick look ({quick.Samples} samples x {quick.Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
+            if (eval.Ssim is double ssim) result += string.Create(CultureInfo.InvariantCulture, $", SSIM to the teacher {ssim:F3}");
+        }
+        progress.Report(new JobProgress(1, result, Note: true));
+        Result = result;
+    }
+}
