@@ -1,5 +1,4 @@
 using System.Globalization;
-using DiffusionPrune.Evaluation;
 using DiffusionPrune.Pipeline;
 using DiffusionPrune.Training;
 
@@ -34,22 +33,8 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
             $"distilled {trained.Steps} steps of {Request.BatchSize} images ({(long)trained.Steps * Request.BatchSize:N0} images, " +
             $"{Request.Kd.ToString().ToLowerInvariant()} KD), final loss {trained.FinalLoss:F4}, in {trained.WallTime.TotalSeconds:F1} s; saved to {Request.OutputPath}");
         if (Evaluation is { } quick)
-        {
-            var eval = await pipeline.EvaluateAsync(new EvalRequest
-            {
-                ModelPath = Request.OutputPath,
-                ReferenceModelPath = Request.TeacherPath,
-                Samples = quick.Samples,
-                Steps = quick.Steps,
-                BatchSize = quick.Samples,
-                Seed = Request.Seed,
-                BootstrapResamples = 100,
-            }, PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
-            eval.Save(Path.Combine(Request.OutputPath, Formats.ModelFolder.EvalReport));
-            result += string.Create(CultureInfo.InvariantCulture,
-                $". Quick look ({quick.Samples} samples x {quick.Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
-            if (eval.Ssim is double ssim) result += string.Create(CultureInfo.InvariantCulture, $", SSIM to the teacher {ssim:F3}");
-        }
+            result += ". " + await quick.RunAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
+                PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;
     }

@@ -8,7 +8,32 @@ namespace DiffusionPrune.Studio.Jobs;
 /// <summary>What a prune job evaluates after pruning: a quick look, not a benchmark (the CLI's eval is for those).</summary>
 /// <param name="Samples">Images sampled from the pruned model and, from the same noise, the original.</param>
 /// <param name="Steps">DDIM steps per image.</param>
-public sealed record QuickEvaluation(int Samples = 64, int Steps = 10);
+public sealed record QuickEvaluation(int Samples = 64, int Steps = 10)
+{
+    /// <summary>
+    /// Evaluates <paramref name="model"/> against <paramref name="reference"/> from the same noise, saves the report beside
+    /// the model and returns one sentence: "Quick look (...): FID-proxy ... [...], SSIM to {referenceName} ...".
+    /// </summary>
+    public async Task<string> RunAsync(DiffusionPipeline pipeline, string model, string reference, string referenceName, long seed,
+        IProgress<StageProgress> progress, CancellationToken cancellationToken)
+    {
+        var eval = await pipeline.EvaluateAsync(new EvalRequest
+        {
+            ModelPath = model,
+            ReferenceModelPath = reference,
+            Samples = Samples,
+            Steps = Steps,
+            BatchSize = Samples,
+            Seed = seed,
+            BootstrapResamples = 100,
+        }, progress, cancellationToken);
+        eval.Save(Path.Combine(model, Formats.ModelFolder.EvalReport));
+        string text = string.Create(CultureInfo.InvariantCulture,
+            $"Quick look ({Samples} samples x {Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
+        if (eval.Ssim is double ssim) text += string.Create(CultureInfo.InvariantCulture, $", SSIM to {referenceName} {ssim:F3}");
+        return text;
+    }
+}
 
 /// <summary>
 /// Prunes a model and evaluates the result against the original, through the core's <see cref="DiffusionPipeline"/>:
@@ -51,22 +76,8 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
                 result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
         }
         if (Evaluation is { } quick)
-        {
-            var eval = await pipeline.EvaluateAsync(new EvalRequest
-            {
-                ModelPath = Request.OutputPath!,
-                ReferenceModelPath = Request.ModelPath,
-                Samples = quick.Samples,
-                Steps = quick.Steps,
-                BatchSize = quick.Samples,
-                Seed = Request.Seed,
-                BootstrapResamples = 100,
-            }, Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
-            eval.Save(Path.Combine(Request.OutputPath!, Formats.ModelFolder.EvalReport));
-            result += string.Create(CultureInfo.InvariantCulture,
-                $". Quick look ({quick.Samples} samples x {quick.Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
-            if (eval.Ssim is double ssim) result += string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {ssim:F3}");
-        }
+            result += ". " + await quick.RunAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
+                Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;
     }

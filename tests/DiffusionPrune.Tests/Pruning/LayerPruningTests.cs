@@ -22,13 +22,18 @@ public class LayerPruningTests
     private static string SchedulerConfigPath => Fixtures.Diffusers("unet2d-small", "scheduler_config.json");
 
     /// <summary>Class-conditional DiT with six blocks (enough distinct layer subsets for the additivity check), 8 x 8.</summary>
-    private static DiTTransformer2DModel SixBlockDiT(int seed)
+    private static DiTTransformer2DModel SixBlockDiT(int seed) => DiT(seed, layers: 6, sampleSize: 8, patch: 4, classes: 5);
+
+    /// <summary>An MNIST-shaped class-conditional DiT (1 x 32 x 32, patch 8, 10 classes) with four blocks.</summary>
+    private static DiTTransformer2DModel MnistShapedDiT(int seed) => DiT(seed, layers: 4, sampleSize: 32, patch: 8, classes: 10);
+
+    private static DiTTransformer2DModel DiT(int seed, int layers, int sampleSize, int patch, int classes)
     {
         manual_seed(seed);
         var model = new DiTTransformer2DModel(new DiTConfig
         {
-            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = 6,
-            SampleSize = 8, PatchSize = 4, NumEmbedsAdaNorm = 5, NormNumGroups = 1,
+            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = layers,
+            SampleSize = sampleSize, PatchSize = patch, NumEmbedsAdaNorm = classes, NormNumGroups = 1,
         });
         using (no_grad())
             foreach (var p in model.parameters()) p.add_(randn(p.shape) * 0.1); // a fresh adaLN-Zero block is already the identity
@@ -366,21 +371,6 @@ public class LayerPruningTests
             Assert.Equal(expected.Order(StringComparer.Ordinal), sets.Select(s => string.Join(",", s)).Order(StringComparer.Ordinal));
         }
         Assert.Throws<ArgumentException>(() => LearnableDepthCriterion.CandidateSets([1, 1, 1, 1], 3, max: 3)); // C(4,3) = 4 > 3
-    }
-
-    /// <summary>An MNIST-shaped class-conditional DiT (1 x 32 x 32, patch 8, 10 classes) with four blocks.</summary>
-    private static DiTTransformer2DModel MnistShapedDiT(int seed)
-    {
-        manual_seed(seed);
-        var model = new DiTTransformer2DModel(new DiTConfig
-        {
-            NumAttentionHeads = 2, AttentionHeadDim = 8, InChannels = 1, NumLayers = 4,
-            SampleSize = 32, PatchSize = 8, NumEmbedsAdaNorm = 10, NormNumGroups = 1,
-        });
-        using (no_grad())
-            foreach (var p in model.parameters()) p.add_(randn(p.shape) * 0.1);
-        model.eval();
-        return model;
     }
 
     [Fact]
