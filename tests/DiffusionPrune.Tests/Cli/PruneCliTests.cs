@@ -163,7 +163,7 @@ public class PruneCliTests
         (code, _, stderr) = CliTests.Dprune("prune", "--model", model, "--method", "magnitude", "--target-params", "0.1",
             "--data", images, "--output", temp.File("m"));
         Assert.Equal(2, code);
-        Assert.Contains("--data is for methods that calibrate on images (taylor); magnitude is data-free", stderr);
+        Assert.Contains("--data is for methods that calibrate on images (learnable-depth, taylor); magnitude is data-free", stderr);
     }
 
     [Fact]
