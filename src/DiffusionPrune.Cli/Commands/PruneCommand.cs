@@ -143,7 +143,7 @@ public static class PruneCommand
             {
                 console.Result($"removed {layers.Removed.Count} layer{(layers.Removed.Count == 1 ? "" : "s")} ({layers.SelectionName}, {layers.AchievedFraction:P1} of the {layers.Unit}): {string.Join(", ", layers.Removed)}");
                 if (layers.OneShotRemoved is { } oneShot)
-                    console.Result(oneShot.Order(StringComparer.Ordinal).SequenceEqual(layers.Removed.Order(StringComparer.Ordinal))
+                    console.Result(layers.SameAsOneShot == true
                         ? "the one-shot choice (laptop, same budget) removes the same layers"
                         : $"the one-shot choice (laptop, same budget) would remove: {string.Join(", ", oneShot)}");
                 if (layers.Additivity is { } check)

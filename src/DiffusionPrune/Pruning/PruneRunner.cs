@@ -118,64 +118,6 @@ public sealed record PruneReport(
     }
 }
 
-/// <summary>What a layer prune chose and why: scores, savings in the budget's unit, the target and what was reached.</summary>
-public sealed record LayerPruneSummary(
-    LayerBudget Budget, LayerSelection Selection, string Unit, double Total, double TargetFraction, double AchievedFraction,
-    IReadOnlyList<string> Removed, IReadOnlyDictionary<string, double> Scores, IReadOnlyDictionary<string, double> Savings, AdditivityCheck? Additivity,
-    string? LatencySource)
-{
-    /// <summary>Learnable depth: what the one-shot LAPTOP choice at the same budget removes, for comparison.</summary>
-    public IReadOnlyList<string>? OneShotRemoved { get; init; }
-
-    /// <summary>Learnable depth: the most probable layer sets at the end of training.</summary>
-    public IReadOnlyList<(IReadOnlyList<string> Layers, double Probability)>? LearnedSets { get; init; }
-
-    /// <summary>How the layers were chosen: knapsack, greedy, or learned (the most probable set of learnable depth).</summary>
-    public string SelectionName => LearnedSets is not null ? "learned" : Selection.ToString().ToLowerInvariant();
-
-    public JsonObject ToJson()
-    {
-        var layers = new JsonObject();
-        foreach (var (path, score) in Scores)
-            layers[path] = new JsonObject
-            {
-                ["score"] = score,
-                ["saving"] = Savings[path],
-                ["removed"] = Removed.Contains(path, StringComparer.Ordinal),
-            };
-        var json = new JsonObject
-        {
-            ["budget"] = Budget.ToString().ToLowerInvariant(),
-            ["selection"] = SelectionName,
-            ["unit"] = Unit,
-            ["total"] = Total,
-            ["target_fraction"] = TargetFraction,
-            ["achieved_fraction"] = Math.Round(AchievedFraction, 6),
-            ["layers"] = layers,
-        };
-        if (LatencySource is not null) json["latency_table"] = LatencySource;
-        if (OneShotRemoved is not null)
-        {
-            json["one_shot_removed"] = new JsonArray(OneShotRemoved.Select(p => (JsonNode?)p).ToArray());
-            json["same_as_one_shot"] = OneShotRemoved.Order(StringComparer.Ordinal).SequenceEqual(Removed.Order(StringComparer.Ordinal));
-        }
-        if (LearnedSets is not null)
-            json["learned_sets"] = new JsonArray(LearnedSets.Select(s => (JsonNode?)new JsonObject
-            {
-                ["layers"] = new JsonArray(s.Layers.Select(l => (JsonNode?)l).ToArray()),
-                ["probability"] = Math.Round(s.Probability, 4),
-            }).ToArray());
-        if (Additivity is not null)
-            json["additivity"] = new JsonArray(Additivity.Samples.Select(a => (JsonNode?)new JsonObject
-            {
-                ["layers"] = new JsonArray(a.Layers.Select(l => (JsonNode?)l).ToArray()),
-                ["predicted"] = a.Predicted,
-                ["measured"] = a.Measured,
-            }).ToArray());
-        return json;
-    }
-}
-
 /// <summary>
 /// The pipeline every criterion shares: score the units, select a plan for the parameter target, apply
 /// the one surgery, save the smaller model in diffusers layout with its plan and a JSON report.
@@ -250,15 +192,7 @@ public static class PruneRunner
                 TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
             }, onIteration)
             : ImportanceCriteria.Create(request.Method);
-        Data.IImageDataset? data = null;
-        if (request.Data is not null)
-        {
-            if (ImportanceCriteria.Find(request.Method) is not { UsesImages: true })
-                throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
-                    $"{criterion.Name} is data-free.");
-            data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
-            log?.Invoke($"calibration data: {data.Name}");
-        }
+        var data = OpenCalibrationData(request, model, log);
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
         UnitScores scores;
@@ -289,9 +223,7 @@ public static class PruneRunner
             ["round_to"] = request.RoundTo,
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
-        if (data is not null) settings["data"] = data is Data.ImageFolderDataset folder
-            ? $"image folder ({folder.Count} images{(folder.NumClasses is int c ? $", {c} classes" : "")})" // never a local path
-            : data.Name;
+        if (data is not null) settings["data"] = DescribeData(data);
         if (criterion is EcoDiffPruner eco)
         {
             settings["iterations"] = eco.Options.Iterations;
@@ -316,15 +248,7 @@ public static class PruneRunner
     private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
         Action<string>? log, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
     {
-        if (request.Data is not null && !method.UsesImages)
-            throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
-                $"{method.Name} is data-free (it calibrates on seeded noise).");
-        Data.IImageDataset? data = null;
-        if (request.Data is not null)
-        {
-            data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
-            log?.Invoke($"calibration data: {data.Name}");
-        }
+        var data = OpenCalibrationData(request, model, log);
         if (request.RoundTo != 1)
             throw new ArgumentException($"--round-to rounds the widths a width method keeps; {method.Name} removes whole layers.");
         if (request.LatencyBatch < 1) throw new ArgumentException($"The latency batch must be at least 1 (got {request.LatencyBatch}).");
@@ -399,7 +323,7 @@ public static class PruneRunner
             settings["weight_learning_rate"] = learnable.Options.WeightLearningRate;
             settings["mask_learning_rate"] = learnable.Options.MaskLearningRate;
             settings["temperature"] = $"{learnable.Options.StartTemperature} -> {learnable.Options.EndTemperature}";
-            settings["data"] = data is Data.ImageFolderDataset folder ? $"image folder ({folder.Count} images)" : data?.Name ?? "mnist";
+            settings["data"] = data is null ? "mnist" : DescribeData(data);
             if (learnable.LossHistory.Count > 0) settings["final_loss"] = Math.Round(learnable.LossHistory.TakeLast(10).Average(), 6);
         }
         if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;
@@ -414,6 +338,23 @@ public static class PruneRunner
             kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null, summary);
         return new PrunedModel(pruned, report, plan, schedulerPath);
     }
+
+    /// <summary>The request's calibration images (<c>--data</c>), or null; refused for methods that do not calibrate on images.</summary>
+    private static Data.IImageDataset? OpenCalibrationData(PruneRequest request, DiffusionModel model, Action<string>? log)
+    {
+        if (request.Data is null) return null;
+        if (ImportanceCriteria.Find(request.Method) is not { UsesImages: true })
+            throw new ArgumentException($"--data is for methods that calibrate on images ({string.Join(", ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))}); " +
+                $"{ImportanceCriteria.Find(request.Method)?.Name ?? request.Method} is data-free.");
+        var data = Data.ImageDatasets.Open(request.Data, model.InChannels, model.SampleSize[0], model.SampleSize[^1]);
+        log?.Invoke($"calibration data: {data.Name}");
+        return data;
+    }
+
+    /// <summary>The calibration data as the report names it: never a local path.</summary>
+    private static string DescribeData(Data.IImageDataset data) => data is Data.ImageFolderDataset folder
+        ? $"image folder ({folder.Count} images{(folder.NumClasses is int c ? $", {c} classes" : "")})"
+        : data.Name;
 
     /// <summary>The model's folder, where the latency table is cached.</summary>
     private static string? LatencyCacheFolder(string modelPath) =>

@@ -68,8 +68,7 @@ public sealed class LearnableDepthCriterion(LearnableDepthOptions? options = nul
                             $"{Options.Iterations} joint updates of {Options.BatchSize} images on {dataset.Name}");
 
         var device = model.parameters().First().device;
-        using var work = StructuralSurgery.Apply(model, new PruningPlan()); // the weights the recovery update trains: a copy
-        work.to(device);
+        using var work = StructuralSurgery.Apply(model, new PruningPlan()); // the weights the recovery update trains: a copy, on the model's device
         work.eval();
         var layers = PrunableGroups.Of(work).Layers;
         using var membership = MembershipMatrix(sets, layers.Count).to(device); // [K, L]
