@@ -18,5 +18,5 @@ public static class UserErrors
     public static bool Is(Exception e) => e is ModelFormatException or SafetensorsFormatException or SchedulerConfigException
         or MnistFormatException or PruningPlanException or FileNotFoundException or DirectoryNotFoundException or ArgumentException
         or KeyNotFoundException or NotSupportedException or InvalidDataException or OnnxExportException
-        or NumericsFaultException or NonFiniteValueException;
+        or NumericsFaultException or NonFiniteValueException or ResourceLimitException;
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -11,13 +12,16 @@ public static class InfoCommand
     public static Command Create()
     {
         var model = CliCommon.ModelOption();
-        var command = new Command("info", "Show a model's configuration, parameters and MACs per block.") { model };
+        var batch = new Option<int>("--batch") { Description = "Batch for the memory estimates.", DefaultValueFactory = _ => 16 };
+        var command = new Command("info", "Show a model's resource estimate (from its config alone), configuration, parameters and MACs per block.") { model, batch };
         command.SetAction(parse => CliCommon.Run(() =>
         {
             string path = parse.GetValue(model)!;
+            var estimate = ModelFamilies.EstimateFolder(path); // from the config alone: shown even when the model does not fit
+            var console = new CliOutput(quiet: false, json: false);
+            console.Pairs(EstimateRows(estimate, batch: parse.GetValue(batch)));
             using var loaded = ModelFamilies.Load(path);
             var cost = ModelCost.Measure(loaded);
-            var console = new CliOutput(quiet: false, json: false);
             var rows = new List<(string, string)>
             {
                 ("model", DiffusersModelLoader.ResolveModelFolder(path)),
@@ -34,5 +38,23 @@ public static class InfoCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The estimate's lines: what loading, sampling, training and EcoDiff would need, beside the memory limit.</summary>
+    private static List<(string, string)> EstimateRows(ResourceEstimate e, int batch)
+    {
+        if (batch < 1) throw new ArgumentException("--batch must be at least 1.");
+        var (limit, source) = MemoryLimit.Current();
+        string Fits(ResourceNeed need) => need.Describe() + (need.TotalBytes <= limit ? "" : "  ** over the limit **");
+        return
+        [
+            ("estimate", $"from the config alone, before anything is allocated (float32; limit {MemoryLimit.Format(limit)}, {source})"),
+            ("parameters", $"{e.Parameters:N0} ({MemoryLimit.Format(e.ParameterBytes)})"),
+            ("MACs", $"{e.Macs:N0} per sample at {e.SampleSize[0]} x {e.SampleSize[1]}"),
+            ("load + 1 sample", Fits(e.Inference(1))),
+            ($"sampling, batch {batch}", Fits(e.Inference(batch))),
+            ($"training, batch {batch}", Fits(e.Training(batch))),
+            ($"EcoDiff, {batch} noises x 10 steps", Fits(e.MaskLearning(batch, 10))),
+        ];
     }
 }

@@ -67,7 +67,8 @@ public static class ModelCost
             var device = model.parameters().FirstOrDefault()?.device ?? CPU;
             var sample = zeros([1, model.InChannels, size[0], size[1]], device: device);
             // Whatever conditioning the model takes (a class index, a ready-made class embedding, nothing), zeroed.
-            model.Forward(sample, ModelFamilies.ConditioningOf(model).Zero(tensor(500L, device: device), 1, device));
+            // Timestep 0 is valid for every time embedding (a learned table may have fewer than 500 rows); values do not matter here.
+            model.Forward(sample, ModelFamilies.ConditioningOf(model).Zero(tensor(0L, device: device), 1, device));
         }
         finally
         {

@@ -12,6 +12,8 @@ public sealed class DiTFamily : ModelFamily<DiTTransformer2DModel>
 
     public override DiffusionModel Create(ConfigJson config) => new DiTTransformer2DModel(DiTConfig.FromJson(config));
 
+    public override ResourceEstimate EstimateResources(ConfigJson config) => DiTResources.Estimate(DiTConfig.FromJson(config));
+
     protected override DiTTransformer2DModel WithStructure(DiTTransformer2DModel model, ModelStructure structure) => new(model.Config with { Structure = structure });
 
     /// <remarks>Always class labels: unconditional sampling passes the null class (num_embeds_ada_norm).</remarks>

@@ -1,5 +1,6 @@
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -27,11 +28,40 @@ public static class ModelFamilies
     /// <summary>"UNet2DModel, DiTTransformer2DModel": for messages.</summary>
     public static string SupportedClasses => string.Join(", ", All.Select(f => f.ClassName));
 
-    /// <summary>Builds the model a config describes, with fresh (random) weights.</summary>
-    public static DiffusionModel Create(ConfigJson config) => config.ClassName switch
+    /// <summary>
+    /// Builds the model a config describes, with fresh (random) weights, after checking from the config alone that the
+    /// weights and one forward fit the memory limit (<see cref="ResourceNeed.EnsureFits"/>).
+    /// </summary>
+    public static DiffusionModel Create(ConfigJson config)
+    {
+        var family = FamilyOf(config);
+        Estimate(config, family).Inference(1).EnsureFits(config.Source);
+        return family.Create(config);
+    }
+
+    /// <summary>What the model a config describes needs (parameters, MACs, activation memory), without building it.</summary>
+    public static ResourceEstimate Estimate(ConfigJson config) => Estimate(config, FamilyOf(config));
+
+    /// <summary>The estimate of a model folder's (or a pipeline's denoiser's) config.</summary>
+    public static ResourceEstimate EstimateFolder(string path) =>
+        Estimate(ConfigJson.Load(Path.Combine(DiffusersModelLoader.ResolveModelFolder(path), ModelFolder.Config)));
+
+    private static ResourceEstimate Estimate(ConfigJson config, ModelFamily family)
+    {
+        try
+        {
+            return family.EstimateResources(config);
+        }
+        catch (OverflowException)
+        {
+            throw new ResourceLimitException($"{config.Source}: the model it describes has more than 2^63 parameters, multiply-accumulates or activation elements; no machine can hold it.");
+        }
+    }
+
+    private static ModelFamily FamilyOf(ConfigJson config) => config.ClassName switch
     {
         null => throw new ModelFormatException($"{config.Source} has no _class_name; cannot tell which model it describes."),
-        var name when ForClass(name) is { } family => family.Create(config),
+        var name when ForClass(name) is { } family => family,
         var other => throw new ModelFormatException($"{config.Source}: model class '{other}' is not supported yet (supported: {SupportedClasses})."),
     };
 

@@ -50,6 +50,12 @@ public abstract class ModelFamily
     /// <summary>Parses and validates the config (a pruned structure included) and builds the model with fresh weights.</summary>
     public abstract DiffusionModel Create(ConfigJson config);
 
+    /// <summary>
+    /// Parses and validates the config (a pruned structure included) and works out what the model needs, without
+    /// building it: parameters, MACs and activation memory (<see cref="ResourceEstimate"/>).
+    /// </summary>
+    public abstract ResourceEstimate EstimateResources(ConfigJson config);
+
     /// <summary>The same model class and config with another structure (what structural surgery builds), fresh weights.</summary>
     public abstract DiffusionModel WithStructure(DiffusionModel model, ModelStructure structure);
 

@@ -13,6 +13,8 @@ public sealed class UNet2DFamily : ModelFamily<UNet2DModel>
 
     public override DiffusionModel Create(ConfigJson config) => new UNet2DModel(UNet2DConfig.FromJson(config));
 
+    public override ResourceEstimate EstimateResources(ConfigJson config) => UNet2DResources.Estimate(UNet2DConfig.FromJson(config));
+
     protected override UNet2DModel WithStructure(UNet2DModel model, ModelStructure structure) => new(model.Config with { Structure = structure });
 
     /// <remarks>class_embed_type "identity" takes a ready-made embedding as wide as the time embedding; the others take indices.</remarks>

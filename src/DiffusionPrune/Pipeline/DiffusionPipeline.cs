@@ -58,6 +58,7 @@ public sealed class DiffusionPipeline : IDisposable
     public Task<SampleResult> SampleAsync(SampleRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() =>
         {
+            EnsureFits(request.ModelPath, request.Backend, e => e.Inference(request.Count * (request.GuidanceScale > 1 ? 2 : 1)));
             var model = Load(request.ModelPath, request.Backend, request.Provider, progress);
             var result = SampleRunner.Run(request, model.Inference,
                 (done, total) => progress?.Report(StageProgress.Step(PipelineStage.Sample, done, total, $"step {done}/{total}")), cancel);
@@ -76,6 +77,7 @@ public sealed class DiffusionPipeline : IDisposable
         {
             var watch = System.Diagnostics.Stopwatch.StartNew();
             if (request.OutputPath is not null) PruneRunner.CheckOutput(request.ModelPath, request.OutputPath);
+            EnsureFits(request.ModelPath, "torch", e => PruneRunner.MemoryNeed(e, request));
             var source = Load(request.ModelPath, "torch", "auto", progress);
             string schedulerPath = PruneRunner.SchedulerConfigOf(request);
             var started = DateTime.UtcNow;
@@ -145,6 +147,9 @@ public sealed class DiffusionPipeline : IDisposable
     public Task<TrainResult> DistillAsync(DistillRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() =>
         {
+            if (!IsHeld(request.StudentPath, "torch") && !IsHeld(request.TeacherPath, "torch"))
+                ModelFamilies.EstimateFolder(request.StudentPath).Distillation(ModelFamilies.EstimateFolder(request.TeacherPath), request.BatchSize)
+                    .EnsureFits(request.StudentPath);
             var student = Load(request.StudentPath, "torch", "auto", progress);
             var teacher = Load(request.TeacherPath, "torch", "auto", progress);
             Forget(request.OutputPath); // a model held from an earlier run into the same folder is about to be replaced
@@ -176,6 +181,7 @@ public sealed class DiffusionPipeline : IDisposable
     public Task<EvalReport> EvaluateAsync(EvalRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() =>
         {
+            EnsureFits(request.ModelPath, request.Backend, e => e.Inference(request.BatchSize));
             var model = Load(request.ModelPath, request.Backend, request.Provider, progress);
             var reference = request.ReferenceModelPath is null ? null : Load(request.ReferenceModelPath, request.Backend, request.Provider, progress);
             var report = ModelEvaluator.Evaluate(request, model.Inference, reference?.Inference,
@@ -244,6 +250,19 @@ public sealed class DiffusionPipeline : IDisposable
         _gate.Dispose();
         _worker.Dispose();
         NativeMemory.Trim();
+    }
+
+    private bool IsHeld(string path, string backend) => _models.ContainsKey(Key((backend ?? "").Trim().ToLowerInvariant(), path));
+
+    /// <summary>
+    /// Before a stage loads a diffusers folder: refuses, in one line and before any tensor exists, a workload whose
+    /// estimate from the config alone exceeds the memory limit. A model already held is in memory and not checked again;
+    /// ONNX bundles are left to ONNX Runtime.
+    /// </summary>
+    private void EnsureFits(string path, string backend, Func<ResourceEstimate, ResourceNeed> need)
+    {
+        if (!string.Equals((backend ?? "").Trim(), "torch", StringComparison.OrdinalIgnoreCase) || IsHeld(path, "torch")) return;
+        need(ModelFamilies.EstimateFolder(path)).EnsureFits(path);
     }
 
     private LoadedModel Load(string path, string backend, string provider, IProgress<StageProgress>? progress)

@@ -124,6 +124,26 @@ public sealed record PruneReport(
 /// </summary>
 public static class PruneRunner
 {
+    /// <summary>
+    /// What pruning <paramref name="request"/> holds in memory, from the model's estimate: its method's scoring
+    /// (<see cref="ImportanceCriteria.Entry.Workload"/>) at its batch, plus the pruned copy it builds.
+    /// </summary>
+    public static ResourceNeed MemoryNeed(ResourceEstimate model, PruneRequest request)
+    {
+        var entry = ImportanceCriteria.Find(request.Method)
+            ?? throw new ArgumentException($"Unknown importance criterion '{request.Method}'. Known criteria: {string.Join(", ", ImportanceCriteria.Names)}.");
+        int noises = Math.Max(1, request.Calibration) * (request.GuidanceIfConditional is > 1 || request.EcoDiff.GuidanceScale > 1 ? 2 : 1);
+        var scoring = entry.Workload switch
+        {
+            PruneWorkload.WeightsOnly => model.Inference(1),
+            PruneWorkload.Forward => model.Inference(noises),
+            PruneWorkload.Gradients => model.Gradients(new TaylorOptions().MicroBatch),
+            PruneWorkload.MaskLearning => model.MaskLearning(noises, Math.Max(1, request.Steps)),
+            _ => model.Training(new LearnableDepthOptions().BatchSize),
+        };
+        return scoring with { Workload = $"pruning with {entry.Name} ({scoring.Workload})", WeightBytes = scoring.WeightBytes + model.ParameterBytes };
+    }
+
 
     /// <summary>Loads the model, prunes it and saves the smaller model in <see cref="PruneRequest.OutputPath"/> (written whole, then renamed into place).</summary>
     public static PruneReport Run(PruneRequest request, Device device, Action<string>? log = null, Action<EcoDiffIterationReport>? onIteration = null,

@@ -99,6 +99,36 @@ public class CliTests
         Assert.Contains("1,623,169", stdout);
         Assert.Contains("MACs", stdout);
         Assert.Contains("down_blocks.1", stdout);
+        // the resource estimate from the config alone comes first
+        Assert.Contains("from the config alone", stdout);
+        Assert.Contains("training, batch 16", stdout);
+        Assert.DoesNotContain("over the limit", stdout);
+    }
+
+    [Fact]
+    public void Max_memory_refuses_a_job_whose_estimate_is_above_it_in_one_line_before_loading()
+    {
+        string model = Fixtures.Diffusers("unet2d-small", "model");
+        var (code, stdout, stderr) = Dprune("--max-memory", "2M", "info", "--model", model);
+        Assert.Equal(2, code);
+        Assert.Contains("over the limit", stdout); // the estimate is still shown, then the load is refused
+        Assert.Contains("more than the 2.00 MiB limit (--max-memory); nothing was allocated", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+
+        using var temp = Fixtures.Temp();
+        (code, _, stderr) = Dprune("sample", "--model", model, "--max-memory", "6.3M", "--steps", "2", "--count", "64", "--output", temp.File("grid.png"));
+        Assert.Equal(2, code);
+        Assert.Contains("inference at batch 64 needs about", stderr);
+        Assert.False(File.Exists(temp.File("grid.png")));
+
+        (code, _, stderr) = Dprune("prune", "--model", model, "--method", "magnitude", "--target-params", "0.2", "--max-memory", "1k", "--output", temp.File("pruned"));
+        Assert.Equal(2, code);
+        Assert.Contains("pruning with magnitude", stderr);
+        Assert.False(Directory.Exists(temp.File("pruned")));
+
+        (code, _, stderr) = Dprune("--max-memory", "lots", "info", "--model", model);
+        Assert.Equal(2, code);
+        Assert.Contains("'lots' is not a memory size", stderr);
     }
 
     [Fact]

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using CsCheck;
 using DiffusionPrune.Batch;
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
@@ -192,6 +193,11 @@ public class FuzzTests
             var config = ConfigJson.Parse(text);
             if (config.ClassName == UNet2DConfig.ClassName) UNet2DConfig.FromJson(config);
             else if (config.ClassName == DiTConfig.ClassName) DiTConfig.FromJson(config);
+            else return;
+            // the resource walk over whatever the config says: an estimate, or a user error (never an overflow or a crash)
+            var estimate = ModelFamilies.Estimate(config);
+            if (estimate.Parameters < 0 || estimate.Macs < 0 || estimate.ForwardPeakBytesPerSample < 0)
+                throw new InvalidOperationException($"negative estimate {estimate}");
         }, seed: "0000000000002");
     }
 

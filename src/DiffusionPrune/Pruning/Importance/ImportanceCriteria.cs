@@ -2,6 +2,25 @@ using DiffusionPrune.Pruning.Layers;
 
 namespace DiffusionPrune.Pruning.Importance;
 
+/// <summary>What a method's scoring holds in memory (besides the model and its pruned copy).</summary>
+public enum PruneWorkload
+{
+    /// <summary>Nothing but the weights (magnitude, random).</summary>
+    WeightsOnly,
+
+    /// <summary>Forward passes over a batch of calibration noises (LAPTOP, LD-Pruner).</summary>
+    Forward,
+
+    /// <summary>Gradients with respect to the weights over calibration images (Taylor).</summary>
+    Gradients,
+
+    /// <summary>Masks learned over the sampling trajectory with time-step gradient checkpointing (EcoDiff).</summary>
+    MaskLearning,
+
+    /// <summary>A weight copy trained with AdamW beside the masks (learnable depth).</summary>
+    Training,
+}
+
 /// <summary>
 /// The one registry of pruning methods, by name: the CLI's help and validation, batch plans and the Studio all read it.
 /// To add a method, add a line to <see cref="Entries"/>.
@@ -13,7 +32,9 @@ public static class ImportanceCriteria
     /// criterion (<see cref="Create"/>, scores units) or a layer criterion (<see cref="CreateLayers"/>, scores whole layers).
     /// </summary>
     /// <param name="UsesImages">It calibrates on images (<c>--data</c>); the others are data-free.</param>
-    public sealed record Entry(string Name, string Description, Func<IImportanceCriterion>? Create, bool UsesImages = false, Func<ILayerCriterion>? CreateLayers = null)
+    /// <param name="Workload">What its scoring holds in memory, for the resource check before it starts.</param>
+    public sealed record Entry(string Name, string Description, Func<IImportanceCriterion>? Create, bool UsesImages = false, Func<ILayerCriterion>? CreateLayers = null,
+        PruneWorkload Workload = PruneWorkload.Forward)
     {
         /// <summary>It removes whole layers (depth pruning) rather than narrowing them.</summary>
         public bool RemovesLayers => CreateLayers is not null;
@@ -25,12 +46,13 @@ public static class ImportanceCriteria
             CreateLayers: () => new LaptopCriterion()),
         new("ldpruner", "LD-Pruner: remove whole layers by the shift of the final latents' mean and std", null, CreateLayers: () => new LdPrunerCriterion()),
         new("learnable-depth", "TinyFusion-style: learn which whole layers to remove jointly with a short recovery update of the weights, on calibration images", null,
-            UsesImages: true, CreateLayers: () => new LearnableDepthCriterion()),
-        new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion()),
-        new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffPruner()),
-        new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance()),
-        new("random", "baseline: seeded random scores", () => new RandomImportance()),
-        new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images", () => new TaylorImportance(), UsesImages: true),
+            UsesImages: true, CreateLayers: () => new LearnableDepthCriterion(), Workload: PruneWorkload.Training),
+        new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion(),
+            Workload: PruneWorkload.WeightsOnly),
+        new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffPruner(), Workload: PruneWorkload.MaskLearning),
+        new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance(), Workload: PruneWorkload.WeightsOnly),
+        new("random", "baseline: seeded random scores", () => new RandomImportance(), Workload: PruneWorkload.WeightsOnly),
+        new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images", () => new TaylorImportance(), UsesImages: true, Workload: PruneWorkload.Gradients),
     ];
 
     private static readonly IReadOnlyDictionary<string, Entry> ByName = Entries.ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);

@@ -1,0 +1,121 @@
+using System.Globalization;
+using DiffusionPrune.Runtime;
+
+namespace DiffusionPrune.Families;
+
+/// <summary>
+/// What a model needs, worked out from its config alone, before any tensor exists: parameters, MACs per forward at the
+/// model's sample size, and float32 activation memory per sample (the peak of one inference forward, and what one
+/// training forward keeps for its backward). Each family computes it by walking its architecture as its forward does
+/// (<see cref="ModelFamily.EstimateResources"/>); tests hold parameters and MACs equal to the built model's.
+/// </summary>
+public sealed record ResourceEstimate(
+    string ClassName, int[] SampleSize, long Parameters, long Macs, long ForwardPeakBytesPerSample, long TrainingActivationBytesPerSample, long SampleBytes)
+{
+    /// <summary>float32 weights.</summary>
+    public long ParameterBytes => Parameters * sizeof(float);
+
+    /// <summary>Sampling or evaluating: the weights and one forward's live activations.</summary>
+    public ResourceNeed Inference(int batch) => new($"inference at batch {batch}", ParameterBytes, Scale(ForwardPeakBytesPerSample, batch));
+
+    /// <summary>Training or fine-tuning with AdamW and an EMA copy: weights, gradients, two moments and the EMA (5x the weights) and the saved activations.</summary>
+    public ResourceNeed Training(int batch) => new($"a training step at batch {batch}", 5 * ParameterBytes, Scale(TrainingActivationBytesPerSample, batch));
+
+    /// <summary>Gradients of a loss with respect to the weights, without an optimizer (Taylor scores): weights, gradients and the saved activations.</summary>
+    public ResourceNeed Gradients(int batch) => new($"a gradient at batch {batch}", 2 * ParameterBytes, Scale(TrainingActivationBytesPerSample, batch));
+
+    /// <summary>
+    /// An EcoDiff step (or any mask or gate learning over a frozen model): the weights, one time step's saved activations
+    /// (time-step gradient checkpointing recomputes the others) and the trajectory's latents with their gradients.
+    /// </summary>
+    public ResourceNeed MaskLearning(int batch, int steps) => new($"a mask-learning step at batch {batch} over {steps} steps",
+        ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(Scale(SampleBytes, batch), 2L * (steps + 1)));
+
+    /// <summary>Distillation: this model trains while <paramref name="teacher"/> runs forward beside it.</summary>
+    public ResourceNeed Distillation(ResourceEstimate teacher, int batch) => new($"a distillation step at batch {batch}",
+        5 * ParameterBytes + teacher.ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(teacher.ForwardPeakBytesPerSample, batch));
+
+    private static long Scale(long bytes, long factor) => bytes > long.MaxValue / Math.Max(1, factor) ? long.MaxValue : bytes * factor;
+}
+
+/// <summary>Memory one workload needs: the weights (and their training state) plus activations.</summary>
+public sealed record ResourceNeed(string Workload, long WeightBytes, long ActivationBytes)
+{
+    public long TotalBytes => WeightBytes > long.MaxValue - ActivationBytes ? long.MaxValue : WeightBytes + ActivationBytes;
+
+    /// <summary>"3.21 GiB (weights 3.00 GiB + activations 0.21 GiB)".</summary>
+    public string Describe() =>
+        $"{MemoryLimit.Format(TotalBytes)} (weights {MemoryLimit.Format(WeightBytes)} + activations {MemoryLimit.Format(ActivationBytes)})";
+
+    /// <summary>
+    /// Refuses, in one line naming the estimate and the limit, a workload that needs more than the memory limit
+    /// (<see cref="MemoryLimit.Current"/>: <c>--max-memory</c>, <c>DPRUNE_MAX_MEMORY</c> or the memory available now).
+    /// </summary>
+    public void EnsureFits(string what)
+    {
+        var (limit, source) = MemoryLimit.Current();
+        if (TotalBytes <= limit) return;
+        throw new ResourceLimitException(string.Create(CultureInfo.InvariantCulture,
+            $"{what}: {Workload} needs about {Describe()}, more than the {MemoryLimit.Format(limit)} limit ({source}); nothing was allocated. Use a smaller model or batch, or raise --max-memory if the estimate is too cautious."));
+    }
+}
+
+/// <summary>
+/// The running sums of a family's walk through its forward for one sample: parameters, MACs counted as
+/// <see cref="Analysis.ModelCost"/> counts them (convolutions, linear layers, the two attention matmuls), every
+/// intermediate tensor (what autograd keeps for the backward) and the most elements alive at once in an inference forward.
+/// </summary>
+public sealed class CostTally
+{
+    private long _held;   // tensors kept across ops (skip connections, a block's input for its residual)
+    private long _last;   // the previous op's output, the next op's input
+
+    public long Parameters { get; private set; }
+    public long Macs { get; private set; }
+    public long SavedElements { get; private set; }
+    public long PeakElements { get; private set; }
+
+    /// <summary>Weights of a layer that does no counted multiply-accumulates (norms, embedding tables).</summary>
+    public void Weights(long count) => Parameters = checked(Parameters + count);
+
+    /// <summary>An op whose output has <paramref name="elements"/> elements; <paramref name="workspace"/> more are alive while it runs.</summary>
+    public void Tensor(long elements, long workspace = 0)
+    {
+        SavedElements = checked(SavedElements + elements);
+        PeakElements = Math.Max(PeakElements, checked(_held + _last + elements + workspace));
+        _last = elements;
+    }
+
+    /// <summary>A convolution: k x k kernel, output h x w.</summary>
+    public void Conv(long inChannels, long outChannels, long kernel, long height, long width, bool bias = true)
+    {
+        Weights(checked(outChannels * inChannels * kernel * kernel + (bias ? outChannels : 0)));
+        Macs = checked(Macs + height * width * outChannels * inChannels * kernel * kernel);
+        Tensor(checked(outChannels * height * width));
+    }
+
+    /// <summary>A linear layer applied to <paramref name="tokens"/> vectors; <paramref name="sharedWeights"/>: a layer counted before, run again.</summary>
+    public void Linear(long tokens, long inFeatures, long outFeatures, bool bias = true, bool sharedWeights = false)
+    {
+        if (!sharedWeights) Weights(checked(inFeatures * outFeatures + (bias ? outFeatures : 0)));
+        Macs = checked(Macs + tokens * inFeatures * outFeatures);
+        Tensor(checked(tokens * outFeatures));
+    }
+
+    /// <summary>Scaled dot-product attention over <paramref name="tokens"/> tokens (its own q/k/v/out projections are counted by the caller).</summary>
+    public void AttentionCore(long tokens, long heads, long headDim)
+    {
+        Macs = checked(Macs + 2 * heads * tokens * tokens * headDim);
+        // q, k and v are alive together; the fused CPU kernel keeps a row statistic per head and token, not the N x N scores.
+        Tensor(checked(tokens * heads * headDim + tokens * heads), workspace: checked(2 * tokens * heads * headDim));
+    }
+
+    /// <summary>Keeps a tensor alive across the following ops (a skip connection, a residual input).</summary>
+    public void Hold(long elements) => _held = checked(_held + elements);
+
+    public void Release(long elements) => _held -= elements;
+
+    /// <summary>The estimate for a model whose sample is <paramref name="sampleElements"/> floats.</summary>
+    public ResourceEstimate ToEstimate(string className, int[] sampleSize, long sampleElements) => new(
+        className, sampleSize, Parameters, Macs, checked(PeakElements * sizeof(float)), checked(SavedElements * sizeof(float)), checked(sampleElements * sizeof(float)));
+}
