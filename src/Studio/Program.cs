@@ -28,6 +28,10 @@ var builder = WebApplication.CreateBuilder(new WebApplicationOptions
 // Development: run from the build output they are found through <app>.staticwebassets.runtime.json.
 builder.WebHost.UseStaticWebAssets();
 
+// The memory limit jobs are checked against before they load anything (default: the memory available when checked).
+if (builder.Configuration["Studio:MaxMemory"] is { Length: > 0 } maxMemory)
+    DiffusionPrune.Runtime.MemoryLimit.Override = DiffusionPrune.Runtime.MemoryLimit.Parse(maxMemory, "Studio:MaxMemory");
+
 builder.Services.AddStudioServices(builder.Configuration);
 builder.Services.AddMudServices();
 builder.Services.AddRazorComponents().AddInteractiveServerComponents();

@@ -24,4 +24,10 @@ public sealed class StudioOptions
     /// repository's <c>out/studio</c>; a relative path is taken from the repository root when one is found.
     /// </summary>
     public string OutputRoot { get; set; } = "";
+
+    /// <summary>
+    /// The memory a job may use, e.g. <c>8G</c> (read at start-up into the core's limit); empty means the memory available
+    /// when a job is checked (or <c>DPRUNE_MAX_MEMORY</c>). A job whose estimate is above it is refused before it loads anything.
+    /// </summary>
+    public string MaxMemory { get; set; } = "";
 }

@@ -53,6 +53,8 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         // EcoDiff shows its own settings; magnitude (the default choice) does not.
         Assert.Empty(page.FindAll(".iterations-field"));
         Assert.Contains("magnitude", page.Find(".method-description").TextContent.ToLowerInvariant() + page.Markup);
+        // the memory the run needs, from the config alone, before it starts
+        Assert.Contains("Estimated memory for pruning with magnitude", page.Find(".resource-estimate").TextContent);
 
         page.Find("button.start-prune").Click();
         var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
@@ -204,6 +206,55 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         using var cancel = new CancellationTokenSource(timeout);
         while (!condition())
             await Task.Delay(20, cancel.Token);
+    }
+
+    public void Dispose() => _samples.Dispose();
+}
+
+/// <summary>Tests that set the process-wide memory limit run alone (after the parallel collections).</summary>
+[CollectionDefinition(nameof(MemoryLimitCollection), DisableParallelization = true)]
+public sealed class MemoryLimitCollection;
+
+/// <summary>The prune form against a memory limit the run does not fit.</summary>
+[Collection(nameof(MemoryLimitCollection))]
+public sealed class PruneEstimateLimitTests : MudTestContext, IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+
+    public PruneEstimateLimitTests()
+    {
+        Context.Services.AddSingleton(new JobStateService());
+        Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
+        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root));
+        Context.Services.AddSingleton(Options.Create(new StudioOptions { OutputRoot = Path.Combine(_samples.Root, "out") }));
+    }
+
+    [Fact]
+    public void A_run_over_the_memory_limit_is_shown_as_an_error_and_cannot_start()
+    {
+        const string config = """
+            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        using (var model = ModelFamilies.Create(ConfigJson.Parse(config)))
+            DiffusersModelLoader.Save(model, Path.Combine(_samples.ModelsRoot, "tiny-unet"));
+        var before = DiffusionPrune.Runtime.MemoryLimit.Override;
+        DiffusionPrune.Runtime.MemoryLimit.Override = 1024;
+        try
+        {
+            var page = Context.Render<PrunePage>();
+            page.WaitForAssertion(() => Assert.NotNull(page.Find(".resource-estimate")), WaitTimeout);
+            var alert = page.Find(".resource-estimate");
+            Assert.Contains("would not fit", alert.TextContent);
+            Assert.Contains("limit 1.00 KiB (--max-memory)", alert.TextContent);
+            Assert.Contains("mud-alert-text-error", alert.OuterHtml);
+            Assert.True(page.Find("button.start-prune").HasAttribute("disabled"));
+        }
+        finally
+        {
+            DiffusionPrune.Runtime.MemoryLimit.Override = before;
+        }
     }
 
     public void Dispose() => _samples.Dispose();

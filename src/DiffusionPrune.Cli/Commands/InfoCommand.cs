@@ -2,6 +2,7 @@ using System.CommandLine;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
+using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
 
 namespace DiffusionPrune.Cli.Commands;
@@ -54,7 +55,7 @@ public static class InfoCommand
             ("load + 1 sample", Fits(e.Inference(1))),
             ($"sampling, batch {batch}", Fits(e.Inference(batch))),
             ($"training, batch {batch}", Fits(e.Training(batch))),
-            ($"EcoDiff, {batch} noises x 10 steps", Fits(e.MaskLearning(batch, 10))),
+            ($"EcoDiff, {batch} noises, 10 steps", Fits(PruneRunner.MemoryNeed(e, new PruneRequest { ModelPath = "", Method = "ecodiff", TargetParams = 0.2, Calibration = batch }))),
         ];
     }
 }

@@ -29,7 +29,6 @@ internal static class DiTResources
             long heads = c.Structure.Heads($"{path}.attn1", c.NumAttentionHeads);
             long ffInner = c.Structure.FeedForward($"{path}.ff", (int)Math.Min(int.MaxValue, dim * 4));
             long inner = heads * c.AttentionHeadDim;
-            t.Hold(tokens * dim); // the block's input, for the residuals
             Embedding(t, classes, dim, runs: true);
             t.Tensor(dim);
             t.Linear(1, dim, 6 * dim);          // norm1.linear
@@ -47,7 +46,6 @@ internal static class DiTResources
             t.Linear(tokens, dim, ffInner);
             t.Tensor(tokens * ffInner);         // GELU
             t.Linear(tokens, ffInner, dim);
-            t.Release(tokens * dim);
             t.Tensor(tokens * dim);             // gated residual
         }
 

@@ -5,18 +5,18 @@ namespace DiffusionPrune.Families;
 
 /// <summary>
 /// What a model needs, worked out from its config alone, before any tensor exists: parameters, MACs per forward at the
-/// model's sample size, and float32 activation memory per sample (the peak of one inference forward, and what one
-/// training forward keeps for its backward). Each family computes it by walking its architecture as its forward does
+/// model's sample size, and float32 activation memory per sample (what one inference forward holds, and what one
+/// training step holds with its backward). Each family computes it by walking its architecture as its forward does
 /// (<see cref="ModelFamily.EstimateResources"/>); tests hold parameters and MACs equal to the built model's.
 /// </summary>
 public sealed record ResourceEstimate(
-    string ClassName, int[] SampleSize, long Parameters, long Macs, long ForwardPeakBytesPerSample, long TrainingActivationBytesPerSample, long SampleBytes)
+    string ClassName, int[] SampleSize, long Parameters, long Macs, long ForwardActivationBytesPerSample, long TrainingActivationBytesPerSample, long SampleBytes)
 {
     /// <summary>float32 weights.</summary>
     public long ParameterBytes => Parameters * sizeof(float);
 
     /// <summary>Sampling or evaluating: the weights and one forward's live activations.</summary>
-    public ResourceNeed Inference(int batch) => new($"inference at batch {batch}", ParameterBytes, Scale(ForwardPeakBytesPerSample, batch));
+    public ResourceNeed Inference(int batch) => new($"inference at batch {batch}", ParameterBytes, Scale(ForwardActivationBytesPerSample, batch));
 
     /// <summary>Training or fine-tuning with AdamW and an EMA copy: weights, gradients, two moments and the EMA (5x the weights) and the saved activations.</summary>
     public ResourceNeed Training(int batch) => new($"a training step at batch {batch}", 5 * ParameterBytes, Scale(TrainingActivationBytesPerSample, batch));
@@ -33,7 +33,7 @@ public sealed record ResourceEstimate(
 
     /// <summary>Distillation: this model trains while <paramref name="teacher"/> runs forward beside it.</summary>
     public ResourceNeed Distillation(ResourceEstimate teacher, int batch) => new($"a distillation step at batch {batch}",
-        5 * ParameterBytes + teacher.ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(teacher.ForwardPeakBytesPerSample, batch));
+        5 * ParameterBytes + teacher.ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(teacher.ForwardActivationBytesPerSample, batch));
 
     private static long Scale(long bytes, long factor) => bytes > long.MaxValue / Math.Max(1, factor) ? long.MaxValue : bytes * factor;
 }
@@ -62,29 +62,20 @@ public sealed record ResourceNeed(string Workload, long WeightBytes, long Activa
 
 /// <summary>
 /// The running sums of a family's walk through its forward for one sample: parameters, MACs counted as
-/// <see cref="Analysis.ModelCost"/> counts them (convolutions, linear layers, the two attention matmuls), every
-/// intermediate tensor (what autograd keeps for the backward) and the most elements alive at once in an inference forward.
+/// <see cref="Analysis.ModelCost"/> counts them (convolutions, linear layers, the two attention matmuls) and the
+/// elements of every intermediate tensor the forward makes.
 /// </summary>
 public sealed class CostTally
 {
-    private long _held;   // tensors kept across ops (skip connections, a block's input for its residual)
-    private long _last;   // the previous op's output, the next op's input
-
     public long Parameters { get; private set; }
     public long Macs { get; private set; }
     public long SavedElements { get; private set; }
-    public long PeakElements { get; private set; }
 
     /// <summary>Weights of a layer that does no counted multiply-accumulates (norms, embedding tables).</summary>
     public void Weights(long count) => Parameters = checked(Parameters + count);
 
-    /// <summary>An op whose output has <paramref name="elements"/> elements; <paramref name="workspace"/> more are alive while it runs.</summary>
-    public void Tensor(long elements, long workspace = 0)
-    {
-        SavedElements = checked(SavedElements + elements);
-        PeakElements = Math.Max(PeakElements, checked(_held + _last + elements + workspace));
-        _last = elements;
-    }
+    /// <summary>An intermediate tensor of <paramref name="elements"/> elements.</summary>
+    public void Tensor(long elements) => SavedElements = checked(SavedElements + elements);
 
     /// <summary>A convolution: k x k kernel, output h x w.</summary>
     public void Conv(long inChannels, long outChannels, long kernel, long height, long width, bool bias = true)
@@ -106,16 +97,24 @@ public sealed class CostTally
     public void AttentionCore(long tokens, long heads, long headDim)
     {
         Macs = checked(Macs + 2 * heads * tokens * tokens * headDim);
-        // q, k and v are alive together; the fused CPU kernel keeps a row statistic per head and token, not the N x N scores.
-        Tensor(checked(tokens * heads * headDim + tokens * heads), workspace: checked(2 * tokens * heads * headDim));
+        // the fused CPU kernel keeps a row statistic per head and token beside its output, not the N x N scores
+        Tensor(checked(tokens * heads * headDim + tokens * heads));
     }
 
-    /// <summary>Keeps a tensor alive across the following ops (a skip connection, a residual input).</summary>
-    public void Hold(long elements) => _held = checked(_held + elements);
+    /// <summary>
+    /// Temporaries the walk does not name (broadcast products, copies made by reshapes, allocator slack): measured peak
+    /// RSS was 1.27-1.64x the named intermediates when sampling the defaults (docs/BENCHMARKS.md, "Resource estimate").
+    /// </summary>
+    public const double UnnamedTemporaries = 1.5;
 
-    public void Release(long elements) => _held -= elements;
-
-    /// <summary>The estimate for a model whose sample is <paramref name="sampleElements"/> floats.</summary>
-    public ResourceEstimate ToEstimate(string className, int[] sampleSize, long sampleElements) => new(
-        className, sampleSize, Parameters, Macs, checked(PeakElements * sizeof(float)), checked(SavedElements * sizeof(float)), checked(sampleElements * sizeof(float)));
+    /// <summary>
+    /// The estimate for a model whose sample is <paramref name="sampleElements"/> floats. A forward keeps every intermediate
+    /// until its step's dispose scope ends, so inference holds them all (not just the live set); training also holds
+    /// their gradients during the backward.
+    /// </summary>
+    public ResourceEstimate ToEstimate(string className, int[] sampleSize, long sampleElements)
+    {
+        long forward = checked((long)(SavedElements * sizeof(float) * UnnamedTemporaries));
+        return new(className, sampleSize, Parameters, Macs, forward, checked(2 * forward), checked(sampleElements * sizeof(float)));
+    }
 }

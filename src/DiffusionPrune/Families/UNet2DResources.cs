@@ -24,13 +24,9 @@ internal static class UNet2DResources
         Mlp(t, timestepInputDim, timeEmbedDim);
         if (c.ClassEmbedType is null && c.NumClassEmbeds is int classes) t.Weights(classes * timeEmbedDim);
         else if (c.ClassEmbedType == "timestep") Mlp(t, timestepInputDim, timeEmbedDim);
-        t.Hold(timeEmbedDim);
 
         // 2. conv_in
         t.Conv(c.InChannels, channels[0], 3, h, w);
-        var skips = new Stack<long>();
-        void Push(long elements) { skips.Push(elements); t.Hold(elements); }
-        Push(channels[0] * h * w);
 
         // 3. down
         int outputChannel = channels[0];
@@ -45,7 +41,6 @@ internal static class UNet2DResources
             {
                 Resnet(t, c, $"{path}.resnets.{j}", j == 0 ? inputChannel : outputChannel, outputChannel, ref h, ref w);
                 if (attention) UNetAttention(t, c, $"{path}.attentions.{j}", outputChannel, headDim, c.NormNumGroups, h, w);
-                Push(outputChannel * h * w);
             }
             if (i == channels.Length - 1) continue;
             string downsampleType = attention ? c.DownsampleType : "conv";
@@ -59,7 +54,6 @@ internal static class UNet2DResources
                 w = (pw - 3) / 2 + 1;
                 t.Conv(outputChannel, outputChannel, 3, h, w);
             }
-            Push(outputChannel * h * w);
         }
 
         // 4. mid
@@ -88,9 +82,7 @@ internal static class UNet2DResources
             {
                 int skipChannels = j == layers - 1 ? inputChannel : outputChannel;
                 int resnetIn = j == 0 ? prevOutputChannel : outputChannel;
-                long skip = skips.Count > 0 ? skips.Pop() : 0;
-                t.Tensor((resnetIn + skipChannels) * h * w); // the concatenation
-                t.Release(skip);
+                t.Tensor((resnetIn + skipChannels) * h * w); // the concatenation with the skip
                 Resnet(t, c, $"{path}.resnets.{j}", resnetIn + skipChannels, outputChannel, ref h, ref w);
                 if (attention) UNetAttention(t, c, $"{path}.attentions.{j}", outputChannel, headDim, c.NormNumGroups, h, w);
             }
@@ -130,7 +122,6 @@ internal static class UNet2DResources
         if (c.Structure.IsRemoved(path)) return;
         long inner = c.Structure.ResnetInner(path, (int)outChannels);
         long inputElements = inChannels * h * w;
-        t.Hold(inputElements); // the block's input, for the residual
         t.Weights(2 * inChannels);
         t.Tensor(inputElements); // norm1
         t.Tensor(inputElements); // activation
@@ -151,7 +142,6 @@ internal static class UNet2DResources
         t.Tensor(inner * hw); // activation
         t.Conv(inner, outChannels, 3, h, w);
         if (inChannels != outChannels) t.Conv(inChannels, outChannels, 1, h, w);
-        t.Release(inputElements);
         t.Tensor(outChannels * hw); // residual sum
     }
 
@@ -161,7 +151,6 @@ internal static class UNet2DResources
         if (c.Structure.IsRemoved(path)) return;
         long heads = c.Structure.Heads(path, (int)(channels / headDim));
         long inner = heads * headDim, tokens = h * w;
-        t.Hold(channels * tokens); // the residual
         if (normGroups is not null)
         {
             t.Weights(2 * channels);
@@ -172,7 +161,6 @@ internal static class UNet2DResources
         t.Linear(tokens, channels, inner);
         t.AttentionCore(tokens, heads, headDim);
         t.Linear(tokens, inner, channels);
-        t.Release(channels * tokens);
         t.Tensor(channels * tokens); // residual sum
     }
 }

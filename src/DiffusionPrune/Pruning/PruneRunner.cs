@@ -132,13 +132,16 @@ public static class PruneRunner
     {
         var entry = ImportanceCriteria.Find(request.Method)
             ?? throw new ArgumentException($"Unknown importance criterion '{request.Method}'. Known criteria: {string.Join(", ", ImportanceCriteria.Names)}.");
-        int noises = Math.Max(1, request.Calibration) * (request.GuidanceIfConditional is > 1 || request.EcoDiff.GuidanceScale > 1 ? 2 : 1);
+        int guidance = request.GuidanceIfConditional is > 1 || request.EcoDiff.GuidanceScale > 1 ? 2 : 1; // conditional + unconditional
+        int noises = Math.Max(1, request.Calibration);
         var scoring = entry.Workload switch
         {
             PruneWorkload.WeightsOnly => model.Inference(1),
-            PruneWorkload.Forward => model.Inference(noises),
-            PruneWorkload.Gradients => model.Gradients(new TaylorOptions().MicroBatch),
-            PruneWorkload.MaskLearning => model.MaskLearning(noises, Math.Max(1, request.Steps)),
+            PruneWorkload.Forward => model.Inference(noises * guidance),
+            PruneWorkload.Gradients => model.Gradients(Math.Min(noises, new TaylorOptions().MicroBatch)),
+            // one calibration batch at a time, and the final latents of every calibration noise as targets
+            PruneWorkload.MaskLearning => model.MaskLearning(Math.Min(noises, request.EcoDiff.BatchSize) * guidance, Math.Max(1, request.Steps)) is var step
+                ? step with { ActivationBytes = step.ActivationBytes + noises * model.SampleBytes } : null!,
             _ => model.Training(new LearnableDepthOptions().BatchSize),
         };
         return scoring with { Workload = $"pruning with {entry.Name} ({scoring.Workload})", WeightBytes = scoring.WeightBytes + model.ParameterBytes };

@@ -57,7 +57,7 @@ public class ResourceEstimateTests
         Assert.Equal(model.ParameterCount(), estimate.Parameters);
         Assert.Equal(cost.Macs, estimate.Macs);
         Assert.Equal(model.SampleSize, estimate.SampleSize);
-        Assert.True(estimate.ForwardPeakBytesPerSample > 0 && estimate.ForwardPeakBytesPerSample < estimate.TrainingActivationBytesPerSample);
+        Assert.True(estimate.ForwardActivationBytesPerSample > 0 && estimate.ForwardActivationBytesPerSample < estimate.TrainingActivationBytesPerSample);
     }
 
     [Theory]
@@ -115,7 +115,7 @@ public class ResourceEstimateTests
         var inference = estimate.Inference(4);
         var training = estimate.Training(4);
         Assert.Equal(estimate.ParameterBytes, inference.WeightBytes);
-        Assert.Equal(4 * estimate.ForwardPeakBytesPerSample, inference.ActivationBytes);
+        Assert.Equal(4 * estimate.ForwardActivationBytesPerSample, inference.ActivationBytes);
         Assert.Equal(5 * estimate.ParameterBytes, training.WeightBytes);
         Assert.Equal(4 * estimate.TrainingActivationBytesPerSample, training.ActivationBytes);
         Assert.True(estimate.MaskLearning(4, 50).ActivationBytes > estimate.MaskLearning(4, 10).ActivationBytes);

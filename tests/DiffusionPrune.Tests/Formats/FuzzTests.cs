@@ -196,7 +196,7 @@ public class FuzzTests
             else return;
             // the resource walk over whatever the config says: an estimate, or a user error (never an overflow or a crash)
             var estimate = ModelFamilies.Estimate(config);
-            if (estimate.Parameters < 0 || estimate.Macs < 0 || estimate.ForwardPeakBytesPerSample < 0)
+            if (estimate.Parameters < 0 || estimate.Macs < 0 || estimate.ForwardActivationBytesPerSample < 0)
                 throw new InvalidOperationException($"negative estimate {estimate}");
         }, seed: "0000000000002");
     }
