@@ -61,6 +61,7 @@ public sealed class DistillSessionTests : MudTestContext, IDisposable
         var page = Context.Render<DistillPage>();
         page.WaitForAssertion(() => Assert.NotNull(page.Find(".distill-form")), WaitTimeout);
         Assert.Contains("pruned/tiny-unet-magnitude", page.Find(".student-select").InnerHtml + page.Markup);
+        Assert.Contains("Estimated memory for a distillation step at batch 32", page.Find(".resource-estimate").TextContent);
 
         page.Find("button.start-distill").Click();
         var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
