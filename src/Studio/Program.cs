@@ -1,4 +1,5 @@
 using DiffusionPrune.Studio;
+using DiffusionPrune.Studio.Api;
 using DiffusionPrune.Studio.Components;
 using DiffusionPrune.Studio.Hosting;
 using MudBlazor.Services;
@@ -50,6 +51,7 @@ app.UseRouting();
 app.UseAntiforgery();
 
 app.MapStaticAssets();
+app.MapStudioApi();
 app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
 
 app.Run();

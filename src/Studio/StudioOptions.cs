@@ -12,6 +12,24 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> distilled models go.</summary>
     public const string DistilledFolder = "distilled";
 
+    /// <summary>Where under <see cref="OutputRoot"/> uploaded models go.</summary>
+    public const string UploadedFolder = "uploaded";
+
+    /// <summary>Largest model zip accepted (bytes of the upload). Default 2 GiB.</summary>
+    public long MaxUploadBytes { get; set; } = 2L << 30;
+
+    /// <summary>Most entries a model zip may hold. Default 256.</summary>
+    public int MaxZipEntries { get; set; } = 256;
+
+    /// <summary>Most bytes a model zip may unpack to (counted while extracting, not taken from the zip's headers). Default 8 GiB.</summary>
+    public long MaxUnpackedBytes { get; set; } = 8L << 30;
+
+    /// <summary>Deepest folder nesting of an entry in a model zip. Default 4.</summary>
+    public int MaxZipPathDepth { get; set; } = 4;
+
+    /// <summary>Largest JSON body the API reads. Default 64 KiB.</summary>
+    public long MaxJsonBodyBytes { get; set; } = 64 * 1024;
+
     /// <summary>
     /// Folder that holds <c>models/&lt;name&gt;/</c>. Empty (the default) means the repository's
     /// <c>samples/</c>; a relative path is taken from the repository root when one is found,

@@ -10,7 +10,7 @@ namespace DiffusionPrune.Studio;
 /// <summary>Every service the Studio registers, in one place, with its lifetime stated.</summary>
 public static class StudioServiceCollectionExtensions
 {
-    /// <summary>Adds the Studio's options, model catalog, job state, background job queue and system check.</summary>
+    /// <summary>Adds the Studio's options, model catalog and uploads, job state, background job queue and system check.</summary>
     public static IServiceCollection AddStudioServices(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<StudioOptions>().Bind(configuration.GetSection(StudioOptions.SectionName));
@@ -23,7 +23,14 @@ public static class StudioServiceCollectionExtensions
             string? root = RepositoryLayout.FindRoot();
             string outputs = RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root);
             return new FileSystemModelCatalog(RepositoryLayout.ResolveSamplesRoot(options.SamplesRoot, root),
-                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder)]);
+                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder), Path.Combine(outputs, StudioOptions.UploadedFolder)]);
+        });
+
+        // Singleton: stateless apart from its options; uploads land under the output root's uploaded/ folder.
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            return new ModelUploadService(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.UploadedFolder), options);
         });
 
         // Singleton: jobs outlive any one circuit; every open page sees the same list.

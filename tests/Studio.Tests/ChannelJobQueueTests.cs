@@ -82,6 +82,7 @@ public sealed class ChannelJobQueueTests
     private sealed class FailingJob : StudioJob
     {
         public override string Name => "Failing";
+        public override string Kind => "test";
 
         public override Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken) =>
             throw new InvalidDataException("the weights file is truncated");

@@ -9,9 +9,51 @@ public sealed class ModelsPageTests : MudTestContext
 {
     private readonly TempSamplesFolder _samples = new();
 
+    private string UploadsRoot => Path.Combine(_samples.Root, "out", StudioOptions.UploadedFolder);
+
     public ModelsPageTests()
     {
-        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root));
+        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root, [UploadsRoot]));
+        Context.Services.AddSingleton(new ModelUploadService(UploadsRoot, new StudioOptions()));
+        Context.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(new StudioOptions()));
+    }
+
+    private static byte[] TinyModelZip()
+    {
+        const string config = """
+            {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        string folder = Path.Combine(Path.GetTempPath(), "dprune-upload-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            using (var model = DiffusionPrune.Families.ModelFamilies.Create(DiffusionPrune.Models.ConfigJson.Parse(config)))
+                DiffusionPrune.Models.DiffusersModelLoader.Save(model, folder);
+            using var buffer = new MemoryStream();
+            System.IO.Compression.ZipFile.CreateFromDirectory(folder, buffer);
+            return buffer.ToArray();
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void A_zip_uploaded_on_the_page_is_checked_then_listed_and_a_refusal_is_shown_in_place()
+    {
+        var page = Context.Render<ModelsPage>();
+        page.WaitForAssertion(() => Assert.NotNull(page.Find(".upload-panel")), WaitTimeout);
+
+        page.FindComponent<Microsoft.AspNetCore.Components.Forms.InputFile>().UploadFiles(InputFileContent.CreateFromBinary(TinyModelZip(), "tiny-zip.zip"));
+        page.WaitForAssertion(() => Assert.Contains("Added uploaded/tiny-zip", page.Find(".upload-result").TextContent), WaitTimeout);
+        page.WaitForAssertion(() => Assert.Contains("uploaded/tiny-zip", page.Find(".models-table").TextContent), WaitTimeout);
+
+        page.FindComponent<Microsoft.AspNetCore.Components.Forms.InputFile>().UploadFiles(InputFileContent.CreateFromText("not a zip", "notes.zip"));
+        page.WaitForAssertion(() => Assert.Contains("Not added: The upload is not a zip file", page.Find(".upload-result").TextContent), WaitTimeout);
+        Assert.Contains("mud-alert-text-error", page.Find(".upload-result").OuterHtml);
+        Assert.Equal("tiny-zip", Path.GetFileName(Assert.Single(Directory.GetFileSystemEntries(UploadsRoot))));
     }
 
     [Fact]

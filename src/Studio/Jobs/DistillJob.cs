@@ -18,6 +18,12 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
     public QuickEvaluation? Evaluation { get; } = evaluation;
 
     /// <inheritdoc />
+    public override string Kind => "distill";
+
+    /// <inheritdoc />
+    public override string? OutputPath => Request.OutputPath;
+
+    /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,
         $"Distil {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.StudentPath))} from {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.TeacherPath))} " +
         $"({Request.Kd.ToString().ToLowerInvariant()} KD, {Request.Steps} steps)");

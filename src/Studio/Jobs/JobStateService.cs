@@ -45,7 +45,7 @@ public sealed class JobStateService
 
     /// <summary>Records <paramref name="job"/> as queued.</summary>
     public JobSnapshot Track(StudioJob job) =>
-        Set(new JobSnapshot(job.Id, job.Name, JobStatus.Queued, 0, "Waiting to start", _time.GetUtcNow()));
+        Set(new JobSnapshot(job.Id, job.Name, JobStatus.Queued, 0, "Waiting to start", _time.GetUtcNow(), Kind: job.Kind, OutputPath: job.OutputPath));
 
     /// <summary>Marks the job running.</summary>
     public JobSnapshot MarkRunning(Guid id) =>

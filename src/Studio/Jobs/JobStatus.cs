@@ -29,6 +29,8 @@ public enum JobStatus
 /// <param name="Preview">The latest picture the job sent (a sample grid), if any.</param>
 /// <param name="Log">The job's lines for people, in order (the last 500).</param>
 /// <param name="Result">What the job made, for people (the output folder and its figures), once it succeeded.</param>
+/// <param name="Kind">The kind of job (prune, distill, self-check).</param>
+/// <param name="OutputPath">The model folder the job writes, if any.</param>
 public sealed record JobSnapshot(
     Guid Id,
     string Name,
@@ -42,7 +44,9 @@ public sealed record JobSnapshot(
     IReadOnlyList<JobMetrics>? History = null,
     DiffusionPrune.Pipeline.PreviewImage? Preview = null,
     IReadOnlyList<string>? Log = null,
-    string? Result = null)
+    string? Result = null,
+    string Kind = "",
+    string? OutputPath = null)
 {
     /// <summary><see cref="History"/>, never null.</summary>
     public IReadOnlyList<JobMetrics> Points => History ?? [];

@@ -50,6 +50,12 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
     public QuickEvaluation? Evaluation { get; } = evaluation;
 
     /// <inheritdoc />
+    public override string Kind => "prune";
+
+    /// <inheritdoc />
+    public override string? OutputPath => Request.OutputPath;
+
+    /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,
         $"Prune {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath))} with {Request.Method} to remove {Request.TargetParams:0.#%}{BudgetSuffix}");
 

@@ -18,6 +18,9 @@ public sealed class SelfCheckJob : StudioJob
     }
 
     /// <inheritdoc />
+    public override string Kind => "self-check";
+
+    /// <inheritdoc />
     public override string Name => "Self-check";
 
     /// <inheritdoc />

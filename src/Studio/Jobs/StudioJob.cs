@@ -13,6 +13,12 @@ public abstract class StudioJob
     /// <summary>What the job does, for people.</summary>
     public abstract string Name { get; }
 
+    /// <summary>The kind of job, for the JSON API: prune, distill, self-check.</summary>
+    public abstract string Kind { get; }
+
+    /// <summary>The model folder the job writes, if it writes one (the API names it as the catalog lists it).</summary>
+    public virtual string? OutputPath => null;
+
     /// <summary>What the job made, for people (its output and figures); set by the job before it returns.</summary>
     public string? Result { get; protected set; }
 

@@ -1,0 +1,318 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Families;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Pruning.Layers;
+using DiffusionPrune.Studio.Catalog;
+using DiffusionPrune.Studio.Hosting;
+using DiffusionPrune.Studio.Jobs;
+using DiffusionPrune.Training;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Options;
+
+namespace DiffusionPrune.Studio.Api;
+
+/// <summary>
+/// The Studio's JSON API, for automation and tests (README, "JSON API"): models, uploads and jobs. Bad input gets a 400
+/// problem detail naming the field, an unknown id a 404; bodies are size-limited; no endpoint runs anything but the
+/// core's own jobs, and no response carries a stack trace.
+/// </summary>
+public static class StudioApi
+{
+    /// <summary>Maps <c>/api/models</c>, <c>/api/models/{name}</c> (PUT a zip), <c>/api/jobs</c> and <c>/api/jobs/{id}</c>.</summary>
+    public static IEndpointRouteBuilder MapStudioApi(this IEndpointRouteBuilder app)
+    {
+        var api = app.MapGroup("/api");
+        api.MapGet("/models", ListModelsAsync);
+        api.MapPut("/models/{name}", UploadAsync);
+        api.MapPost("/jobs", CreateJobAsync);
+        api.MapGet("/jobs/{id}", GetJob);
+        api.MapDelete("/jobs/{id}", CancelJob);
+        return app;
+    }
+
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
+
+    private static async Task<IResult> ListModelsAsync(IModelCatalog catalog, CancellationToken cancellationToken)
+    {
+        var models = new JsonArray();
+        foreach (var model in await catalog.ListModelsAsync(cancellationToken))
+        {
+            var entry = new JsonObject
+            {
+                ["name"] = model.Name,
+                ["class_name"] = model.ClassName,
+                ["safetensors_bytes"] = model.SafetensorsBytes,
+                ["problem"] = model.Problem,
+            };
+            if (model.Problem is null && ModelFamilies.ForClass(model.ClassName) is not null)
+            {
+                try
+                {
+                    // from config.json alone: listing never loads weights
+                    var estimate = ModelFamilies.EstimateFolder(model.FolderPath);
+                    entry["parameters"] = estimate.Parameters;
+                    entry["macs"] = estimate.Macs;
+                    entry["sample_size"] = new JsonArray(estimate.SampleSize.Select(s => (JsonNode)s).ToArray());
+                }
+                catch (Exception e) when (UserErrors.Is(e))
+                {
+                    entry["problem"] = e.Message;
+                }
+            }
+            models.Add(entry);
+        }
+        return Results.Text(models.ToJsonString(Json), "application/json");
+    }
+
+    private static async Task<IResult> UploadAsync(string name, HttpContext context, ModelUploadService uploads, IOptions<StudioOptions> options)
+    {
+        long limit = options.Value.MaxUploadBytes;
+        if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } bodySize) bodySize.MaxRequestBodySize = limit;
+        if (context.Request.ContentLength > limit)
+            return Problem(413, $"The upload is larger than the {ByteSize.Format(limit)} limit (Studio:MaxUploadBytes).");
+        try
+        {
+            string listed = await uploads.ImportZipAsync(context.Request.Body, name, context.RequestAborted);
+            return Results.Json(new JsonObject { ["name"] = listed }, statusCode: 201);
+        }
+        catch (ModelUploadException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == 413)
+        {
+            return Problem(413, $"The upload is larger than the {ByteSize.Format(limit)} limit (Studio:MaxUploadBytes).");
+        }
+    }
+
+    private static async Task<IResult> CreateJobAsync(HttpContext context, IModelCatalog catalog, IJobQueue queue, IOptions<StudioOptions> options)
+    {
+        JsonObject body;
+        try
+        {
+            body = await ReadBodyAsync(context, options.Value.MaxJsonBodyBytes);
+        }
+        catch (ApiInputException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+        try
+        {
+            var fields = new Fields(body);
+            string kind = fields.String("kind");
+            var models = await catalog.ListModelsAsync(context.RequestAborted);
+            var outputs = RepositoryLayout.ResolveOutputRoot(options.Value.OutputRoot, RepositoryLayout.FindRoot());
+            StudioJob job = kind switch
+            {
+                "prune" => PruneJobFrom(fields, models, outputs),
+                "distill" => DistillJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune or distill, not '{kind}' (evaluate, export and sample jobs are not in the Studio yet)."),
+            };
+            fields.RejectUnknown();
+            var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
+            return Results.Json(new JsonObject { ["id"] = snapshot.Id.ToString() }, statusCode: 202);
+        }
+        catch (ApiInputException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+    }
+
+    private static PruneJob PruneJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var model = ModelNamed(f.String("model"), models, "model");
+        string method = f.String("method");
+        var entry = ImportanceCriteria.Find(method)
+            ?? throw new ApiInputException($"'method' must be one of {string.Join(", ", ImportanceCriteria.Names)}, not '{method}'.");
+        double target = f.Double("target_params");
+        if (!(target is > 0 and < 1)) throw new ApiInputException($"'target_params' must be strictly between 0 and 1, not {target.ToString(CultureInfo.InvariantCulture)}.");
+        string folder = OutputName(model.Name, entry.Name, target);
+        var request = new PruneRequest
+        {
+            ModelPath = model.FolderPath,
+            Method = entry.Name,
+            TargetParams = target,
+            OutputPath = Path.Combine(outputs, StudioOptions.PrunedFolder, folder),
+            Seed = f.OptionalLong("seed") ?? 0,
+            Iterations = f.OptionalInt("iterations", 1) ?? 100,
+            Steps = f.OptionalInt("steps", 1) ?? 10,
+            Calibration = f.OptionalInt("calibration", 1) ?? 16,
+            Budget = f.OptionalEnum<LayerBudget>("budget") ?? LayerBudget.Params,
+            Selection = f.OptionalEnum<LayerSelection>("selection") ?? LayerSelection.Knapsack,
+        };
+        if (!entry.RemovesLayers && (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack))
+            throw new ApiInputException($"'budget' and 'selection' apply to the layer methods, not to {entry.Name}.");
+        return new PruneJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
+    }
+
+    private static DistillJob DistillJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var student = ModelNamed(f.String("student"), models, "student");
+        var teacher = ModelNamed(f.String("teacher"), models, "teacher");
+        if (student.FolderPath == teacher.FolderPath) throw new ApiInputException("'teacher' must be another model than 'student'.");
+        var kd = f.OptionalEnum<KnowledgeDistillation>("kd") ?? KnowledgeDistillation.Normalized;
+        int steps = f.OptionalInt("steps", 1) ?? 200;
+        var request = new DistillRequest
+        {
+            StudentPath = student.FolderPath,
+            TeacherPath = teacher.FolderPath,
+            OutputPath = Path.Combine(outputs, StudioOptions.DistilledFolder, string.Create(CultureInfo.InvariantCulture,
+                $"{student.Name.Replace('/', '-')}-{kd.ToString().ToLowerInvariant()}-{steps}-{DateTime.UtcNow:yyyyMMdd-HHmmss}")),
+            Kd = kd,
+            Steps = steps,
+            BatchSize = f.OptionalInt("batch", 1) ?? 32,
+            LearningRate = f.OptionalDouble("lr") is double lr ? (lr is > 0 and < 1 ? lr : throw new ApiInputException("'lr' must be in (0, 1).")) : 1e-4,
+            Seed = f.OptionalLong("seed") ?? 0,
+        };
+        return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
+    }
+
+    private static string OutputName(string model, string method, double target) => string.Create(CultureInfo.InvariantCulture,
+        $"{model.Replace('/', '-')}-{method}-{target * 100:0.#}-{DateTime.UtcNow:yyyyMMdd-HHmmss-fff}");
+
+    /// <summary>A model by the name <c>/api/models</c> lists; never a path.</summary>
+    private static ModelSummary ModelNamed(string name, IReadOnlyList<ModelSummary> models, string field)
+    {
+        if (name.Contains("..", StringComparison.Ordinal) || name.Contains('\\') || name.StartsWith('/') || Path.IsPathRooted(name))
+            throw new ApiInputException($"'{field}' must be a model name as GET /api/models lists it, not a path ('{name}').");
+        var model = models.FirstOrDefault(m => m.Name == name)
+            ?? throw new ApiInputException($"'{field}': there is no model named '{name}' (GET /api/models lists them).");
+        if (model.Problem is not null) throw new ApiInputException($"'{field}': {model.Problem}");
+        return model;
+    }
+
+    private static IResult GetJob(string id, JobStateService state) =>
+        Guid.TryParse(id, out var guid) && state.Find(guid) is { } job
+            ? Results.Text(Describe(job).ToJsonString(Json), "application/json")
+            : Problem(404, $"There is no job '{id}'.");
+
+    private static IResult CancelJob(string id, JobStateService state, IJobQueue queue)
+    {
+        if (!Guid.TryParse(id, out var guid) || state.Find(guid) is not { } job) return Problem(404, $"There is no job '{id}'.");
+        if (job.IsFinished) return Problem(409, $"Job '{id}' has finished ({StatusName(job.Status)}); there is nothing to cancel.");
+        queue.Cancel(guid);
+        return Results.Accepted(value: new JsonObject { ["id"] = id, ["status"] = "cancelling" });
+    }
+
+    /// <summary>A job as the API shows it; <c>result.output_model</c> is the name <c>/api/models</c> lists it by.</summary>
+    public static JsonObject Describe(JobSnapshot job)
+    {
+        var o = new JsonObject
+        {
+            ["id"] = job.Id.ToString(),
+            ["kind"] = job.Kind,
+            ["name"] = job.Name,
+            ["status"] = StatusName(job.Status),
+            ["progress"] = job.Progress,
+            ["message"] = job.Message,
+            ["error"] = job.Error,
+            ["enqueued_at"] = job.EnqueuedAt.ToString("O", CultureInfo.InvariantCulture),
+            ["started_at"] = job.StartedAt?.ToString("O", CultureInfo.InvariantCulture),
+            ["finished_at"] = job.FinishedAt?.ToString("O", CultureInfo.InvariantCulture),
+        };
+        if (job.Status == JobStatus.Succeeded)
+        {
+            var result = new JsonObject { ["summary"] = job.Result };
+            if (job.OutputPath is { } output)
+                result["output_model"] = $"{Path.GetFileName(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(output)))}/{Path.GetFileName(Path.TrimEndingDirectorySeparator(output))}";
+            o["result"] = result;
+        }
+        return o;
+    }
+
+    private static string StatusName(JobStatus status) => status switch
+    {
+        JobStatus.Queued => "queued",
+        JobStatus.Running => "running",
+        JobStatus.Succeeded => "succeeded",
+        JobStatus.Failed => "failed",
+        _ => "cancelled",
+    };
+
+    private static IResult Problem(int status, string detail) => Results.Problem(detail: detail, statusCode: status);
+
+    /// <summary>Reads a JSON object body of at most <paramref name="limit"/> bytes.</summary>
+    private static async Task<JsonObject> ReadBodyAsync(HttpContext context, long limit)
+    {
+        if (context.Request.ContentLength > limit)
+            throw new ApiInputException($"The request body is larger than the {ByteSize.Format(limit)} limit (Studio:MaxJsonBodyBytes).", 413);
+        using var buffer = new MemoryStream();
+        var chunk = new byte[8192];
+        int read;
+        while ((read = await context.Request.Body.ReadAsync(chunk, context.RequestAborted)) > 0)
+        {
+            if (buffer.Length + read > limit)
+                throw new ApiInputException($"The request body is larger than the {ByteSize.Format(limit)} limit (Studio:MaxJsonBodyBytes).", 413);
+            buffer.Write(chunk, 0, read);
+        }
+        try
+        {
+            return JsonNode.Parse(buffer.ToArray(), documentOptions: new JsonDocumentOptions { MaxDepth = 16 }) as JsonObject
+                ?? throw new ApiInputException("The request body must be a JSON object.");
+        }
+        catch (JsonException e)
+        {
+            throw new ApiInputException($"The request body is not valid JSON ({DiffusionPrune.Formats.Messages.OneLine(e.Message)}).");
+        }
+    }
+
+    /// <summary>Typed access to a request's fields that remembers which were read, so unknown ones are refused.</summary>
+    private sealed class Fields(JsonObject body)
+    {
+        private readonly HashSet<string> _read = new(StringComparer.Ordinal) { "kind" };
+
+        public void RejectUnknown()
+        {
+            var unknown = body.Select(p => p.Key).Where(k => !_read.Contains(k)).ToList();
+            if (unknown.Count > 0) throw new ApiInputException($"Unknown field(s): {string.Join(", ", unknown.Select(k => $"'{k}'"))}.");
+        }
+
+        private JsonNode? Get(string key)
+        {
+            _read.Add(key);
+            return body.TryGetPropertyValue(key, out var node) ? node : null;
+        }
+
+        public string String(string key) => Get(key) is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0
+            ? s : throw new ApiInputException($"'{key}' is required and must be a non-empty string.");
+
+        public double Double(string key) => OptionalDouble(key) ?? throw new ApiInputException($"'{key}' is required and must be a number.");
+
+        public double? OptionalDouble(string key) => Get(key) switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<double>(out var d) && double.IsFinite(d) => d,
+            _ => throw new ApiInputException($"'{key}' must be a number."),
+        };
+
+        public long? OptionalLong(string key) => OptionalDouble(key) is double d
+            ? (d == Math.Floor(d) && Math.Abs(d) <= 9e15 ? (long)d : throw new ApiInputException($"'{key}' must be a whole number."))
+            : null;
+
+        public int? OptionalInt(string key, int least) => OptionalLong(key) is long n
+            ? (n >= least && n <= 1_000_000 ? (int)n : throw new ApiInputException($"'{key}' must be between {least} and 1,000,000, not {n}."))
+            : null;
+
+        public bool? OptionalBool(string key) => Get(key) switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<bool>(out var b) => b,
+            _ => throw new ApiInputException($"'{key}' must be true or false."),
+        };
+
+        public T? OptionalEnum<T>(string key) where T : struct, Enum => Get(key) switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<string>(out var s) && Enum.TryParse<T>(s, ignoreCase: true, out var e) && !int.TryParse(s, out _) => e,
+            _ => throw new ApiInputException($"'{key}' must be one of {string.Join(", ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))}."),
+        };
+    }
+
+    private sealed class ApiInputException(string message, int statusCode = 400) : Exception(message)
+    {
+        public int StatusCode { get; } = statusCode;
+    }
+}
