@@ -95,7 +95,7 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
         }
         catch (InvalidDataException e)
         {
-            throw new ModelUploadException($"The upload is not a zip file ({e.Message}).");
+            throw new ModelUploadException($"The upload is not a zip file ({e.Message.TrimEnd('.')}).");
         }
         using (archive)
         {
