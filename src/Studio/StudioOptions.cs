@@ -48,4 +48,10 @@ public sealed class StudioOptions
     /// when a job is checked (or <c>DPRUNE_MAX_MEMORY</c>). A job whose estimate is above it is refused before it loads anything.
     /// </summary>
     public string MaxMemory { get; set; } = "";
+
+    /// <summary>
+    /// Folder of the Studio's own state (the jobs database, <c>jobs.db</c>). Empty (the default) means <c>data/</c> under
+    /// <see cref="OutputRoot"/>; a relative path is taken from the repository root when one is found.
+    /// </summary>
+    public string DataFolder { get; set; } = "";
 }

@@ -33,8 +33,17 @@ public static class StudioServiceCollectionExtensions
             return new ModelUploadService(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.UploadedFolder), options);
         });
 
-        // Singleton: jobs outlive any one circuit; every open page sees the same list.
-        services.AddSingleton<JobStateService>();
+        // Singleton: jobs outlive any one circuit; every open page sees the same list. Kept in SQLite under the data
+        // folder, so a restart loses no finished result and marks what it cut off as interrupted (resumable).
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            string? root = RepositoryLayout.FindRoot();
+            string data = options.DataFolder is { Length: > 0 } configured
+                ? Path.GetFullPath(configured, root ?? Directory.GetCurrentDirectory())
+                : Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root), "data");
+            return new JobStateService(store: new SqliteJobStore(Path.Combine(data, "jobs.db")));
+        });
 
         // Singleton, exposed twice: the queue pages write to is the hosted service that drains it.
         services.AddSingleton<ChannelJobQueue>();

@@ -86,5 +86,13 @@ public sealed class JobsPageTests : MudTestContext
             Enqueued.Add(job);
             return ValueTask.FromResult(state.Track(job));
         }
+
+        public List<Guid> Resumed { get; } = [];
+
+        public ValueTask<JobSnapshot?> ResumeAsync(Guid id, CancellationToken cancellationToken = default)
+        {
+            Resumed.Add(id);
+            return ValueTask.FromResult<JobSnapshot?>(null);
+        }
     }
 }

@@ -30,6 +30,7 @@ public static class StudioApi
         api.MapPost("/jobs", CreateJobAsync);
         api.MapGet("/jobs/{id}", GetJob);
         api.MapDelete("/jobs/{id}", CancelJob);
+        api.MapPost("/jobs/{id}/resume", ResumeJobAsync);
         return app;
     }
 
@@ -197,6 +198,23 @@ public static class StudioApi
         return Results.Accepted(value: new JsonObject { ["id"] = id, ["status"] = "cancelling" });
     }
 
+    private static async Task<IResult> ResumeJobAsync(string id, JobStateService state, IJobQueue queue)
+    {
+        if (!Guid.TryParse(id, out var guid) || state.Find(guid) is not { } job) return Problem(404, $"There is no job '{id}'.");
+        if (job.Status != JobStatus.Interrupted) return Problem(409, $"Job '{id}' is {StatusName(job.Status)}; only an interrupted job can be resumed.");
+        try
+        {
+            var queued = await queue.ResumeAsync(guid);
+            return queued is null
+                ? Problem(409, $"Job '{id}' kept no request to run again; start it again.")
+                : Results.Json(new JsonObject { ["id"] = id, ["status"] = StatusName(queued.Status) }, statusCode: 202);
+        }
+        catch (ArgumentException e)
+        {
+            return Problem(409, e.Message);
+        }
+    }
+
     /// <summary>A job as the API shows it; <c>result.output_model</c> is the name <c>/api/models</c> lists it by.</summary>
     public static JsonObject Describe(JobSnapshot job)
     {
@@ -229,6 +247,7 @@ public static class StudioApi
         JobStatus.Running => "running",
         JobStatus.Succeeded => "succeeded",
         JobStatus.Failed => "failed",
+        JobStatus.Interrupted => "interrupted",
         _ => "cancelled",
     };
 

@@ -35,6 +35,17 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     }
 
     /// <inheritdoc />
+    public async ValueTask<JobSnapshot?> ResumeAsync(Guid id, CancellationToken cancellationToken = default)
+    {
+        if (_state.Find(id) is not { Status: JobStatus.Interrupted } snapshot || _state.RequestOf(id) is not { } request) return null;
+        var job = StudioJobs.Resume(snapshot.Kind, request, id);
+        var queued = _state.Requeue(job);
+        _cancels[id] = new CancellationTokenSource();
+        await _channel.Writer.WriteAsync(job, cancellationToken);
+        return queued;
+    }
+
+    /// <inheritdoc />
     public bool Cancel(Guid id)
     {
         if (_state.Find(id) is not { IsFinished: false } || !_cancels.TryGetValue(id, out var cancel)) return false;
@@ -74,7 +85,7 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
-            _state.MarkCanceled(job.Id);
+            _state.MarkInterrupted(job.Id); // the Studio is stopping: resumable after the restart
             throw;
         }
         catch (OperationCanceledException) when (own.IsCancellationRequested)

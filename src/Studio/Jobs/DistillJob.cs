@@ -24,6 +24,12 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
     public override string? OutputPath => Request.OutputPath;
 
     /// <inheritdoc />
+    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredDistill(Request, Evaluation is not null));
+
+    /// <summary>What a distillation job stores to be run again.</summary>
+    internal sealed record StoredDistill(DistillRequest Request, bool Evaluate);
+
+    /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,
         $"Distil {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.StudentPath))} from {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.TeacherPath))} " +
         $"({Request.Kd.ToString().ToLowerInvariant()} KD, {Request.Steps} steps)");

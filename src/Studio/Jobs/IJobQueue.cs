@@ -14,4 +14,10 @@ public interface IJobQueue
     /// step and leaves no half-written output. False when the job is unknown or already finished.
     /// </summary>
     bool Cancel(Guid id);
+
+    /// <summary>
+    /// Queues an <see cref="JobStatus.Interrupted"/> job again under its id, continuing from the core's checkpoint where
+    /// there is one (<see cref="StudioJobs.Resume"/>). Null when the job is unknown, not interrupted, or kept no request.
+    /// </summary>
+    ValueTask<JobSnapshot?> ResumeAsync(Guid id, CancellationToken cancellationToken = default);
 }

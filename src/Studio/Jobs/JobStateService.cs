@@ -9,12 +9,44 @@ public sealed class JobStateService
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<Guid, JobSnapshot> _jobs = [];
+    private readonly Dictionary<Guid, string> _requests = [];
+    private readonly Dictionary<Guid, DateTimeOffset> _saved = [];
     private readonly TimeProvider _time;
+    private readonly IJobStore? _store;
 
-    /// <summary>Creates the service; <paramref name="time"/> defaults to the system clock.</summary>
-    public JobStateService(TimeProvider? time = null)
+    /// <summary>How often a running job's progress is written to the store (status changes are written at once).</summary>
+    public static readonly TimeSpan ProgressSaveInterval = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Creates the service; <paramref name="time"/> defaults to the system clock. With a <paramref name="store"/>, the
+    /// jobs it holds are loaded, and those that were queued or running when the Studio stopped become
+    /// <see cref="JobStatus.Interrupted"/>; every change is written back.
+    /// </summary>
+    public JobStateService(TimeProvider? time = null, IJobStore? store = null)
     {
         _time = time ?? TimeProvider.System;
+        _store = store;
+        if (store is null) return;
+        foreach (var (stored, request) in store.LoadAll())
+        {
+            var job = stored;
+            if (job.Status is JobStatus.Queued or JobStatus.Running)
+            {
+                string line = $"Interrupted: the Studio stopped while the job was {job.Status.ToString().ToLowerInvariant()}" +
+                              (request is null ? "." : "; it can be resumed.");
+                job = job with { Status = JobStatus.Interrupted, Message = line, FinishedAt = _time.GetUtcNow(), Log = [.. job.Lines, line] };
+                store.Save(job);
+            }
+            _jobs[job.Id] = job;
+            if (request is not null) _requests[job.Id] = request;
+        }
+    }
+
+    /// <summary>The request an interrupted job can be run again from, or null.</summary>
+    public string? RequestOf(Guid id)
+    {
+        lock (_gate)
+            return _requests.GetValueOrDefault(id);
     }
 
     /// <summary>
@@ -44,8 +76,31 @@ public sealed class JobStateService
     }
 
     /// <summary>Records <paramref name="job"/> as queued.</summary>
-    public JobSnapshot Track(StudioJob job) =>
-        Set(new JobSnapshot(job.Id, job.Name, JobStatus.Queued, 0, "Waiting to start", _time.GetUtcNow(), Kind: job.Kind, OutputPath: job.OutputPath));
+    public JobSnapshot Track(StudioJob job)
+    {
+        if (job.RequestJson is { } request)
+            lock (_gate)
+                _requests[job.Id] = request;
+        return Set(new JobSnapshot(job.Id, job.Name, JobStatus.Queued, 0, "Waiting to start", _time.GetUtcNow(), Kind: job.Kind, OutputPath: job.OutputPath),
+            job.RequestJson);
+    }
+
+    /// <summary>Queues an interrupted job again (the same id), keeping its log and figures.</summary>
+    public JobSnapshot Requeue(StudioJob job)
+    {
+        if (job.RequestJson is { } request)
+            lock (_gate)
+                _requests[job.Id] = request;
+        return Update(job.Id, current => current with
+        {
+            Status = JobStatus.Queued, Message = "Waiting to resume", FinishedAt = null, Error = null, Name = job.Name,
+            Log = [.. current.Lines, "Resumed by the user after the interruption."],
+        });
+    }
+
+    /// <summary>Marks the job interrupted: the Studio is stopping while it runs (it can be resumed after the restart).</summary>
+    public JobSnapshot MarkInterrupted(Guid id) =>
+        Update(id, job => job with { Status = JobStatus.Interrupted, Message = "Interrupted: the Studio stopped while the job was running", FinishedAt = _time.GetUtcNow() });
 
     /// <summary>Marks the job running.</summary>
     public JobSnapshot MarkRunning(Guid id) =>
@@ -91,21 +146,32 @@ public sealed class JobStateService
     private JobSnapshot Update(Guid id, Func<JobSnapshot, JobSnapshot> change)
     {
         JobSnapshot updated;
+        bool save;
         lock (_gate)
         {
             if (!_jobs.TryGetValue(id, out var current))
                 throw new InvalidOperationException($"No job {id} is tracked; call Track before updating it.");
             updated = change(current);
             _jobs[id] = updated;
+            var now = _time.GetUtcNow();
+            // status and results at once; progress at most every ProgressSaveInterval
+            save = _store is not null && (updated.Status != current.Status || updated.Result != current.Result
+                || now - _saved.GetValueOrDefault(id) >= ProgressSaveInterval);
+            if (save) _saved[id] = now;
+            if (save) _store!.Save(updated);
         }
         Changed?.Invoke(); // outside the lock: handlers may read Jobs
         return updated;
     }
 
-    private JobSnapshot Set(JobSnapshot snapshot)
+    private JobSnapshot Set(JobSnapshot snapshot, string? request = null)
     {
         lock (_gate)
+        {
             _jobs[snapshot.Id] = snapshot;
+            _store?.Save(snapshot, request);
+            _saved[snapshot.Id] = _time.GetUtcNow();
+        }
         Changed?.Invoke();
         return snapshot;
     }

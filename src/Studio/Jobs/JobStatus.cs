@@ -11,8 +11,10 @@ public enum JobStatus
     Succeeded,
     /// <summary>Threw; <see cref="JobSnapshot.Error"/> says why.</summary>
     Failed,
-    /// <summary>Stopped by the user, or because the Studio shut down.</summary>
+    /// <summary>Stopped by the user.</summary>
     Canceled,
+    /// <summary>Cut off by a restart of the Studio (queued or running when it stopped); can be resumed.</summary>
+    Interrupted,
 }
 
 /// <summary>An immutable view of one job, safe to hand to any thread.</summary>
@@ -54,8 +56,8 @@ public sealed record JobSnapshot(
     /// <summary><see cref="Log"/>, never null.</summary>
     public IReadOnlyList<string> Lines => Log ?? [];
 
-    /// <summary>True once the job can change no more.</summary>
-    public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled;
+    /// <summary>True once the job can change no more (an interrupted one only by being resumed).</summary>
+    public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled or JobStatus.Interrupted;
 }
 
 /// <summary>A progress report from a running job.</summary>

@@ -56,6 +56,12 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
     public override string? OutputPath => Request.OutputPath;
 
     /// <inheritdoc />
+    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredPrune(Request, Evaluation is not null));
+
+    /// <summary>What a prune job stores to be run again.</summary>
+    internal sealed record StoredPrune(PruneRequest Request, bool Evaluate);
+
+    /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,
         $"Prune {Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath))} with {Request.Method} to remove {Request.TargetParams:0.#%}{BudgetSuffix}");
 

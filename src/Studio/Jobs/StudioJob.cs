@@ -8,7 +8,7 @@ namespace DiffusionPrune.Studio.Jobs;
 public abstract class StudioJob
 {
     /// <summary>The job's identity, shared with its <see cref="JobSnapshot"/>.</summary>
-    public Guid Id { get; } = Guid.NewGuid();
+    public Guid Id { get; init; } = Guid.NewGuid();
 
     /// <summary>What the job does, for people.</summary>
     public abstract string Name { get; }
@@ -18,6 +18,9 @@ public abstract class StudioJob
 
     /// <summary>The model folder the job writes, if it writes one (the API names it as the catalog lists it).</summary>
     public virtual string? OutputPath => null;
+
+    /// <summary>The job's request as JSON, stored so an interrupted job can be run again (<see cref="StudioJobs.Resume"/>); null when it cannot.</summary>
+    public virtual string? RequestJson => null;
 
     /// <summary>What the job made, for people (its output and figures); set by the job before it returns.</summary>
     public string? Result { get; protected set; }

@@ -1,0 +1,46 @@
+using System.Text.Json;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Training;
+
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>Rebuilds an interrupted job from its stored request, continuing from the core's checkpoint where there is one.</summary>
+public static class StudioJobs
+{
+    /// <summary>
+    /// The job of <paramref name="kind"/> stored as <paramref name="requestJson"/>, under the same <paramref name="id"/>.
+    /// An EcoDiff prune continues from its last checkpoint (every 10 iterations) and a distillation from its last
+    /// checkpoint when one was written; other jobs, and runs cut off before their first checkpoint, start again.
+    /// </summary>
+    /// <exception cref="ArgumentException">The kind cannot be resumed or the request is unreadable.</exception>
+    public static StudioJob Resume(string kind, string requestJson, Guid id)
+    {
+        try
+        {
+            switch (kind)
+            {
+                case "prune":
+                    {
+                        var stored = JsonSerializer.Deserialize<PruneJob.StoredPrune>(requestJson) ?? throw new JsonException("null");
+                        var request = stored.Request;
+                        bool checkpoint = request.OutputPath is { } output && request.Method == "ecodiff"
+                            && EcoDiffCheckpoint.Exists(EcoDiffCheckpoint.FolderFor(output));
+                        return new PruneJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
+                    }
+                case "distill":
+                    {
+                        var stored = JsonSerializer.Deserialize<DistillJob.StoredDistill>(requestJson) ?? throw new JsonException("null");
+                        var request = stored.Request;
+                        bool checkpoint = File.Exists(Path.Combine(request.OutputPath, DiffusionTrainer.CheckpointFolder, "state.json"));
+                        return new DistillJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
+                    }
+                default:
+                    throw new ArgumentException($"A {kind} job cannot be resumed; start it again.");
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"The stored request of job {id} is unreadable ({e.Message}); start the job again.");
+        }
+    }
+}
