@@ -162,6 +162,46 @@ public class DistillationTests
     }
 
     [Fact]
+    public async Task Dprune_distill_killed_with_sigkill_resumes_with_resume_and_ends_with_the_uninterrupted_runs_weights()
+    {
+        using var temp = Fixtures.Temp();
+        var (teacherPath, studentPath) = TeacherAndStudent(temp);
+        string[] common = ["distill", "--student", studentPath, "--teacher", teacherPath, "--steps", "60", "--batch", "4", "--checkpoint-every", "3",
+            "--seed", "9", "--lr", "1e-3"];
+        var (code, _, stderr) = CliTests.Dprune([.. common, "--output", temp.File("straight")]);
+        Assert.True(code == 0, stderr);
+
+        string output = temp.File("killed");
+        string state = Path.Combine(output, DiffusionTrainer.CheckpointFolder, "state.json");
+        using (var process = System.Diagnostics.Process.Start(CliTests.DprunStartInfo([.. common, "--output", output]))!)
+        {
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            string? line;
+            var seen = new List<string>();
+            while ((line = await process.StandardError.ReadLineAsync()) is not null)
+            {
+                seen.Add(line);
+                if (line.StartsWith("step 12/60", StringComparison.Ordinal)) break; // a log prints every 10%: 6, 12, ...; checkpoints every 3 steps
+            }
+            Assert.True(line is not null, string.Join("\n", seen));
+            process.Kill(); // SIGKILL: no handler runs, nothing is tidied up
+            await process.WaitForExitAsync();
+            await stdout;
+        }
+        Assert.True(File.Exists(state));
+        Assert.False(File.Exists(Path.Combine(output, ModelFolder.Config)), // no model released, only the checkpoint
+            File.ReadAllText(state));
+
+        (code, _, stderr) = CliTests.Dprune([.. common, "--output", output, "--resume"]);
+        Assert.True(code == 0, stderr);
+        using var a = ModelFamilies.Load(temp.File("straight"));
+        using var b = ModelFamilies.Load(output);
+        var expected = a.state_dict();
+        foreach (var (name, value) in b.state_dict())
+            Assert.True(Fixtures.RelativeError(value, expected[name]) < 1e-5, $"{name} differs after the killed run resumed by {Fixtures.RelativeError(value, expected[name])}");
+    }
+
+    [Fact]
     public void Outputs_that_would_lose_something_and_mismatched_models_are_refused_before_any_step()
     {
         using var temp = Fixtures.Temp();
