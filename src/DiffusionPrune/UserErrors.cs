@@ -2,6 +2,7 @@ using DiffusionPrune.Data;
 using DiffusionPrune.Export;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
+using DiffusionPrune.OnnxGraphs;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
 using DiffusionPrune.Schedulers;

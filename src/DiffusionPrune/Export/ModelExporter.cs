@@ -1,3 +1,4 @@
+using DiffusionPrune.OnnxGraphs;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;

@@ -1,3 +1,4 @@
+using DiffusionPrune.OnnxGraphs;
 using System.Reflection;
 using DiffusionPrune.Families;
 using DiffusionPrune.Formats;

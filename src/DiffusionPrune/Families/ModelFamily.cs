@@ -1,5 +1,6 @@
 using DiffusionPrune.Export;
 using DiffusionPrune.Models;
+using DiffusionPrune.OnnxGraphs;
 using static TorchSharp.torch;
 
 namespace DiffusionPrune.Families;

@@ -1,6 +1,7 @@
 using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
+using DiffusionPrune.OnnxGraphs;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
 using Xunit.Abstractions;

@@ -1,8 +1,9 @@
+using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
 
-namespace DiffusionPrune.Export;
+namespace DiffusionPrune.OnnxGraphs;
 
 /// <summary>
 /// <see cref="DiTTransformer2DModel.Forward"/> as an ONNX graph, step for step. Its twin is the model file:
@@ -14,9 +15,9 @@ public static class DiTOnnx
     {
         var c = model.Config;
         int p = c.PatchSize, size = c.SampleSize, outChannels = c.ResolvedOutChannels;
-        var sample = g.Input(OnnxContract.SampleInput, DataType.Float, OnnxContract.BatchDim, (long)c.InChannels, (long)size, (long)size);
-        var timesteps = g.Input(OnnxContract.TimestepInput, DataType.Int64, OnnxContract.BatchDim);
-        var labels = g.Input(OnnxContract.ClassLabelsInput, DataType.Int64, OnnxContract.BatchDim);
+        var sample = g.Input(OnnxBundle.SampleInput, DataType.Float, OnnxBundle.BatchDim, (long)c.InChannels, (long)size, (long)size);
+        var timesteps = g.Input(OnnxBundle.TimestepInput, DataType.Int64, OnnxBundle.BatchDim);
+        var labels = g.Input(OnnxBundle.ClassLabelsInput, DataType.Int64, OnnxBundle.BatchDim);
         var timestepsFloat = OnnxLayers.ToFloat(g, timesteps, "timesteps");
 
         // 1. input: patchify, add the fixed 2-D sin-cos positions
@@ -57,7 +58,7 @@ public static class DiTOnnx
         hiddenStates = g.Reshape("unpatchify", hiddenStates, -1, grid, grid, p, p, outChannels);
         hiddenStates = g.Transpose("unpatchify", hiddenStates, 0, 5, 1, 3, 2, 4); // nhwpqc -> nchpwq
         hiddenStates = g.Reshape("unpatchify", hiddenStates, -1, outChannels, grid * p, grid * p);
-        g.Output(hiddenStates, OnnxContract.Output, DataType.Float, OnnxContract.BatchDim, (long)outChannels, (long)size, (long)size);
+        g.Output(hiddenStates, OnnxBundle.Output, DataType.Float, OnnxBundle.BatchDim, (long)outChannels, (long)size, (long)size);
     }
 
     /// <summary><see cref="DiTBlock.Forward"/>: AdaLN-Zero attention, then the modulated feed-forward, each gated and residual.</summary>

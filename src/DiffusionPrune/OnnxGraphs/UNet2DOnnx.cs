@@ -1,10 +1,11 @@
+using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
 
-namespace DiffusionPrune.Export;
+namespace DiffusionPrune.OnnxGraphs;
 
 /// <summary>
 /// <see cref="UNet2DModel.Forward"/> as an ONNX graph, step for step. Its twin is the model file itself:
@@ -15,14 +16,14 @@ public static class UNet2DOnnx
     public static void Build(OnnxGraph g, UNet2DModel model)
     {
         var c = model.Config;
-        var sample = g.Input(OnnxContract.SampleInput, DataType.Float, OnnxContract.BatchDim, (long)c.InChannels, (long)c.SampleSize[0], (long)c.SampleSize[1]);
-        var timesteps = g.Input(OnnxContract.TimestepInput, DataType.Int64, OnnxContract.BatchDim);
+        var sample = g.Input(OnnxBundle.SampleInput, DataType.Float, OnnxBundle.BatchDim, (long)c.InChannels, (long)c.SampleSize[0], (long)c.SampleSize[1]);
+        var timesteps = g.Input(OnnxBundle.TimestepInput, DataType.Int64, OnnxBundle.BatchDim);
         string? classLabels = model.ClassEmbedding switch
         {
             null => null,
             // diffusers' identity class embedding adds a ready-made embedding vector, not a label.
-            Identity => g.Input(OnnxContract.ClassLabelsInput, DataType.Float, OnnxContract.BatchDim, (long)c.TimeEmbedDim),
-            _ => g.Input(OnnxContract.ClassLabelsInput, DataType.Int64, OnnxContract.BatchDim),
+            Identity => g.Input(OnnxBundle.ClassLabelsInput, DataType.Float, OnnxBundle.BatchDim, (long)c.TimeEmbedDim),
+            _ => g.Input(OnnxBundle.ClassLabelsInput, DataType.Int64, OnnxBundle.BatchDim),
         };
 
         // 0. center input if necessary
@@ -124,7 +125,7 @@ public static class UNet2DOnnx
         hiddenStates = OnnxLayers.Conv(g, model.ConvOut, hiddenStates, "conv_out");
         if (c.TimeEmbeddingType == "fourier")
             hiddenStates = g.Div("conv_out", hiddenStates, g.Reshape("conv_out", timestepsFloat, -1, 1, 1, 1));
-        g.Output(hiddenStates, OnnxContract.Output, DataType.Float, OnnxContract.BatchDim, (long)c.OutChannels, (long)c.SampleSize[0], (long)c.SampleSize[1]);
+        g.Output(hiddenStates, OnnxBundle.Output, DataType.Float, OnnxBundle.BatchDim, (long)c.OutChannels, (long)c.SampleSize[0], (long)c.SampleSize[1]);
     }
 
     /// <summary><see cref="UNet2DModel"/>'s TimeProjection: sinusoidal features, the learned table, or Gaussian Fourier features.</summary>

@@ -4,7 +4,7 @@ using Onnx;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
 
-namespace DiffusionPrune.Export;
+namespace DiffusionPrune.OnnxGraphs;
 
 /// <summary>The model would not fit one ONNX protobuf file, or holds something the exporter cannot express.</summary>
 public sealed class OnnxExportException(string message) : Exception(message);

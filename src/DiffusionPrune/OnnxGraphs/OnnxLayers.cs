@@ -4,7 +4,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
 
-namespace DiffusionPrune.Export;
+namespace DiffusionPrune.OnnxGraphs;
 
 /// <summary>
 /// The layers our models share, written as opset-17 ONNX ops. Each method reads one live module (its weights
