@@ -33,12 +33,17 @@ public sealed record EvalRequest
     public string Backend { get; init; } = "torch";
     /// <summary>ONNX Runtime execution provider for the onnx backend: auto | cpu | directml | cuda.</summary>
     public string Provider { get; init; } = "auto";
+    /// <summary>
+    /// The real images to compare with: null or "mnist" for the MNIST test split, or a folder of PNG/JPEG images (resized
+    /// to the model's size and channels, as <c>--data</c> reads them for training).
+    /// </summary>
+    public string? Data { get; init; }
 }
 
 public sealed record EvalReport(
     string Model, string ClassName, long Parameters, long Macs, int Samples, int Steps, string Scheduler, double GuidanceScale, long Seed,
     FidResult Fid, KidResult Kid, PrecisionRecallResult PrecisionRecall, double? ClassAccuracy, double? Ssim, double? Psnr,
-    double SamplerMillisecondsPerImage, double TotalSeconds, string Runtime = "torch")
+    double SamplerMillisecondsPerImage, double TotalSeconds, string Runtime = "torch", string Reference = ModelEvaluator.MnistReference)
 {
     public JsonObject ToJson() => new()
     {
@@ -61,6 +66,8 @@ public sealed record EvalReport(
         ["sampler_ms_per_image"] = SamplerMillisecondsPerImage,
         ["total_seconds"] = TotalSeconds,
         ["runtime"] = Runtime,
+        ["reference"] = Reference,
+        ["feature_space"] = ModelEvaluator.FeatureSpace,
     };
 
     /// <summary>Writes the report through <see cref="Formats.ReportJson"/>: a non-finite figure (PSNR of identical images) never loses it.</summary>
@@ -69,12 +76,22 @@ public sealed record EvalReport(
 
 /// <summary>
 /// Samples N images from a model (fixed seeds, batch by batch) and measures them with the project's
-/// feature network against the real MNIST test split: FID-proxy with a bootstrap interval, KID,
-/// precision/recall, classifier accuracy of conditional samples, paired SSIM/PSNR to a reference model,
-/// parameters, MACs and sampler latency.
+/// feature network against real images (the MNIST test split, or a folder of the user's images): FID-proxy with a
+/// bootstrap interval, KID, precision/recall, classifier accuracy of conditional samples (MNIST only), paired SSIM/PSNR
+/// to a reference model, parameters, MACs and sampler latency.
 /// </summary>
 public static class ModelEvaluator
 {
+    /// <summary>The default real images.</summary>
+    public const string MnistReference = "MNIST test split";
+
+    /// <summary>
+    /// Where the proxies are measured: the project's feature network, trained on MNIST digits. Other images (a folder,
+    /// RGB, another size) go through it as grey 32 x 32 (BT.601 luma, bilinear resize), so their figures compare models
+    /// with each other on the same images, not with published FIDs.
+    /// </summary>
+    public const string FeatureSpace = "MNIST feature net (grey 32 x 32)";
+
     /// <param name="device">The torch device (the onnx backend samples on the CPU and runs the network on request.Provider).</param>
     /// <param name="report">Receives the onnx backend's provider lines (fallbacks, then the provider that runs).</param>
     public static EvalReport Evaluate(EvalRequest request, Device device, Action<int, int>? progress = null, Action<string>? report = null,
@@ -96,36 +113,55 @@ public static class ModelEvaluator
         if (request.Samples < 2) throw new ArgumentException("--samples must be at least 2 (FID needs a covariance).");
         var total = Stopwatch.StartNew();
         var device = model.Device;
-        if (model.InChannels != 1 || model.SampleSize[0] != 32)
-            throw new ArgumentException($"Evaluation compares against MNIST (1 x 32 x 32); {model.ClassName} makes {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]}.");
+        bool mnist = request.Data is null || request.Data == ImageDatasets.Mnist;
+        if (mnist && (model.InChannels != 1 || model.SampleSize[0] != 32))
+            throw new ArgumentException($"Evaluation compares against MNIST (1 x 32 x 32) unless --data names a folder of images; {model.ClassName} makes " +
+                $"{model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[1]}.");
         string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json; pass --scheduler-config.");
         using var featureNet = FeatureNet.Load(request.FeatureNetFolder);
-        var data = MnistDataset.Load();
+        IImageDataset data = mnist ? MnistDataset.Load().Test
+            : Directory.Exists(request.Data) ? ImageFolderDataset.Load(request.Data!, model.InChannels, model.SampleSize[0], model.SampleSize[^1])
+            : throw new DirectoryNotFoundException($"--data '{request.Data}' is neither mnist nor a folder of images.");
+        if (data.Count < 2) throw new ArgumentException($"The {data.Name} holds {data.Count} image; the statistics need at least 2.");
 
         var (generated, labels, reproduced, msPerImage) = Generate(model, reference, schedulerPath, request, device, progress, cancel, firstBatch);
         // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
-        return GcPause.Run(() => Score(model, request, featureNet, data, generated, labels, reproduced, msPerImage, total));
+        return GcPause.Run(() => Score(model, request, featureNet, data, mnist, generated, labels, reproduced, msPerImage, total));
     }
 
-    private static EvalReport Score(InferenceModel model, EvalRequest request, FeatureNet featureNet, MnistDataset data, Tensor generated,
+    /// <summary>Images as the feature network takes them: 1 x 32 x 32 (BT.601 luma of RGB, bilinear resize of other sizes).</summary>
+    public static Tensor FeatureInput(Tensor images)
+    {
+        var x = images;
+        if (x.shape[1] == 3)
+            x = (x[.., 0..1] * 0.299 + x[.., 1..2] * 0.587 + x[.., 2..3] * 0.114);
+        else if (x.shape[1] != 1)
+            x = x.mean([1], keepdim: true);
+        if (x.shape[2] != 32 || x.shape[3] != 32)
+            x = nn.functional.interpolate(x, [32, 32], mode: InterpolationMode.Bilinear, align_corners: false);
+        return x;
+    }
+
+    private static EvalReport Score(InferenceModel model, EvalRequest request, FeatureNet featureNet, IImageDataset data, bool mnist, Tensor generated,
         Tensor? labels, Tensor? reproduced, double msPerImage, Stopwatch total)
     {
         using var scope = NewDisposeScope();
-        var generatedFeatures = featureNet.FeaturesOf(generated).to_type(ScalarType.Float64);
-        var realImages = data.Test.All();
-        var realFeatures = featureNet.FeaturesOf(realImages).to_type(ScalarType.Float64);
+        var generatedFeatures = featureNet.FeaturesOf(FeatureInput(generated)).to_type(ScalarType.Float64);
+        var realImages = data.Images(Enumerable.Range(0, data.Count).ToArray());
+        var realFeatures = featureNet.FeaturesOf(FeatureInput(realImages)).to_type(ScalarType.Float64);
 
         string? statsFolder = request.FeatureNetFolder ?? FeatureNet.DefaultFolder();
         string statsPath = Path.Combine(statsFolder!, FeatureNet.ReferenceStatsName);
-        var referenceStats = File.Exists(statsPath) ? GaussianStats.Load(statsPath) : GaussianStats.FromFeatures(realFeatures);
+        // the cached statistics are the MNIST test split's; a folder's are computed from its images
+        var referenceStats = mnist && File.Exists(statsPath) ? GaussianStats.Load(statsPath) : GaussianStats.FromFeatures(realFeatures);
         var fid = FrechetDistance.ComputeWithInterval(referenceStats, generatedFeatures, request.BootstrapResamples, 0.95, request.Seed);
         int subset = Math.Min(1000, Math.Min(request.Samples, (int)realFeatures.shape[0]));
         var kid = KernelInceptionDistance.Compute(realFeatures, generatedFeatures, subset, 50, request.Seed);
         var pr = PrecisionRecall.Compute(realFeatures, generatedFeatures);
 
         double? accuracy = null;
-        if (labels is not null)
+        if (labels is not null && mnist) // the feature net's classes are MNIST's digits
             accuracy = ClassifierAccuracy.Compute(featureNet.LogitsOf(generated), labels);
         double? ssim = null, psnr = null;
         if (reproduced is not null)
@@ -136,7 +172,9 @@ public static class ModelEvaluator
         var (parameters, macs) = model.Cost();
         return new EvalReport(request.ModelPath, model.ClassName, parameters, macs, request.Samples, request.Steps,
             request.SchedulerName ?? "from config", request.GuidanceScale, request.Seed, fid, kid, pr, accuracy, ssim, psnr, msPerImage,
-            total.Elapsed.TotalSeconds, model.Runtime);
+            total.Elapsed.TotalSeconds, model.Runtime,
+            mnist ? MnistReference : $"folder '{Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(request.Data!)))}': " +
+                $"{data.Count:N0} images as {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[^1]}"); // its name, never its path
     }
 
     /// <summary>Samples in batches with per-batch seeds, so N images are the same whatever the batch size divides.</summary>
