@@ -30,16 +30,9 @@ public sealed class DistillSessionTests : MudTestContext, IDisposable
     /// <summary>A real, tiny 1 x 32 x 32 U-Net under the samples root, and the same pruned by magnitude into the Studio's outputs.</summary>
     private (string Teacher, string Student) TeacherAndStudent()
     {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
         TorchSharp.torch.manual_seed(4);
-        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
         string teacher = Path.Combine(_samples.ModelsRoot, "tiny-unet");
-        DiffusersModelLoader.Save(model, teacher);
-        File.WriteAllText(Path.Combine(teacher, ModelFolder.SchedulerConfig), ModelFolder.DefaultSchedulerJson(classConditional: false));
+        TestModels.SaveTinyUNet(teacher);
         string student = Path.Combine(_pruned, "tiny-unet-magnitude");
         PruneRunner.Run(new PruneRequest { ModelPath = teacher, Method = "magnitude", TargetParams = 0.2, OutputPath = student }, TorchSharp.torch.CPU);
         return (teacher, student);

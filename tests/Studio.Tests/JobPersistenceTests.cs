@@ -107,36 +107,13 @@ public sealed class JobPersistenceTests : IDisposable
         Assert.Throws<ArgumentException>(() => StudioJobs.Resume("self-check", "{}", Guid.NewGuid()));
     }
 
-    private async Task<WebApplication> StartStudioAsync()
-    {
-        var builder = WebApplication.CreateBuilder();
-        builder.WebHost.UseTestServer();
-        builder.Logging.ClearProviders();
-        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["Studio:SamplesRoot"] = _samples.Root,
-            ["Studio:OutputRoot"] = Path.Combine(_samples.Root, "out"),
-            ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data"),
-        });
-        builder.Services.AddStudioServices(builder.Configuration);
-        var app = builder.Build();
-        app.MapStudioApi();
-        await app.StartAsync();
-        return app;
-    }
+    private Task<WebApplication> StartStudioAsync() =>
+        TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
 
     [Fact]
     public async Task An_ecodiff_job_cut_off_by_a_restart_resumes_from_its_checkpoint_and_finishes()
     {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
-        string folder = Path.Combine(_samples.ModelsRoot, "tiny");
-        using (var model = ModelFamilies.Create(ConfigJson.Parse(config)))
-            DiffusersModelLoader.Save(model, folder);
-        File.WriteAllText(Path.Combine(folder, ModelFolder.SchedulerConfig), ModelFolder.DefaultSchedulerJson(classConditional: false));
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"), sampleSize: 16);
 
         string id, output;
         await using (var first = await StartStudioAsync())

@@ -20,16 +20,10 @@ public sealed class ModelsPageTests : MudTestContext
 
     private static byte[] TinyModelZip()
     {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 16, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
         string folder = Path.Combine(Path.GetTempPath(), "dprune-upload-" + Guid.NewGuid().ToString("N"));
         try
         {
-            using (var model = DiffusionPrune.Families.ModelFamilies.Create(DiffusionPrune.Models.ConfigJson.Parse(config)))
-                DiffusionPrune.Models.DiffusersModelLoader.Save(model, folder);
+            TestModels.SaveTinyUNet(folder, sampleSize: 16, scheduler: false);
             using var buffer = new MemoryStream();
             System.IO.Compression.ZipFile.CreateFromDirectory(folder, buffer);
             return buffer.ToArray();

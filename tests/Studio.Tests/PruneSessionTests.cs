@@ -30,15 +30,8 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
     /// <summary>A real, tiny 1 x 32 x 32 U-Net with a scheduler config, under the samples root.</summary>
     private string TinyModel(string name = "tiny-unet")
     {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
-        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
         string folder = Path.Combine(_samples.ModelsRoot, name);
-        DiffusersModelLoader.Save(model, folder);
-        File.WriteAllText(Path.Combine(folder, ModelFolder.SchedulerConfig), ModelFolder.DefaultSchedulerJson(classConditional: false));
+        TestModels.SaveTinyUNet(folder);
         return folder;
     }
 
@@ -232,13 +225,7 @@ public sealed class PruneEstimateLimitTests : MudTestContext, IDisposable
     [Fact]
     public void A_run_over_the_memory_limit_is_shown_as_an_error_and_cannot_start()
     {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
-        using (var model = ModelFamilies.Create(ConfigJson.Parse(config)))
-            DiffusersModelLoader.Save(model, Path.Combine(_samples.ModelsRoot, "tiny-unet"));
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny-unet"), scheduler: false);
         var before = DiffusionPrune.Runtime.MemoryLimit.Override;
         DiffusionPrune.Runtime.MemoryLimit.Override = 1024;
         try

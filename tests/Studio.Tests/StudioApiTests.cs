@@ -20,12 +20,6 @@ namespace DiffusionPrune.Studio.Tests;
 /// </summary>
 public sealed class StudioApiTests : IAsyncLifetime
 {
-    private const string TinyConfig = """
-        {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-         "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-         "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-        """;
-
     private readonly TempSamplesFolder _samples = new();
     private WebApplication _app = null!;
     private HttpClient _client = null!;
@@ -35,30 +29,15 @@ public sealed class StudioApiTests : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        using (var model = ModelFamilies.Create(ConfigJson.Parse(TinyConfig)))
+        _parameters = TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny-unet"));
+        _app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?>
         {
-            _parameters = model.ParameterCount();
-            string folder = Path.Combine(_samples.ModelsRoot, "tiny-unet");
-            DiffusersModelLoader.Save(model, folder);
-            File.WriteAllText(Path.Combine(folder, ModelFolder.SchedulerConfig), ModelFolder.DefaultSchedulerJson(classConditional: false));
-        }
-        var builder = WebApplication.CreateBuilder();
-        builder.WebHost.UseTestServer();
-        builder.Logging.ClearProviders();
-        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["Studio:SamplesRoot"] = _samples.Root,
-            ["Studio:OutputRoot"] = Path.Combine(_samples.Root, "out"),
             ["Studio:MaxJsonBodyBytes"] = "4096",
             ["Studio:MaxUploadBytes"] = (2 << 20).ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Studio:MaxUnpackedBytes"] = (4 << 20).ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Studio:MaxZipEntries"] = "8",
             ["Studio:MaxZipPathDepth"] = "3",
         });
-        builder.Services.AddStudioServices(builder.Configuration);
-        _app = builder.Build();
-        _app.MapStudioApi();
-        await _app.StartAsync();
         _client = _app.GetTestClient();
     }
 
