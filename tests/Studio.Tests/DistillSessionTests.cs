@@ -1,6 +1,5 @@
 using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
-using DiffusionPrune.Models;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Studio.Catalog;
 using DiffusionPrune.Studio.Jobs;

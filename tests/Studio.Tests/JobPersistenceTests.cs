@@ -1,18 +1,14 @@
 using System.Net;
 using System.Text;
 using System.Text.Json.Nodes;
-using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
-using DiffusionPrune.Models;
 using DiffusionPrune.Pipeline;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Studio.Api;
 using DiffusionPrune.Studio.Jobs;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.TestHost;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace DiffusionPrune.Studio.Tests;
 

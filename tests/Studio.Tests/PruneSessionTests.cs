@@ -1,6 +1,4 @@
-using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
-using DiffusionPrune.Models;
 using DiffusionPrune.Pipeline;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Studio.Catalog;

@@ -3,14 +3,9 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
-using DiffusionPrune.Families;
-using DiffusionPrune.Formats;
-using DiffusionPrune.Models;
 using DiffusionPrune.Studio.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.TestHost;
-using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.Logging;
 
 namespace DiffusionPrune.Studio.Tests;
 
