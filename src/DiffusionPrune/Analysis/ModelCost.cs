@@ -1,5 +1,6 @@
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

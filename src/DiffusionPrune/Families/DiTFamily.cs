@@ -1,5 +1,6 @@
 using DiffusionPrune.Export;
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using DiffusionPrune.OnnxGraphs;
 using DiffusionPrune.Pruning;
 

@@ -1,3 +1,4 @@
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -1,3 +1,4 @@
+using DiffusionPrune.Models.Layers;
 using System.Text.Json.Nodes;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -1,4 +1,5 @@
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -161,12 +162,12 @@ public static class OnnxLayers
         g.Node("Gather", path, [g.Weight($"{path}.weight", embedding.weight!), indices], ("axis", 0L));
 
     /// <summary>
-    /// <see cref="Models.Attention"/> (self-attention, scaled dot product). Spatial input [B, C, H, W] is
+    /// <see cref="Models.Layers.Attention"/> (self-attention, scaled dot product). Spatial input [B, C, H, W] is
     /// flattened to [B, H·W, C] after the optional GroupNorm (GroupNorm per channel is the same on either
     /// layout) and restored at the end. q, k, v: [B, heads, N, d]; softmax(q·kᵀ/√d)·v, heads merged, to_out,
     /// then the residual and the output rescale. Heads and head width are the module's, so pruned heads export as is.
     /// </summary>
-    public static string Attention(OnnxGraph g, Models.Attention attention, string x, string path, bool spatial)
+    public static string Attention(OnnxGraph g, Models.Layers.Attention attention, string x, string path, bool spatial)
     {
         if (attention.HeadGate is not null || attention.LayerGate is not null)
             throw new OnnxExportException($"'{path}' carries mask-learning gates; clear them (MaskedModel.ClearAll) or apply the plan with StructuralSurgery before export.");

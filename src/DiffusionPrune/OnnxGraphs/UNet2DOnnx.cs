@@ -1,5 +1,6 @@
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -58,7 +59,7 @@ public static class UNet2DOnnx
             return OnnxLayers.ResnetBlock(g, block, x, temb, path);
         }
         string Attention(nn.Module module, string x, string path) =>
-            module is Models.Attention attention ? OnnxLayers.Attention(g, attention, x, path, spatial: true) : x;
+            module is Models.Layers.Attention attention ? OnnxLayers.Attention(g, attention, x, path, spatial: true) : x;
 
         // 2. pre-process
         hiddenStates = OnnxLayers.Conv(g, model.ConvIn, hiddenStates, "conv_in");

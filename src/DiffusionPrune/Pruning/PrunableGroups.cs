@@ -1,4 +1,5 @@
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,6 +1,5 @@
 using System.IO.Compression;
 using System.Text.RegularExpressions;
-using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 
 namespace DiffusionPrune.Studio.Catalog;
@@ -52,7 +51,7 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
             await CopyLimitedAsync(zip, zipPath, cancellationToken);
             Extract(zipPath, staging, cancellationToken);
             string folder = ModelFolderIn(staging);
-            await Task.Run(() => Validate(folder), cancellationToken);
+            await ValidateAsync(folder, cancellationToken);
             try
             {
                 Directory.Move(folder, target);
@@ -171,20 +170,17 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
         throw new ModelUploadException($"The zip has no {ModelFolder.Config} at its top level or in its one folder; zip the diffusers model folder itself.");
     }
 
-    /// <summary>The strict loader's verdict (after its resource check): the model must load as the CLI would load it.</summary>
-    private static void Validate(string folder)
+    /// <summary>The strict loader's verdict (after its resource check), through the pipeline's Load stage as every job loads a model.</summary>
+    private static async Task ValidateAsync(string folder, CancellationToken cancellationToken)
     {
         try
         {
-            using var model = ModelFamilies.Load(folder);
+            using var pipeline = new Pipeline.DiffusionPipeline();
+            await pipeline.LoadAsync(folder, cancel: cancellationToken);
         }
         catch (Exception e) when (UserErrors.Is(e))
         {
             throw new ModelUploadException($"The model does not load: {e.Message}");
-        }
-        finally
-        {
-            Runtime.NativeMemory.Trim();
         }
     }
 

@@ -1,6 +1,7 @@
 using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+using DiffusionPrune.Models.Layers;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Families;

@@ -1,3 +1,4 @@
+using DiffusionPrune.Models.Layers;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Analysis;
 using DiffusionPrune.Batch;

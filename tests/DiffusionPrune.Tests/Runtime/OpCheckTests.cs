@@ -1,4 +1,5 @@
 using DiffusionPrune.Models;
+using DiffusionPrune.Models.Layers;
 using Xunit.Abstractions;
 using DiffusionPrune.Runtime;
 using TorchSharp;

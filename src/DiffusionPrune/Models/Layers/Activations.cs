@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Models;
+namespace DiffusionPrune.Models.Layers;
 
 /// <summary>diffusers' <c>get_activation</c>: the activation names a config may use.</summary>
 public static class Activations

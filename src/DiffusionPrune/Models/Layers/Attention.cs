@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Models;
+namespace DiffusionPrune.Models.Layers;
 
 /// <summary>
 /// diffusers' <c>Attention</c> with <c>AttnProcessor2_0</c>, self-attention only: optional GroupNorm on

@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Models;
+namespace DiffusionPrune.Models.Layers;
 
 /// <summary>Sinusoidal timestep features, as diffusers' <c>get_timestep_embedding</c> (float32 throughout).</summary>
 public static class TimestepFeatures

@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Models;
+namespace DiffusionPrune.Models.Layers;
 
 public static class Resampling
 {

@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace DiffusionPrune.Models;
+namespace DiffusionPrune.Models.Layers;
 
 /// <summary>
 /// diffusers' <c>ResnetBlock2D</c> (pre-norm, time embedding added after conv1 or applied as scale/shift
