@@ -205,7 +205,7 @@ public static class PruneRunner
             throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
                 $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
         IImportanceCriterion criterion = ecodiff
-            ? new EcoDiffPruner(request.EcoDiff with
+            ? new EcoDiffImportance(request.EcoDiff with
             {
                 Iterations = request.Iterations,
                 CheckpointFolder = request.OutputPath is null ? null : EcoDiffCheckpoint.FolderFor(request.OutputPath),
@@ -247,7 +247,7 @@ public static class PruneRunner
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
         if (data is not null) settings["data"] = DescribeData(data);
-        if (criterion is EcoDiffPruner eco)
+        if (criterion is EcoDiffImportance eco)
         {
             settings["iterations"] = eco.Options.Iterations;
             settings["learning_rate"] = eco.Options.LearningRate;

@@ -40,7 +40,7 @@ public sealed record TrainOptions
     }
 }
 
-/// <summary>Knowledge distillation's form (LAPTOP-Diff; ../shared/docs/METHODS.md).</summary>
+/// <summary>Knowledge distillation's form (LAPTOP-Diff, Zhang et al. 2024: normalized feature KD).</summary>
 public enum KnowledgeDistillation
 {
     /// <summary>The task loss alone: plain fine-tuning of the student, the baseline.</summary>

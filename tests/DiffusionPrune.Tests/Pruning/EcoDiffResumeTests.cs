@@ -21,17 +21,17 @@ public class EcoDiffResumeTests
         var context = new ImportanceContext(SchedulerConfigPath, Steps: 2, CalibrationSamples: 4, Seed: 0, Device: CPU);
         var options = new EcoDiffOptions { Iterations = 7, BatchSize = 2, Beta = 0.5, LearningRate = 0.3, CheckpointEvery = 2 };
 
-        var straight = new EcoDiffPruner(options);
+        var straight = new EcoDiffImportance(options);
         var expected = straight.Score(model, groups, context);
 
         string folder = temp.File("checkpoint");
         using var cancel = new CancellationTokenSource();
-        var stopped = new EcoDiffPruner(options with { CheckpointFolder = folder }, it => { if (it.Iteration == 5) cancel.Cancel(); });
+        var stopped = new EcoDiffImportance(options with { CheckpointFolder = folder }, it => { if (it.Iteration == 5) cancel.Cancel(); });
         Assert.Throws<OperationCanceledException>(() => stopped.Score(model, groups, context with { Cancellation = cancel.Token }));
         groups.ClearMasks();
         Assert.True(EcoDiffCheckpoint.Exists(folder)); // taken after iteration 4
 
-        var resumed = new EcoDiffPruner(options with { CheckpointFolder = folder, Resume = true });
+        var resumed = new EcoDiffImportance(options with { CheckpointFolder = folder, Resume = true });
         var scores = resumed.Score(model, groups, context);
         groups.ClearMasks();
 
@@ -44,10 +44,10 @@ public class EcoDiffResumeTests
             Assert.Equal(a.Loss, b.Loss, 5);
 
         // Other settings do not resume from it.
-        var other = new EcoDiffPruner(options with { CheckpointFolder = folder, Resume = true, Beta = 0.7 });
+        var other = new EcoDiffImportance(options with { CheckpointFolder = folder, Resume = true, Beta = 0.7 });
         Assert.Contains("other settings", Assert.Throws<ArgumentException>(() => other.Score(model, groups, context)).Message);
         groups.ClearMasks();
-        var missing = new EcoDiffPruner(options with { CheckpointFolder = temp.File("none"), Resume = true });
+        var missing = new EcoDiffImportance(options with { CheckpointFolder = temp.File("none"), Resume = true });
         Assert.Throws<FileNotFoundException>(() => missing.Score(model, groups, context));
         groups.ClearMasks();
     }

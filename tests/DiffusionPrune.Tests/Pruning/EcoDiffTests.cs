@@ -209,7 +209,7 @@ public class EcoDiffTests(ITestOutputHelper output)
     {
         using var model = TinyDiT(11);
         var groups = PrunableGroups.Of(model);
-        var pruner = new EcoDiffPruner(new EcoDiffOptions { Iterations = 6, Beta = 10, LearningRate = 1.0, BatchSize = 2, Seed = 3, ParameterWeighted = false });
+        var pruner = new EcoDiffImportance(new EcoDiffOptions { Iterations = 6, Beta = 10, LearningRate = 1.0, BatchSize = 2, Seed = 3, ParameterWeighted = false });
         var context = new ImportanceContext(SchedulerConfigPath, Steps: 3, CalibrationSamples: 2, Seed: 0, Device: CPU);
         var scores = pruner.Score(model, groups, context);
         foreach (var r in pruner.History)
@@ -262,9 +262,9 @@ public class EcoDiffTests(ITestOutputHelper output)
         var groups = PrunableGroups.Of(model);
         var context = new ImportanceContext(SchedulerConfigPath, Steps: 2, CalibrationSamples: 2, Seed: 0, Device: CPU);
         var options = new EcoDiffOptions { Iterations = 14, Beta = 0.01, LearningRate = 1.0, BatchSize = 2, Seed = 3, InitialLogit = 2 };
-        var fixedBeta = new EcoDiffPruner(options);
+        var fixedBeta = new EcoDiffImportance(options);
         fixedBeta.Score(model, groups, context);
-        var steered = new EcoDiffPruner(options with { TargetKeptFraction = 0.8 });
+        var steered = new EcoDiffImportance(options with { TargetKeptFraction = 0.8 });
         steered.Score(model, groups, context);
         foreach (var (f, s) in fixedBeta.History.Zip(steered.History))
             output.WriteLine($"iteration {s.Iteration}: fixed kept {f.ExpectedKeptFraction:P1} (beta {f.Beta:G3}); steered kept {s.ExpectedKeptFraction:P1} (beta {s.Beta:G3})");
@@ -281,7 +281,7 @@ public class EcoDiffTests(ITestOutputHelper output)
     {
         // Deterministic sigmoid gates starting half-closed: the only way down is opening them again.
         using var model = TinyUNet(12);
-        var pruner = new EcoDiffPruner(new EcoDiffOptions
+        var pruner = new EcoDiffImportance(new EcoDiffOptions
         {
             Iterations = 4, Beta = 0, LearningRate = 0.3, InitialLogit = 0, GateMode = GateMode.Sigmoid, BatchSize = 2, Seed = 1,
         });

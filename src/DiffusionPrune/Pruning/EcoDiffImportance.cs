@@ -111,12 +111,12 @@ public sealed record EcoDiffLoss(double Loss, double Reconstruction, double Regu
 /// penalty, with the model's weights frozen. <see cref="Score"/> returns the final logits (higher = keep);
 /// <see cref="PlanSelector"/> binarises them to a parameter budget.
 /// </summary>
-public sealed class EcoDiffPruner : IImportanceCriterion
+public sealed class EcoDiffImportance : IImportanceCriterion
 {
     private readonly List<EcoDiffIterationReport> _history = [];
 
     /// <param name="onIteration">Called after every iteration (progress, logging).</param>
-    public EcoDiffPruner(EcoDiffOptions? options = null, Action<EcoDiffIterationReport>? onIteration = null)
+    public EcoDiffImportance(EcoDiffOptions? options = null, Action<EcoDiffIterationReport>? onIteration = null)
     {
         Options = options ?? new EcoDiffOptions();
         Options.Validate();
