@@ -42,7 +42,8 @@ public static class StudioServiceCollectionExtensions
             string data = options.DataFolder is { Length: > 0 } configured
                 ? Path.GetFullPath(configured, root ?? Directory.GetCurrentDirectory())
                 : Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root), "data");
-            return new JobStateService(store: new SqliteJobStore(Path.Combine(data, "jobs.db")));
+            return new JobStateService(store: new SqliteJobStore(Path.Combine(data, "jobs.db")),
+                logger: provider.GetRequiredService<ILogger<JobStateService>>());
         });
 
         // Singleton, exposed twice: the queue pages write to is the hosted service that drains it.

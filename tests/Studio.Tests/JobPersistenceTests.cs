@@ -116,13 +116,13 @@ public sealed class JobPersistenceTests : IDisposable
         {
             var client = first.GetTestClient();
             var response = await client.PostAsync("/api/jobs", new StringContent(
-                """{"kind": "prune", "model": "tiny", "method": "ecodiff", "target_params": 0.2, "iterations": 120, "steps": 2, "calibration": 4}""",
+                """{"kind": "prune", "model": "tiny", "method": "ecodiff", "target_params": 0.2, "iterations": 40, "steps": 2, "calibration": 4}""",
                 Encoding.UTF8, "application/json"));
             Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
             id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
             var state = first.Services.GetRequiredService<JobStateService>();
             output = state.Find(Guid.Parse(id))!.OutputPath!;
-            var deadline = DateTime.UtcNow.AddMinutes(3);
+            var deadline = DateTime.UtcNow.AddMinutes(6);
             while (!EcoDiffCheckpoint.Exists(EcoDiffCheckpoint.FolderFor(output)) && DateTime.UtcNow < deadline)
                 await Task.Delay(50);
             Assert.True(EcoDiffCheckpoint.Exists(EcoDiffCheckpoint.FolderFor(output)), state.Find(Guid.Parse(id))!.Message);
@@ -137,7 +137,7 @@ public sealed class JobPersistenceTests : IDisposable
         Assert.Equal(HttpStatusCode.Conflict, (await api.DeleteAsync($"/api/jobs/{id}")).StatusCode);
 
         Assert.Equal(HttpStatusCode.Accepted, (await api.PostAsync($"/api/jobs/{id}/resume", null)).StatusCode);
-        var until = DateTime.UtcNow.AddMinutes(3);
+        var until = DateTime.UtcNow.AddMinutes(6);
         do
         {
             await Task.Delay(200);

@@ -98,6 +98,9 @@ public sealed class StudioApiTests : IAsyncLifetime
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "macs"}""", "apply to the layer methods")]
     [InlineData("""{"kind": "launch", "model": "tiny-unet"}""", "'kind' must be prune or distill")]
     [InlineData("""{"kind": "distill", "student": "tiny-unet", "teacher": "tiny-unet"}""", "another model")]
+    [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "params,macs"}""", "'budget' must be one of")]
+    [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "1"}""", "'budget' must be one of")]
+    [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "target_params": 0.9}""", "not valid JSON")]
     [InlineData("""[1, 2]""", "must be a JSON object")]
     [InlineData("""{"kind": "prune", """, "not valid JSON")]
     public async Task Bad_input_gets_a_400_problem_naming_the_field(string body, string expected)
@@ -130,6 +133,34 @@ public sealed class StudioApiTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, (await _client.SendAsync(request)).StatusCode);
     }
 
+    [Fact]
+    public async Task Writes_from_another_site_s_page_or_without_a_json_body_are_refused()
+    {
+        const string body = """{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "iterations": 0}""";
+        // an HTML form can post text/plain across sites; the API takes application/json only
+        var form = await _client.PostAsync("/api/jobs", new StringContent(body, Encoding.UTF8, "text/plain"));
+        Assert.Equal(HttpStatusCode.UnsupportedMediaType, form.StatusCode);
+        Assert.Contains("application/json", (string)(await JsonOf(form))["detail"]!);
+
+        HttpRequestMessage From(string origin, HttpMethod method, string path)
+        {
+            var request = new HttpRequestMessage(method, path) { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+            request.Headers.Add("Origin", origin);
+            return request;
+        }
+        foreach (var (method, path) in new[] { (HttpMethod.Post, "/api/jobs"), (HttpMethod.Delete, $"/api/jobs/{Guid.NewGuid()}"),
+                                               (HttpMethod.Post, $"/api/jobs/{Guid.NewGuid()}/resume"), (HttpMethod.Put, "/api/models/x") })
+        {
+            var foreign = await _client.SendAsync(From("http://evil.example", method, path));
+            Assert.True(HttpStatusCode.Forbidden == foreign.StatusCode, $"{method} {path}: {(int)foreign.StatusCode}");
+        }
+        // the Studio's own origin, and reads from anywhere, go through (here to the 400 of iterations 0)
+        Assert.Equal(HttpStatusCode.BadRequest, (await _client.SendAsync(From("http://localhost", HttpMethod.Post, "/api/jobs"))).StatusCode);
+        var read = new HttpRequestMessage(HttpMethod.Get, "/api/models");
+        read.Headers.Add("Origin", "http://evil.example");
+        Assert.Equal(HttpStatusCode.OK, (await _client.SendAsync(read)).StatusCode);
+    }
+
     /// <summary>A zip of the tiny model's folder, with optional extra entries (name, bytes, unix mode).</summary>
     private byte[] ModelZip(string? inFolder = "tiny", IEnumerable<(string Name, byte[] Bytes, int? Mode)>? extra = null, bool corruptWeights = false)
     {
@@ -154,6 +185,23 @@ public sealed class StudioApiTests : IAsyncLifetime
             }
         }
         return buffer.ToArray();
+    }
+
+    /// <summary>The model's zip plus an entry whose deflate data starts with a reserved block type: unreadable past its header.</summary>
+    private byte[] DamagedDeflate()
+    {
+        var text = Encoding.UTF8.GetBytes(string.Concat(Enumerable.Repeat("a model card that compresses well. ", 200)));
+        var zip = ModelZip(extra: [("tiny/README.md", text, null)]);
+        var name = Encoding.UTF8.GetBytes("tiny/README.md");
+        // the local header (30 bytes + name + extra field) comes first: find it by signature and name
+        for (int i = 0; i + 30 + name.Length < zip.Length; i++)
+            if (zip[i] == 0x50 && zip[i + 1] == 0x4b && zip[i + 2] == 3 && zip[i + 3] == 4 && zip.AsSpan(i + 30, name.Length).SequenceEqual(name))
+            {
+                int data = i + 30 + name.Length + BitConverter.ToUInt16(zip, i + 28);
+                zip[data] = 0xFF; // BFINAL 1, BTYPE 11: reserved, refused by every inflater
+                return zip;
+            }
+        throw new InvalidOperationException("the entry was not found");
     }
 
     private Task<HttpResponseMessage> Upload(string name, byte[] zip) =>
@@ -201,6 +249,8 @@ public sealed class StudioApiTests : IAsyncLifetime
             ("absolute", ModelZip(extra: [("/tmp/evil.txt", new byte[1], null)]), HttpStatusCode.BadRequest, "absolute or non-portable"),
             ("backslash", ModelZip(extra: [("tiny\\..\\evil.txt", new byte[1], null)]), HttpStatusCode.BadRequest, "absolute or non-portable"),
             ("link", ModelZip(extra: [("tiny/link", Encoding.UTF8.GetBytes("/etc/passwd"), 0xA1FF)]), HttpStatusCode.BadRequest, "symbolic link"),
+            ("twice", ModelZip(extra: [("tiny/config.json", Encoding.UTF8.GetBytes("{}"), null)]), HttpStatusCode.BadRequest, "holds 'tiny/config.json' twice"),
+            ("damaged", DamagedDeflate(), HttpStatusCode.BadRequest, "cannot be unpacked"),
             ("broken", ModelZip(corruptWeights: true), HttpStatusCode.BadRequest, "does not load"),
             ("notzip", Encoding.UTF8.GetBytes("this is not a zip"), HttpStatusCode.BadRequest, "not a zip file"),
             ("empty", [], HttpStatusCode.BadRequest, "empty"),

@@ -41,6 +41,8 @@ public static class TrainCommand
                 ?? throw new ArgumentException($"--arch must be {string.Join(" or ", ModelFamilies.All.Select(f => f.ShortName))}, not '{parse.GetValue(arch)}'.");
             if (configJson.ClassName != family.ClassName)
                 throw new ArgumentException($"--arch {parse.GetValue(arch)} needs a {family.ClassName} config, but '{parse.GetValue(config)}' describes {configJson.ClassName ?? "no _class_name"}.");
+            // weights, AdamW state, EMA and a batch's saved activations, refused before anything is allocated
+            ModelFamilies.Estimate(configJson).Training(parse.GetValue(batch)).EnsureFits("train");
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
             using var model = ModelFamilies.Create(configJson);
             bool sharedQueryKey = parse.GetValue(attentionInit) switch

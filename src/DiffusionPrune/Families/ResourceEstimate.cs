@@ -13,35 +13,46 @@ public sealed record ResourceEstimate(
     string ClassName, int[] SampleSize, long Parameters, long Macs, long ForwardActivationBytesPerSample, long TrainingActivationBytesPerSample, long SampleBytes)
 {
     /// <summary>float32 weights.</summary>
-    public long ParameterBytes => Parameters * sizeof(float);
+    public long ParameterBytes => Scale(Parameters, sizeof(float));
 
     /// <summary>Sampling or evaluating: the weights and one forward's live activations.</summary>
     public ResourceNeed Inference(int batch) => new($"inference at batch {batch}", ParameterBytes, Scale(ForwardActivationBytesPerSample, batch));
 
     /// <summary>Training or fine-tuning with AdamW and an EMA copy: weights, gradients, two moments and the EMA (5x the weights) and the saved activations.</summary>
-    public ResourceNeed Training(int batch) => new($"a training step at batch {batch}", 5 * ParameterBytes, Scale(TrainingActivationBytesPerSample, batch));
+    public ResourceNeed Training(int batch) => new($"a training step at batch {batch}", Scale(ParameterBytes, 5), Scale(TrainingActivationBytesPerSample, batch));
 
     /// <summary>Gradients of a loss with respect to the weights, without an optimizer (Taylor scores): weights, gradients and the saved activations.</summary>
-    public ResourceNeed Gradients(int batch) => new($"a gradient at batch {batch}", 2 * ParameterBytes, Scale(TrainingActivationBytesPerSample, batch));
+    public ResourceNeed Gradients(int batch) => new($"a gradient at batch {batch}", Scale(ParameterBytes, 2), Scale(TrainingActivationBytesPerSample, batch));
 
     /// <summary>
     /// An EcoDiff step (or any mask or gate learning over a frozen model): the weights, one time step's saved activations
-    /// (time-step gradient checkpointing recomputes the others) and the trajectory's latents with their gradients.
+    /// (time-step gradient checkpointing recomputes the others; without it every step's) and the trajectory's latents
+    /// with their gradients.
     /// </summary>
-    public ResourceNeed MaskLearning(int batch, int steps) => new($"a mask-learning step at batch {batch} over {steps} steps",
-        ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(Scale(SampleBytes, batch), 2L * (steps + 1)));
+    public ResourceNeed MaskLearning(int batch, int steps, bool checkpointing = true) => new(
+        $"a mask-learning step at batch {batch} over {steps} steps{(checkpointing ? "" : " without checkpointing")}",
+        ParameterBytes, Add(Scale(Scale(TrainingActivationBytesPerSample, batch), checkpointing ? 1 : Math.Max(1, steps)),
+            Scale(Scale(SampleBytes, batch), 2L * (steps + 1))));
 
     /// <summary>Distillation: this model trains while <paramref name="teacher"/> runs forward beside it.</summary>
     public ResourceNeed Distillation(ResourceEstimate teacher, int batch) => new($"a distillation step at batch {batch}",
-        5 * ParameterBytes + teacher.ParameterBytes, Scale(TrainingActivationBytesPerSample, batch) + Scale(teacher.ForwardActivationBytesPerSample, batch));
+        Add(Scale(ParameterBytes, 5), teacher.ParameterBytes), Add(Scale(TrainingActivationBytesPerSample, batch), Scale(teacher.ForwardActivationBytesPerSample, batch)));
 
-    private static long Scale(long bytes, long factor) => bytes > long.MaxValue / Math.Max(1, factor) ? long.MaxValue : bytes * factor;
+    /// <summary>bytes x factor, saturating at long.MaxValue (never wrapping to a negative that would pass a check); negative counts are refused.</summary>
+    internal static long Scale(long bytes, long factor)
+    {
+        if (bytes < 0 || factor < 0) throw new ResourceLimitException($"A resource count is negative ({bytes} x {factor}); the config is not a model that can be built.");
+        return factor != 0 && bytes > long.MaxValue / factor ? long.MaxValue : bytes * factor;
+    }
+
+    /// <summary>a + b, saturating at long.MaxValue.</summary>
+    internal static long Add(long a, long b) => a > long.MaxValue - b ? long.MaxValue : a + b;
 }
 
 /// <summary>Memory one workload needs: the weights (and their training state) plus activations.</summary>
 public sealed record ResourceNeed(string Workload, long WeightBytes, long ActivationBytes)
 {
-    public long TotalBytes => WeightBytes > long.MaxValue - ActivationBytes ? long.MaxValue : WeightBytes + ActivationBytes;
+    public long TotalBytes => ResourceEstimate.Add(WeightBytes, ActivationBytes);
 
     /// <summary>"3.21 GiB (weights 3.00 GiB + activations 0.21 GiB)".</summary>
     public string Describe() =>

@@ -140,11 +140,12 @@ public static class PruneRunner
             PruneWorkload.Forward => model.Inference(noises * guidance),
             PruneWorkload.Gradients => model.Gradients(Math.Min(noises, new TaylorOptions().MicroBatch)),
             // one calibration batch at a time, and the final latents of every calibration noise as targets
-            PruneWorkload.MaskLearning => model.MaskLearning(Math.Min(noises, request.EcoDiff.BatchSize) * guidance, Math.Max(1, request.Steps)) is var step
-                ? step with { ActivationBytes = step.ActivationBytes + noises * model.SampleBytes } : null!,
+            PruneWorkload.MaskLearning => model.MaskLearning(Math.Min(noises, request.EcoDiff.BatchSize) * guidance, Math.Max(1, request.Steps),
+                    request.EcoDiff.Checkpointing) is var step
+                ? step with { ActivationBytes = ResourceEstimate.Add(step.ActivationBytes, ResourceEstimate.Scale(model.SampleBytes, noises)) } : null!,
             _ => model.Training(new LearnableDepthOptions().BatchSize),
         };
-        return scoring with { Workload = $"pruning with {entry.Name} ({scoring.Workload})", WeightBytes = scoring.WeightBytes + model.ParameterBytes };
+        return scoring with { Workload = $"pruning with {entry.Name} ({scoring.Workload})", WeightBytes = ResourceEstimate.Add(scoring.WeightBytes, model.ParameterBytes) };
     }
 
 

@@ -43,7 +43,8 @@ public static class MemoryLimit
             // A container's limit is below what the host reports.
             if (ReadCgroupBytes("/sys/fs/cgroup/memory.max") is long max)
             {
-                long used = ReadCgroupBytes("/sys/fs/cgroup/memory.current") ?? 0;
+                // memory.current counts the page cache too; its inactive part is reclaimed before the limit is hit
+                long used = Math.Max(0, (ReadCgroupBytes("/sys/fs/cgroup/memory.current") ?? 0) - (CgroupStat("/sys/fs/cgroup/memory.stat", "inactive_file") ?? 0));
                 long room = Math.Max(0, max - used);
                 available = available is long a ? Math.Min(a, room) : room;
             }
@@ -52,6 +53,16 @@ public static class MemoryLimit
         catch (UnauthorizedAccessException) { }
         catch (FormatException) { }
         return available ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+    }
+
+    private static long? CgroupStat(string path, string key)
+    {
+        if (!File.Exists(path)) return null;
+        foreach (var line in File.ReadLines(path))
+            if (line.StartsWith(key + " ", StringComparison.Ordinal)
+                && long.TryParse(line.AsSpan(key.Length + 1), NumberStyles.None, CultureInfo.InvariantCulture, out long value))
+                return value;
+        return null;
     }
 
     private static long? ReadCgroupBytes(string path)
@@ -74,15 +85,15 @@ public static class MemoryLimit
         long scale = unit switch
         {
             "" or "B" => 1,
-            "K" or "KB" or "KIB" => 1L << 10,
-            "M" or "MB" or "MIB" => 1L << 20,
-            "G" or "GB" or "GIB" => 1L << 30,
-            "T" or "TB" or "TIB" => 1L << 40,
+            "K" or "KB" or "KI" or "KIB" => 1L << 10, // "Ki", "Mi", ... as Kubernetes writes them
+            "M" or "MB" or "MI" or "MIB" => 1L << 20,
+            "G" or "GB" or "GI" or "GIB" => 1L << 30,
+            "T" or "TB" or "TI" or "TIB" => 1L << 40,
             _ => 0,
         };
         if (end == 0 || scale == 0 || !double.TryParse(t[..end], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double value)
-            || !(value > 0) || value * scale > long.MaxValue / 2)
-            throw new ArgumentException($"{what}: '{text}' is not a memory size (examples: 512M, 8G, 1.5GiB).");
+            || !(value * scale >= 1) || value * scale > long.MaxValue / 2)
+            throw new ArgumentException($"{what}: '{text}' is not a memory size of at least one byte (examples: 512M, 8G, 1.5GiB, 2Gi).");
         return (long)(value * scale);
     }
 

@@ -25,6 +25,7 @@ public static class StudioApi
     public static IEndpointRouteBuilder MapStudioApi(this IEndpointRouteBuilder app)
     {
         var api = app.MapGroup("/api");
+        api.AddEndpointFilter(SameOriginWrites);
         api.MapGet("/models", ListModelsAsync);
         api.MapPut("/models/{name}", UploadAsync);
         api.MapPost("/jobs", CreateJobAsync);
@@ -35,6 +36,21 @@ public static class StudioApi
     }
 
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
+
+    /// <summary>
+    /// Refuses a write (anything but GET/HEAD) that a browser sent from another site's page: its Origin header names
+    /// another host than the one serving the Studio. Scripts and curl send no Origin and are not affected.
+    /// </summary>
+    private static async ValueTask<object?> SameOriginWrites(EndpointFilterInvocationContext invocation, EndpointFilterDelegate next)
+    {
+        var request = invocation.HttpContext.Request;
+        if (!HttpMethods.IsGet(request.Method) && !HttpMethods.IsHead(request.Method)
+            && request.Headers.Origin is { Count: > 0 } origin
+            && !(Uri.TryCreate(origin.ToString(), UriKind.Absolute, out var from)
+                 && string.Equals(from.Authority, request.Host.Value, StringComparison.OrdinalIgnoreCase)))
+            return Problem(403, $"A request from the page at '{origin}' may not change the Studio; use the Studio's own pages or a script.");
+        return await next(invocation);
+    }
 
     private static async Task<IResult> ListModelsAsync(IModelCatalog catalog, CancellationToken cancellationToken)
     {
@@ -130,13 +146,13 @@ public static class StudioApi
             ?? throw new ApiInputException($"'method' must be one of {string.Join(", ", ImportanceCriteria.Names)}, not '{method}'.");
         double target = f.Double("target_params");
         if (!(target is > 0 and < 1)) throw new ApiInputException($"'target_params' must be strictly between 0 and 1, not {target.ToString(CultureInfo.InvariantCulture)}.");
-        string folder = OutputName(model.Name, entry.Name, target);
         var request = new PruneRequest
         {
             ModelPath = model.FolderPath,
             Method = entry.Name,
             TargetParams = target,
-            OutputPath = Path.Combine(outputs, StudioOptions.PrunedFolder, folder),
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.PrunedFolder),
+                string.Create(CultureInfo.InvariantCulture, $"{model.Name}-{entry.Name}-{target * 100:0.#}")),
             Seed = f.OptionalLong("seed") ?? 0,
             Iterations = f.OptionalInt("iterations", 1) ?? 100,
             Steps = f.OptionalInt("steps", 1) ?? 10,
@@ -160,8 +176,8 @@ public static class StudioApi
         {
             StudentPath = student.FolderPath,
             TeacherPath = teacher.FolderPath,
-            OutputPath = Path.Combine(outputs, StudioOptions.DistilledFolder, string.Create(CultureInfo.InvariantCulture,
-                $"{student.Name.Replace('/', '-')}-{kd.ToString().ToLowerInvariant()}-{steps}-{DateTime.UtcNow:yyyyMMdd-HHmmss}")),
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.DistilledFolder),
+                string.Create(CultureInfo.InvariantCulture, $"{student.Name}-{kd.ToString().ToLowerInvariant()}-{steps}")),
             Kd = kd,
             Steps = steps,
             BatchSize = f.OptionalInt("batch", 1) ?? 32,
@@ -170,9 +186,6 @@ public static class StudioApi
         };
         return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
     }
-
-    private static string OutputName(string model, string method, double target) => string.Create(CultureInfo.InvariantCulture,
-        $"{model.Replace('/', '-')}-{method}-{target * 100:0.#}-{DateTime.UtcNow:yyyyMMdd-HHmmss-fff}");
 
     /// <summary>A model by the name <c>/api/models</c> lists; never a path.</summary>
     private static ModelSummary ModelNamed(string name, IReadOnlyList<ModelSummary> models, string field)
@@ -194,7 +207,7 @@ public static class StudioApi
     {
         if (!Guid.TryParse(id, out var guid) || state.Find(guid) is not { } job) return Problem(404, $"There is no job '{id}'.");
         if (job.IsFinished) return Problem(409, $"Job '{id}' has finished ({StatusName(job.Status)}); there is nothing to cancel.");
-        queue.Cancel(guid);
+        if (!queue.Cancel(guid)) return Problem(409, $"Job '{id}' has finished; there is nothing to cancel.");
         return Results.Accepted(value: new JsonObject { ["id"] = id, ["status"] = "cancelling" });
     }
 
@@ -206,7 +219,9 @@ public static class StudioApi
         {
             var queued = await queue.ResumeAsync(guid);
             return queued is null
-                ? Problem(409, $"Job '{id}' kept no request to run again; start it again.")
+                ? Problem(409, state.Find(guid) is { Status: not JobStatus.Interrupted } now
+                    ? $"Job '{id}' is {StatusName(now.Status)}; it was resumed already."
+                    : $"Job '{id}' kept no request to run again; start it again.")
                 : Results.Json(new JsonObject { ["id"] = id, ["status"] = StatusName(queued.Status) }, statusCode: 202);
         }
         catch (ArgumentException e)
@@ -256,6 +271,9 @@ public static class StudioApi
     /// <summary>Reads a JSON object body of at most <paramref name="limit"/> bytes.</summary>
     private static async Task<JsonObject> ReadBodyAsync(HttpContext context, long limit)
     {
+        // application/json only: a cross-site HTML form (text/plain, form encodings) cannot start a job
+        if (!context.Request.HasJsonContentType())
+            throw new ApiInputException("The request body must be sent as Content-Type: application/json.", 415);
         if (context.Request.ContentLength > limit)
             throw new ApiInputException($"The request body is larger than the {ByteSize.Format(limit)} limit (Studio:MaxJsonBodyBytes).", 413);
         using var buffer = new MemoryStream();
@@ -269,7 +287,7 @@ public static class StudioApi
         }
         try
         {
-            return JsonNode.Parse(buffer.ToArray(), documentOptions: new JsonDocumentOptions { MaxDepth = 16 }) as JsonObject
+            return JsonNode.Parse(buffer.ToArray(), documentOptions: new JsonDocumentOptions { MaxDepth = 16, AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new ApiInputException("The request body must be a JSON object.");
         }
         catch (JsonException e)
@@ -325,7 +343,9 @@ public static class StudioApi
         public T? OptionalEnum<T>(string key) where T : struct, Enum => Get(key) switch
         {
             null => null,
-            JsonValue v when v.TryGetValue<string>(out var s) && Enum.TryParse<T>(s, ignoreCase: true, out var e) && !int.TryParse(s, out _) => e,
+            // one name exactly (any case): not a number, and not Enum.TryParse's comma list of flags
+            JsonValue v when v.TryGetValue<string>(out var s) && Enum.GetNames<T>().FirstOrDefault(n => n.Equals(s, StringComparison.OrdinalIgnoreCase)) is { } name
+                => Enum.Parse<T>(name),
             _ => throw new ApiInputException($"'{key}' must be one of {string.Join(", ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))}."),
         };
     }

@@ -20,6 +20,9 @@ public sealed class ModelUploadException(string message, int statusCode = 400) :
 /// </summary>
 public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions limits)
 {
+    // Validation loads the whole model: one upload at a time, so concurrent uploads cannot together exhaust memory.
+    private readonly SemaphoreSlim _validating = new(1, 1);
+
     /// <summary>Where accepted uploads go, one folder per name (listed by the catalog as <c>uploaded/NAME</c>).</summary>
     public string UploadsRoot { get; } = Path.GetFullPath(uploadsRoot);
 
@@ -51,7 +54,15 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
             await CopyLimitedAsync(zip, zipPath, cancellationToken);
             Extract(zipPath, staging, cancellationToken);
             string folder = ModelFolderIn(staging);
-            await ValidateAsync(folder, cancellationToken);
+            await _validating.WaitAsync(cancellationToken);
+            try
+            {
+                await ValidateAsync(folder, name, cancellationToken);
+            }
+            finally
+            {
+                _validating.Release();
+            }
             try
             {
                 Directory.Move(folder, target);
@@ -87,6 +98,9 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
 
     private void Extract(string zipPath, string staging, CancellationToken cancellationToken)
     {
+        // the count from the end-of-central-directory record, before the archive reads (and allocates) every entry
+        if (DeclaredEntries(zipPath) is long declared && declared > limits.MaxZipEntries)
+            throw new ModelUploadException($"The zip holds {(declared == ushort.MaxValue ? "65535 or more" : declared.ToString(System.Globalization.CultureInfo.InvariantCulture))} entries, more than the {limits.MaxZipEntries} allowed (Studio:MaxZipEntries).");
         ZipArchive archive;
         try
         {
@@ -116,19 +130,43 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
                     Directory.CreateDirectory(destination);
                     continue;
                 }
-                Directory.CreateDirectory(Path.GetDirectoryName(destination)!);
-                using var input = OpenEntry(entry);
-                using var output = new FileStream(destination, FileMode.CreateNew, FileAccess.Write);
-                int read;
-                while ((read = input.Read(buffer)) > 0)
+                if (File.Exists(destination) || Directory.Exists(destination))
+                    throw new ModelUploadException($"The zip holds '{entry.FullName}' twice; a model folder names each file once.");
+                try
                 {
-                    unpacked += read;
-                    if (unpacked > limits.MaxUnpackedBytes)
-                        throw new ModelUploadException($"The zip unpacks to more than the {ByteSize.Format(limits.MaxUnpackedBytes)} allowed (Studio:MaxUnpackedBytes).");
-                    output.Write(buffer, 0, read);
+                    Directory.CreateDirectory(Path.GetDirectoryName(destination)!);
+                    using var input = OpenEntry(entry);
+                    using var output = new FileStream(destination, FileMode.CreateNew, FileAccess.Write);
+                    int read;
+                    while ((read = input.Read(buffer)) > 0)
+                    {
+                        unpacked += read;
+                        if (unpacked > limits.MaxUnpackedBytes)
+                            throw new ModelUploadException($"The zip unpacks to more than the {ByteSize.Format(limits.MaxUnpackedBytes)} allowed (Studio:MaxUnpackedBytes).");
+                        output.Write(buffer, 0, read);
+                    }
+                }
+                catch (Exception e) when (e is InvalidDataException or IOException)
+                {
+                    // a damaged entry (bad deflate data, wrong CRC) or a file that is also a folder in the zip
+                    throw new ModelUploadException($"The zip entry '{entry.FullName}' cannot be unpacked ({e.Message.Replace(root, "", StringComparison.Ordinal).TrimEnd('.')}).");
                 }
             }
         }
+    }
+
+    /// <summary>The entry count the zip's end-of-central-directory record declares, or null when the record is not found.</summary>
+    private static long? DeclaredEntries(string zipPath)
+    {
+        using var file = File.OpenRead(zipPath);
+        int tail = (int)Math.Min(file.Length, 22 + ushort.MaxValue); // the record (22 bytes) and its longest comment
+        var bytes = new byte[tail];
+        file.Seek(-tail, SeekOrigin.End);
+        file.ReadExactly(bytes);
+        for (int i = tail - 22; i >= 0; i--)
+            if (bytes[i] == 0x50 && bytes[i + 1] == 0x4b && bytes[i + 2] == 0x05 && bytes[i + 3] == 0x06)
+                return System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(i + 10));
+        return null;
     }
 
     private static Stream OpenEntry(ZipArchiveEntry entry)
@@ -171,7 +209,7 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
     }
 
     /// <summary>The strict loader's verdict (after its resource check), through the pipeline's Load stage as every job loads a model.</summary>
-    private static async Task ValidateAsync(string folder, CancellationToken cancellationToken)
+    private static async Task ValidateAsync(string folder, string name, CancellationToken cancellationToken)
     {
         try
         {
@@ -180,7 +218,8 @@ public sealed partial class ModelUploadService(string uploadsRoot, StudioOptions
         }
         catch (Exception e) when (UserErrors.Is(e))
         {
-            throw new ModelUploadException($"The model does not load: {e.Message}");
+            // the message names the model by its upload name, not the server's staging folder
+            throw new ModelUploadException($"The model does not load: {e.Message.Replace(folder, name, StringComparison.Ordinal)}");
         }
     }
 

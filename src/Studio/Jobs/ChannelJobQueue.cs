@@ -28,8 +28,8 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     public async ValueTask<JobSnapshot> EnqueueAsync(StudioJob job, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(job);
+        _cancels[job.Id] = new CancellationTokenSource(); // before the job is visible, so a cancel right away is not lost
         var snapshot = _state.Track(job);
-        _cancels[job.Id] = new CancellationTokenSource();
         await _channel.Writer.WriteAsync(job, cancellationToken);
         return snapshot;
     }
@@ -39,8 +39,17 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     {
         if (_state.Find(id) is not { Status: JobStatus.Interrupted } snapshot || _state.RequestOf(id) is not { } request) return null;
         var job = StudioJobs.Resume(snapshot.Kind, request, id);
-        var queued = _state.Requeue(job);
-        _cancels[id] = new CancellationTokenSource();
+        var cancel = new CancellationTokenSource();
+        if (!_cancels.TryAdd(id, cancel)) // another resume of this job is under way
+        {
+            cancel.Dispose();
+            return null;
+        }
+        if (_state.TryRequeue(job) is not { } queued) // resumed already between the check and here
+        {
+            if (_cancels.TryRemove(id, out var unused)) unused.Dispose();
+            return null;
+        }
         await _channel.Writer.WriteAsync(job, cancellationToken);
         return queued;
     }
@@ -50,6 +59,7 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     {
         if (_state.Find(id) is not { IsFinished: false } || !_cancels.TryGetValue(id, out var cancel)) return false;
         cancel.Cancel();
+        _state.TryCancelQueued(id); // a queued job shows (and is stored as) canceled at once, not when its turn comes
         return true;
     }
 
@@ -75,7 +85,7 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
         {
             if (own.IsCancellationRequested)
             {
-                _state.MarkCanceled(job.Id, "Canceled before it started");
+                _state.TryCancelQueued(job.Id);
                 return;
             }
             _state.MarkRunning(job.Id);

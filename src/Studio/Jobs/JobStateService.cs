@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+
 namespace DiffusionPrune.Studio.Jobs;
 
 /// <summary>
@@ -13,6 +15,7 @@ public sealed class JobStateService
     private readonly Dictionary<Guid, DateTimeOffset> _saved = [];
     private readonly TimeProvider _time;
     private readonly IJobStore? _store;
+    private readonly ILogger? _logger;
 
     /// <summary>How often a running job's progress is written to the store (status changes are written at once).</summary>
     public static readonly TimeSpan ProgressSaveInterval = TimeSpan.FromSeconds(1);
@@ -20,12 +23,15 @@ public sealed class JobStateService
     /// <summary>
     /// Creates the service; <paramref name="time"/> defaults to the system clock. With a <paramref name="store"/>, the
     /// jobs it holds are loaded, and those that were queued or running when the Studio stopped become
-    /// <see cref="JobStatus.Interrupted"/>; every change is written back.
+    /// <see cref="JobStatus.Interrupted"/>; every change is written back. A store that fails to write never fails a
+    /// job: the failure is logged to <paramref name="logger"/> and kept in <see cref="StoreProblem"/>, and the jobs go on
+    /// in memory.
     /// </summary>
-    public JobStateService(TimeProvider? time = null, IJobStore? store = null)
+    public JobStateService(TimeProvider? time = null, IJobStore? store = null, ILogger? logger = null)
     {
         _time = time ?? TimeProvider.System;
         _store = store;
+        _logger = logger;
         if (store is null) return;
         foreach (var (stored, request) in store.LoadAll())
         {
@@ -35,12 +41,15 @@ public sealed class JobStateService
                 string line = $"Interrupted: the Studio stopped while the job was {job.Status.ToString().ToLowerInvariant()}" +
                               (request is null ? "." : "; it can be resumed.");
                 job = job with { Status = JobStatus.Interrupted, Message = line, FinishedAt = _time.GetUtcNow(), Log = [.. job.Lines, line] };
-                store.Save(job);
+                Persist(job);
             }
             _jobs[job.Id] = job;
             if (request is not null) _requests[job.Id] = request;
         }
     }
+
+    /// <summary>Why the last write to the store failed (jobs are then kept in memory only), or null while writes succeed.</summary>
+    public string? StoreProblem { get; private set; }
 
     /// <summary>The request an interrupted job can be run again from, or null.</summary>
     public string? RequestOf(Guid id)
@@ -85,18 +94,30 @@ public sealed class JobStateService
             job.RequestJson);
     }
 
-    /// <summary>Queues an interrupted job again (the same id), keeping its log and figures.</summary>
-    public JobSnapshot Requeue(StudioJob job)
+    /// <summary>
+    /// Queues an interrupted job again (the same id), keeping its log and figures; null when it is no longer interrupted
+    /// (another resume won the race). The check and the change are one step.
+    /// </summary>
+    public JobSnapshot? TryRequeue(StudioJob job)
     {
-        if (job.RequestJson is { } request)
-            lock (_gate)
-                _requests[job.Id] = request;
-        return Update(job.Id, current => current with
+        lock (_gate)
         {
-            Status = JobStatus.Queued, Message = "Waiting to resume", FinishedAt = null, Error = null, Name = job.Name,
-            Log = [.. current.Lines, "Resumed by the user after the interruption."],
-        });
+            var queued = UpdateIf(job.Id, current => current.Status == JobStatus.Interrupted, current => current with
+            {
+                Status = JobStatus.Queued, Message = "Waiting to resume", FinishedAt = null, Error = null, Name = job.Name,
+                Log = [.. current.Lines, "Resumed by the user after the interruption."],
+            }, notify: false);
+            if (queued is not null && job.RequestJson is { } request) _requests[job.Id] = request;
+            if (queued is null) return null;
+        }
+        Changed?.Invoke();
+        return Find(job.Id);
     }
+
+    /// <summary>Marks a job canceled while it is still queued (it never starts); null when it has started or finished.</summary>
+    public JobSnapshot? TryCancelQueued(Guid id, string message = "Canceled before it started") =>
+        UpdateIf(id, job => job.Status == JobStatus.Queued,
+            job => job with { Status = JobStatus.Canceled, Message = message, FinishedAt = _time.GetUtcNow() });
 
     /// <summary>Marks the job interrupted: the Studio is stopping while it runs (it can be resumed after the restart).</summary>
     public JobSnapshot MarkInterrupted(Guid id) =>
@@ -143,7 +164,9 @@ public sealed class JobStateService
     public JobSnapshot MarkCanceled(Guid id, string message = "Canceled") =>
         Update(id, job => job with { Status = JobStatus.Canceled, Message = message, FinishedAt = _time.GetUtcNow() });
 
-    private JobSnapshot Update(Guid id, Func<JobSnapshot, JobSnapshot> change)
+    private JobSnapshot Update(Guid id, Func<JobSnapshot, JobSnapshot> change) => UpdateIf(id, _ => true, change)!;
+
+    private JobSnapshot? UpdateIf(Guid id, Func<JobSnapshot, bool> when, Func<JobSnapshot, JobSnapshot> change, bool notify = true)
     {
         JobSnapshot updated;
         bool save;
@@ -151,6 +174,7 @@ public sealed class JobStateService
         {
             if (!_jobs.TryGetValue(id, out var current))
                 throw new InvalidOperationException($"No job {id} is tracked; call Track before updating it.");
+            if (!when(current)) return null;
             updated = change(current);
             _jobs[id] = updated;
             var now = _time.GetUtcNow();
@@ -158,9 +182,9 @@ public sealed class JobStateService
             save = _store is not null && (updated.Status != current.Status || updated.Result != current.Result
                 || now - _saved.GetValueOrDefault(id) >= ProgressSaveInterval);
             if (save) _saved[id] = now;
-            if (save) _store!.Save(updated);
+            if (save) Persist(updated);
         }
-        Changed?.Invoke(); // outside the lock: handlers may read Jobs
+        if (notify) Changed?.Invoke(); // outside the lock: handlers may read Jobs
         return updated;
     }
 
@@ -169,10 +193,28 @@ public sealed class JobStateService
         lock (_gate)
         {
             _jobs[snapshot.Id] = snapshot;
-            _store?.Save(snapshot, request);
+            Persist(snapshot, request);
             _saved[snapshot.Id] = _time.GetUtcNow();
         }
         Changed?.Invoke();
         return snapshot;
+    }
+
+    // A full disk, a locked or corrupt database or an unwritable folder must not fail the job or stop the Studio: the
+    // state stays right in memory, the failure is logged once per distinct problem and shown on the Jobs page.
+    private void Persist(JobSnapshot snapshot, string? request = null)
+    {
+        if (_store is null) return;
+        try
+        {
+            _store.Save(snapshot, request);
+            StoreProblem = null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            string problem = Formats.Messages.OneLine(e.Message);
+            if (problem != StoreProblem) _logger?.LogError(e, "The job store could not save job {JobId}; jobs are kept in memory only", snapshot.Id);
+            StoreProblem = problem;
+        }
     }
 }

@@ -27,6 +27,9 @@ public sealed class SqliteJobStore : IJobStore
 {
     private readonly string _connection;
 
+    // Figures may be NaN or infinite (peak RSS where it cannot be read, a diverged loss): stored as "NaN", not refused.
+    private static readonly JsonSerializerOptions Figures = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     /// <summary>Opens (creating when needed) the store at <paramref name="path"/>.</summary>
     public SqliteJobStore(string path)
     {
@@ -65,9 +68,9 @@ public sealed class SqliteJobStore : IJobStore
             var snapshot = new JobSnapshot(
                 Guid.Parse(reader.GetString(0)), reader.GetString(2), Enum.Parse<JobStatus>(reader.GetString(3)), reader.GetDouble(4), reader.GetString(5),
                 Time(6)!.Value, Time(7), Time(8), Text(9),
-                Text(13) is { } history ? JsonSerializer.Deserialize<List<JobMetrics>>(history) : null,
+                Text(13) is { } history ? JsonSerializer.Deserialize<List<JobMetrics>>(history, Figures) : null,
                 preview,
-                Text(12) is { } log ? JsonSerializer.Deserialize<List<string>>(log) : null,
+                Text(12) is { } log ? JsonSerializer.Deserialize<List<string>>(log, Figures) : null,
                 Text(10), reader.GetString(1), Text(11));
             jobs.Add(new StoredJob(snapshot, Text(18)));
         }
@@ -104,8 +107,8 @@ public sealed class SqliteJobStore : IJobStore
         command.Parameters.AddWithValue("$error", Db(job.Error));
         command.Parameters.AddWithValue("$result", Db(job.Result));
         command.Parameters.AddWithValue("$output", Db(job.OutputPath));
-        command.Parameters.AddWithValue("$log", job.Log is null ? DBNull.Value : JsonSerializer.Serialize(job.Log));
-        command.Parameters.AddWithValue("$history", job.History is null ? DBNull.Value : JsonSerializer.Serialize(job.History));
+        command.Parameters.AddWithValue("$log", job.Log is null ? DBNull.Value : JsonSerializer.Serialize(job.Log, Figures));
+        command.Parameters.AddWithValue("$history", job.History is null ? DBNull.Value : JsonSerializer.Serialize(job.History, Figures));
         command.Parameters.AddWithValue("$preview", Db(job.Preview?.Png));
         command.Parameters.AddWithValue("$pw", Db(job.Preview?.Width));
         command.Parameters.AddWithValue("$ph", Db(job.Preview?.Height));

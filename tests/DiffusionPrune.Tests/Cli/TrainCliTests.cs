@@ -27,6 +27,20 @@ public class TrainCliTests
     }
 
     [Fact]
+    public void A_training_run_whose_batch_does_not_fit_is_refused_before_the_model_is_built()
+    {
+        using var temp = Fixtures.Temp();
+        File.WriteAllText(temp.File("dit.json"), TinyDiT);
+        // the inference check (weights + one forward) passes at 64M; AdamW state, EMA and batch 100,000's activations do not
+        var (code, _, stderr) = CliTests.Dprune("--max-memory", "64M", "train", "--arch", "dit", "--config", temp.File("dit.json"), "--steps", "1",
+            "--batch", "100000", "--output", temp.File("out"));
+        Assert.Equal(2, code);
+        Assert.Contains("train: a training step at batch 100000 needs about", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.False(Directory.Exists(temp.File("out")));
+    }
+
+    [Fact]
     public void Attention_init_errors_are_one_line_messages()
     {
         using var temp = Fixtures.Temp();

@@ -103,7 +103,9 @@ public class ResourceEstimateTests
         Assert.Equal(8L << 30, MemoryLimit.Parse("8GB"));
         Assert.Equal((long)(1.5 * (1L << 30)), MemoryLimit.Parse("1.5GiB"));
         Assert.Equal(1000, MemoryLimit.Parse("1000"));
-        foreach (var bad in new[] { "", "lots", "-1G", "0", "12Q", "1e400" })
+        Assert.Equal(2L << 30, MemoryLimit.Parse("2Gi")); // as Kubernetes writes it
+        Assert.Equal(300L << 20, MemoryLimit.Parse("300Mi"));
+        foreach (var bad in new[] { "", "lots", "-1G", "0", "12Q", "1e400", "0.5", "0.0001K" }) // nothing that truncates to 0 bytes
             Assert.Throws<ArgumentException>(() => MemoryLimit.Parse(bad));
         Assert.True(MemoryLimit.Available() > 0);
     }
@@ -120,5 +122,22 @@ public class ResourceEstimateTests
         Assert.Equal(4 * estimate.TrainingActivationBytesPerSample, training.ActivationBytes);
         Assert.True(estimate.MaskLearning(4, 50).ActivationBytes > estimate.MaskLearning(4, 10).ActivationBytes);
         Assert.True(estimate.Distillation(estimate, 4).TotalBytes > training.TotalBytes);
+        // without time-step checkpointing every step's activations are kept
+        Assert.Equal(10 * estimate.MaskLearning(4, 10).ActivationBytes - 9 * (4 * 2L * 11 * estimate.SampleBytes),
+            estimate.MaskLearning(4, 10, checkpointing: false).ActivationBytes);
+    }
+
+    [Fact]
+    public void Byte_counts_saturate_instead_of_wrapping_to_a_negative_that_would_fit()
+    {
+        // 2^61 parameters: x4 bytes, x5 for training and the sums all overflow a long
+        var huge = new ResourceEstimate("UNet2DModel", [8, 8], 1L << 61, 1, 1L << 62, long.MaxValue, 1L << 40);
+        Assert.Equal(long.MaxValue, huge.ParameterBytes);
+        foreach (var need in new[] { huge.Inference(1_000_000), huge.Training(64), huge.Gradients(64), huge.MaskLearning(64, 1000, checkpointing: false), huge.Distillation(huge, 64) })
+        {
+            Assert.Equal(long.MaxValue, need.TotalBytes);
+            Assert.Throws<ResourceLimitException>(() => need.EnsureFits("huge")); // above any machine's limit
+        }
+        Assert.Throws<ResourceLimitException>(() => new ResourceEstimate("UNet2DModel", [8, 8], -5, 1, 1, 1, 1).Training(1));
     }
 }

@@ -1,0 +1,28 @@
+using System.Globalization;
+
+namespace DiffusionPrune.Studio.Jobs;
+
+/// <summary>
+/// Names the folder a job writes: the stem, then the UTC time to the millisecond. Two jobs started in the same
+/// millisecond (two tabs, a script posting to the API) never share a folder: a name handed out in this process, or
+/// already on disk, gets "-2", "-3", ... appended.
+/// </summary>
+public static class OutputNames
+{
+    private static readonly Lock Gate = new();
+    private static readonly HashSet<string> Given = new(StringComparer.Ordinal);
+
+    /// <summary>A new folder path under <paramref name="parent"/> for <paramref name="stem"/> (slashes become '-').</summary>
+    public static string NewFolder(string parent, string stem)
+    {
+        string baseName = string.Create(CultureInfo.InvariantCulture, $"{stem.Replace('/', '-').Replace('\\', '-')}-{DateTime.UtcNow:yyyyMMdd-HHmmss-fff}");
+        lock (Gate)
+        {
+            string path = Path.Combine(parent, baseName);
+            for (int n = 2; Given.Contains(path) || Directory.Exists(path) || File.Exists(path); n++)
+                path = Path.Combine(parent, string.Create(CultureInfo.InvariantCulture, $"{baseName}-{n}"));
+            Given.Add(path);
+            return path;
+        }
+    }
+}
