@@ -29,6 +29,7 @@ public static class DprunCli
         PruneCommand.Create(),
         DistillCommand.Create(),
         ExportCommand.Create(),
+        CompareCommand.Create(),
         BatchCommand.Create(),
         DoctorCommand.Create(),
     };

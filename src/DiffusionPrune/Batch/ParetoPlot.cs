@@ -39,7 +39,9 @@ public static class ParetoPlot
     private sealed record Point(double X, BatchSummaryRow Row, string Label);
 
     /// <summary>The two panels side by side as one PNG.</summary>
-    public static byte[] RenderPng(IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title)
+    /// <param name="notMeasured">What the latency panel says when <paramref name="latencyBatch"/> is null.</param>
+    public static byte[] RenderPng(IReadOnlyList<BatchSummaryRow> rows, int? latencyBatch, string title,
+        string notMeasured = "latency not measured (plan has \"latency\": null)")
     {
         bool severalModels = rows.Select(r => r.Model).Distinct().Count() > 1;
         string LabelOf(BatchSummaryRow r)
@@ -54,7 +56,7 @@ public static class ParetoPlot
 
         byte[] left = Panel($"{title}: FID-proxy vs ONNX Runtime latency" + (latencyBatch is int batch ? $", batch {batch}" : ""),
             latencyBatch is int batch2 ? $"ms per batch of {batch2} (median, ONNX Runtime CPU)" : "ms", latencyPoints, null,
-            latencyBatch is null ? "latency not measured (plan has \"latency\": null)" : "no finished items with latency yet");
+            latencyBatch is null ? notMeasured : "no finished items with latency yet");
         byte[] right = Panel($"{title}: FID-proxy vs parameters", "parameters", parameterPoints, Si, "no finished items yet");
 
         using var figure = new Image<Rgb24>(2 * PanelWidth, Height, new Rgb24(255, 255, 255));

@@ -202,6 +202,24 @@ public sealed class DiffusionPipeline : IDisposable
             return report;
         }, cancel);
 
+    /// <summary>
+    /// Compares 2 to 6 models (held or loaded; the first is the reference) from the same noise: grids and their
+    /// differences, quality and cost figures, latency in TorchSharp and ONNX Runtime, kept fraction per layer; writes the
+    /// report and its figures to <see cref="CompareRequest.OutputPath"/> (see <see cref="ModelComparison"/>).
+    /// </summary>
+    public Task<ComparisonReport> CompareAsync(CompareRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
+        RunAsync(() =>
+        {
+            request.Check();
+            foreach (var path in request.ModelPaths)
+                EnsureFits(path, "torch", e => e.Inference(Math.Max(Math.Min(request.Samples, 100), request.GridImages)));
+            var report = ModelComparison.Run(request, path => Load(path, "torch", "auto", progress).Inference,
+                (fraction, message) => progress?.Report(new StageProgress(PipelineStage.Compare, fraction, message)), cancel);
+            progress?.Report(new StageProgress(PipelineStage.Compare, 1, string.Create(CultureInfo.InvariantCulture,
+                $"compared {report.Models.Count} models in {report.Seconds:F0} s")));
+            return report;
+        }, cancel);
+
     /// <summary>Writes the bundle of the model at <see cref="ExportRequest.ModelPath"/>, held or loaded.</summary>
     public Task<ExportResult> ExportAsync(ExportRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() =>

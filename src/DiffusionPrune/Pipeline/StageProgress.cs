@@ -10,6 +10,7 @@ public enum PipelineStage
     Evaluate,
     Export,
     Latency,
+    Compare,
 }
 
 /// <summary>A picture a stage shows while it runs (a sample grid): PNG bytes, ready for a page or a file.</summary>

@@ -106,6 +106,21 @@ public class CliTests
     }
 
     [Fact]
+    public void Compare_needs_two_to_six_models_and_says_so_in_one_line()
+    {
+        string model = Path.Combine(Fixtures.RepoRoot, "samples", "models", "mnist-unet");
+        using var temp = Fixtures.Temp();
+        var (code, _, stderr) = Dprune("compare", "--models", model, "--output", temp.File("c"));
+        Assert.Equal(2, code);
+        Assert.Contains("Compare 2 to 6 models (the first is the reference), not 1.", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+        (code, _, stderr) = Dprune("compare", "--models", model, model, "--output", temp.File("c"));
+        Assert.Equal(2, code);
+        Assert.Contains("listed twice", stderr);
+        Assert.False(Directory.Exists(temp.File("c")));
+    }
+
+    [Fact]
     public void Max_memory_refuses_a_job_whose_estimate_is_above_it_in_one_line_before_loading()
     {
         string model = Fixtures.Diffusers("unet2d-small", "model");

@@ -1,0 +1,117 @@
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Evaluation;
+using DiffusionPrune.Families;
+using DiffusionPrune.Models;
+using DiffusionPrune.Formats;
+using DiffusionPrune.Pipeline;
+using DiffusionPrune.Pruning;
+using SixLabors.ImageSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Tests.Evaluation;
+
+/// <summary>A comparison of an original and its pruned variants, from the same noise, through the pipeline.</summary>
+public class ModelComparisonTests
+{
+    private static string TinyModel(TempFolder temp)
+    {
+        const string config = """
+            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        manual_seed(5);
+        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
+        string folder = temp.File("original");
+        DiffusersModelLoader.Save(model, folder);
+        File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, ModelFolder.SchedulerConfig));
+        return folder;
+    }
+
+    [Fact]
+    public async Task An_original_and_two_pruned_variants_are_compared_from_the_same_noise()
+    {
+        using var temp = Fixtures.Temp();
+        string original = TinyModel(temp);
+        using var pipeline = new DiffusionPipeline();
+        foreach (var method in new[] { "magnitude", "random" })
+            await pipeline.PruneAsync(new PruneRequest { ModelPath = original, Method = method, TargetParams = 0.25, OutputPath = temp.File(method) });
+
+        string output = temp.File("comparison");
+        var seen = new List<StageProgress>();
+        var report = await pipeline.CompareAsync(new CompareRequest
+        {
+            ModelPaths = [original, temp.File("magnitude"), temp.File("random")], Names = ["original", "magnitude 25%"],
+            OutputPath = output, Samples = 6, Steps = 2, GridImages = 4, Seed = 9,
+            Latency = new LatencyOptions { WarmupRuns = 1, TimedRuns = 2 },
+        }, new SynchronousProgress<StageProgress>(seen.Add));
+
+        Assert.Equal(["original", "magnitude 25%", "random"], report.Models.Select(m => m.Name));
+        var (reference, magnitude, random) = (report.Models[0], report.Models[1], report.Models[2]);
+        Assert.True(reference.IsReference);
+        Assert.Equal("original", reference.Method);
+        Assert.Equal(0, reference.RemovedParams);
+        Assert.Null(reference.Ssim); // nothing to pair with itself
+        Assert.Empty(reference.KeptFractionPerLayer);
+        Assert.Equal("magnitude", magnitude.Method);
+        Assert.Equal(0.25, magnitude.Target);
+        Assert.Equal("random", random.Method);
+        foreach (var m in new[] { magnitude, random })
+        {
+            Assert.True(m.Parameters < reference.Parameters);
+            Assert.Equal(1 - (double)m.Parameters / reference.Parameters, m.RemovedParams, 12);
+            Assert.NotEmpty(m.KeptFractionPerLayer);
+            Assert.Contains(m.KeptFractionPerLayer.Values, kept => kept < 1);
+            Assert.InRange(m.Ssim!.Value, -1, 1);
+            Assert.True(m.MeanAbsoluteDifference > 0);
+            Assert.True(File.Exists(Path.Combine(output, m.Difference!)));
+        }
+        foreach (var m in report.Models)
+        {
+            Assert.True(double.IsFinite(m.Fid) && m.FidLower <= m.Fid && m.Fid <= m.FidUpper, $"{m.Name}: {m.Fid} [{m.FidLower}, {m.FidUpper}]");
+            Assert.Equal(1, m.Torch!.Batch);
+            Assert.Equal(LatencyResult.OnnxRuntimeCpu, m.Onnx!.Backend);
+            Assert.True(m.Torch.MedianMs > 0 && m.Onnx.MedianMs > 0);
+            using var grid = Image.Load(Path.Combine(output, m.Grid));
+            Assert.Equal(2 * 64 + 3 * 2, grid.Width); // 2 x 2 tiles of 32 shown at twice their size, 2-pixel padding
+        }
+        Assert.Contains(seen, p => p.Stage == PipelineStage.Compare && p.Fraction == 1);
+
+        // The same noise: the reference sampled again by itself makes the same grid
+        var again = await pipeline.CompareAsync(new CompareRequest
+        {
+            ModelPaths = [original, temp.File("magnitude")], OutputPath = temp.File("again"), Samples = 6, Steps = 2, GridImages = 4, Seed = 9, LatencyBatch = null,
+        });
+        Assert.Equal(File.ReadAllBytes(Path.Combine(output, "grid-0.png")), File.ReadAllBytes(Path.Combine(temp.File("again"), "grid-0.png")));
+        Assert.Equal(magnitude.Ssim, again.Models[1].Ssim);
+        Assert.Null(again.Models[0].Torch);
+
+        // Written whole: the report reads back equal, the markdown names every model, the figures exist
+        var loaded = ComparisonReport.Load(output);
+        Assert.Equal(report.Models.Select(m => m.ToJson().ToJsonString()), loaded.Models.Select(m => m.ToJson().ToJsonString()));
+        string markdown = File.ReadAllText(Path.Combine(output, ComparisonReport.MarkdownName));
+        foreach (var m in report.Models) Assert.Contains($"| {m.Name} |", markdown);
+        Assert.Contains("95%", markdown);
+        foreach (var figure in new[] { ComparisonReport.PngName, ComparisonReport.ParetoName, ComparisonReport.HeatMapName })
+            using (var image = Image.Load(Path.Combine(output, figure)))
+                Assert.True(image.Width > 300 && image.Height > 200, figure);
+    }
+
+    [Theory]
+    [InlineData(1, "Compare 2 to 6 models")]
+    [InlineData(7, "Compare 2 to 6 models")]
+    public void The_number_of_models_is_checked(int count, string expected)
+    {
+        var request = new CompareRequest { ModelPaths = Enumerable.Range(0, count).Select(i => $"/m{i}").ToArray(), OutputPath = "/o" };
+        Assert.Contains(expected, Assert.Throws<ArgumentException>(request.Check).Message);
+    }
+
+    [Fact]
+    public void A_model_listed_twice_or_settings_out_of_range_are_refused()
+    {
+        Assert.Contains("twice", Assert.Throws<ArgumentException>(new CompareRequest { ModelPaths = ["/m", "/m/"], OutputPath = "/o" }.Check).Message);
+        Assert.Contains("Samples", Assert.Throws<ArgumentException>(new CompareRequest { ModelPaths = ["/a", "/b"], OutputPath = "/o", Samples = 1 }.Check).Message);
+        Assert.Contains("Grid", Assert.Throws<ArgumentException>(new CompareRequest { ModelPaths = ["/a", "/b"], OutputPath = "/o", GridImages = 65 }.Check).Message);
+    }
+}
