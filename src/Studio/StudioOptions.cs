@@ -15,6 +15,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> uploaded models go.</summary>
     public const string UploadedFolder = "uploaded";
 
+    /// <summary>Where under <see cref="OutputRoot"/> comparisons go (not models: the catalog does not list them).</summary>
+    public const string ComparedFolder = "compared";
+
     /// <summary>Largest model zip accepted (bytes of the upload). Default 2 GiB.</summary>
     public long MaxUploadBytes { get; set; } = 2L << 30;
 

@@ -33,6 +33,13 @@ public static class StudioServiceCollectionExtensions
             return new ModelUploadService(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.UploadedFolder), options);
         });
 
+        // Singleton: stateless; reads the comparisons compare jobs write under the output root's compared/ folder.
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            return new Compare.ComparisonFolders(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.ComparedFolder));
+        });
+
         // Singleton: jobs outlive any one circuit; every open page sees the same list. Kept in SQLite under the data
         // folder, so a restart loses no finished result and marks what it cut off as interrupted (resumable).
         services.AddSingleton(provider =>

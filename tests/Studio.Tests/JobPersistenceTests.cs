@@ -30,6 +30,7 @@ public sealed class InterruptedJobPageTests : MudTestContext, IDisposable
         var state = new JobStateService(store: new SqliteJobStore(db)); // the restart
         Context.Services.AddSingleton(state);
         Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
+        Context.Services.AddSingleton<Catalog.IModelCatalog>(new Catalog.FileSystemModelCatalog(_samples.Root));
 
         var page = Context.Render<DiffusionPrune.Studio.Components.Pages.Jobs.JobDetail>(p => p.Add(x => x.Id, job.Id));
         Assert.Contains("Interrupted", page.Find(".job-status").TextContent);

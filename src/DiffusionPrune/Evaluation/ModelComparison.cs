@@ -197,7 +197,7 @@ public sealed record ComparisonReport(
         foreach (var m in Models)
             md.AppendLine(CultureInfo.InvariantCulture,
                 $"| {m.Name} | {m.Method}{(m.Target is double t ? $" {t:0.#%}" : "")} | {m.RemovedParams:P1} | {m.Parameters:N0} | {m.Macs:N0} | {F(m.Fid, "F2")} [{F(m.FidLower, "F2")}, {F(m.FidUpper, "F2")}] | " +
-                $"{F(m.Kid, "F4")} ± {F(m.KidStd, "F4")} | {F(m.Precision, "F3")} | {F(m.Recall, "F3")} | {F(m.ClassAccuracy, "P1")} | {F(m.Ssim, "F3")} | {F(m.Psnr, "F1")} | " +
+                $"{F(m.Kid, Math.Abs(m.Kid) >= 100 ? "F1" : "F4")} ± {F(m.KidStd, Math.Abs(m.Kid) >= 100 ? "F1" : "F4")} | {F(m.Precision, "F3")} | {F(m.Recall, "F3")} | {F(m.ClassAccuracy, "P1")} | {F(m.Ssim, "F3")} | {F(m.Psnr, "F1")} | " +
                 $"{F(m.Torch?.MedianMs, "F2")} | {F(m.Onnx?.MedianMs, "F2")} |");
         md.AppendLine();
         md.AppendLine(CultureInfo.InvariantCulture, $"![Same-seed grids and per-image differences]({PngName})");

@@ -1,11 +1,13 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using DiffusionPrune.Evaluation;
 using DiffusionPrune.Families;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Pruning.Layers;
 using DiffusionPrune.Studio.Catalog;
+using DiffusionPrune.Studio.Compare;
 using DiffusionPrune.Studio.Hosting;
 using DiffusionPrune.Studio.Jobs;
 using DiffusionPrune.Training;
@@ -32,6 +34,8 @@ public static class StudioApi
         api.MapGet("/jobs/{id}", GetJob);
         api.MapDelete("/jobs/{id}", CancelJob);
         api.MapPost("/jobs/{id}/resume", ResumeJobAsync);
+        api.MapGet("/comparisons", ListComparisons);
+        api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
         return app;
     }
 
@@ -126,7 +130,8 @@ public static class StudioApi
             {
                 "prune" => PruneJobFrom(fields, models, outputs),
                 "distill" => DistillJobFrom(fields, models, outputs),
-                _ => throw new ApiInputException($"'kind' must be prune or distill, not '{kind}' (evaluate, export and sample jobs are not in the Studio yet)."),
+                "compare" => CompareJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune, distill or compare, not '{kind}' (evaluate, export and sample jobs are not in the Studio yet)."),
             };
             fields.RejectUnknown();
             var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
@@ -185,6 +190,52 @@ public static class StudioApi
             Seed = f.OptionalLong("seed") ?? 0,
         };
         return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
+    }
+
+    private static CompareJob CompareJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var names = f.Strings("models");
+        if (names.Count is < CompareRequest.MinModels or > CompareRequest.MaxModels)
+            throw new ApiInputException($"'models' must list {CompareRequest.MinModels} to {CompareRequest.MaxModels} models (the first is the reference), not {names.Count}.");
+        var chosen = names.Select(name => ModelNamed(name, models, "models")).ToList();
+        var request = new CompareRequest
+        {
+            ModelPaths = chosen.Select(m => m.FolderPath).ToList(),
+            Names = chosen.Select(m => OutputNames.Shown(m.Name)).ToList(),
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.ComparedFolder), "compare"),
+            Samples = f.OptionalInt("samples", 2) ?? 64,
+            Steps = f.OptionalInt("steps", 1) ?? 10,
+            Seed = f.OptionalLong("seed") ?? 0,
+            GridImages = f.OptionalInt("grid", 1) ?? 16,
+            LatencyBatch = f.OptionalInt("latency_batch", 0) is int b ? (b == 0 ? null : b) : 1,
+        };
+        try
+        {
+            request.Check();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ApiInputException(e.Message);
+        }
+        return new CompareJob(request);
+    }
+
+    private static IResult ListComparisons(ComparisonFolders comparisons) =>
+        Results.Text(new JsonArray(comparisons.List().Select(c => (JsonNode)new JsonObject
+        {
+            ["name"] = c.Name,
+            ["models"] = new JsonArray(c.Report.Models.Select(m => (JsonNode)m.Name).ToArray()),
+            ["created_at"] = c.Report.CreatedAt.ToString("O", CultureInfo.InvariantCulture),
+            ["url"] = $"/compare/{c.Name}",
+        }).ToArray()).ToJsonString(Json), "application/json");
+
+    /// <summary>A comparison's PNG, markdown or JSON file; <c>?download=1</c> asks the browser to save it.</summary>
+    private static IResult ComparisonFile(string name, string file, HttpContext context, ComparisonFolders comparisons)
+    {
+        if (comparisons.FileOf(name, file) is not { } path) return Problem(404, $"There is no file '{file}' in a comparison '{name}'.");
+        string type = Path.GetExtension(path) switch { ".png" => "image/png", ".md" => "text/markdown; charset=utf-8", _ => "application/json" };
+        bool download = context.Request.Query["download"] == "1";
+        return Results.File(path, type, download ? $"{name}-{file}" : null);
     }
 
     /// <summary>A model by the name <c>/api/models</c> lists; never a path.</summary>
@@ -249,7 +300,13 @@ public static class StudioApi
         if (job.Status == JobStatus.Succeeded)
         {
             var result = new JsonObject { ["summary"] = job.Result };
-            if (job.OutputPath is { } output)
+            if (job.Kind == "compare" && job.OutputPath is { } compared)
+            {
+                string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(compared));
+                result["comparison"] = name;
+                result["url"] = $"/compare/{name}";
+            }
+            else if (job.OutputPath is { } output)
                 result["output_model"] = $"{Path.GetFileName(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(output)))}/{Path.GetFileName(Path.TrimEndingDirectorySeparator(output))}";
             o["result"] = result;
         }
@@ -315,6 +372,11 @@ public static class StudioApi
 
         public string String(string key) => Get(key) is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0
             ? s : throw new ApiInputException($"'{key}' is required and must be a non-empty string.");
+
+        public IReadOnlyList<string> Strings(string key) =>
+            Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0)
+                ? array.Select(n => n!.GetValue<string>()).ToList()
+                : throw new ApiInputException($"'{key}' is required and must be a list of names.");
 
         public double Double(string key) => OptionalDouble(key) ?? throw new ApiInputException($"'{key}' is required and must be a number.");
 

@@ -34,6 +34,12 @@ public static class StudioJobs
                         bool checkpoint = File.Exists(Path.Combine(request.OutputPath, DiffusionTrainer.CheckpointFolder, "state.json"));
                         return new DistillJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
                     }
+                case "compare":
+                    {
+                        // nothing to continue from: the comparison runs again into the same folder
+                        var request = JsonSerializer.Deserialize<Evaluation.CompareRequest>(requestJson) ?? throw new JsonException("null");
+                        return new CompareJob(request) { Id = id };
+                    }
                 default:
                     throw new ArgumentException($"A {kind} job cannot be resumed; start it again.");
             }
