@@ -15,6 +15,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> uploaded models go.</summary>
     public const string UploadedFolder = "uploaded";
 
+    /// <summary>Where under <see cref="OutputRoot"/> exported bundles (and their zips) go; not listed as models.</summary>
+    public const string ExportsFolder = "exports";
+
     /// <summary>Where under <see cref="OutputRoot"/> comparisons go (not models: the catalog does not list them).</summary>
     public const string ComparedFolder = "compared";
 

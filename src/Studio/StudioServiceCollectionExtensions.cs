@@ -33,6 +33,13 @@ public static class StudioServiceCollectionExtensions
             return new ModelUploadService(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.UploadedFolder), options);
         });
 
+        // Singleton: stateless; reads the bundles export jobs write under the output root's exports/ folder.
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            return new Export.BundleFolders(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.ExportsFolder));
+        });
+
         // Singleton: stateless; reads the comparisons compare jobs write under the output root's compared/ folder.
         services.AddSingleton(provider =>
         {

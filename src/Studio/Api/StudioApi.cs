@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Evaluation;
+using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
@@ -34,6 +35,8 @@ public static class StudioApi
         api.MapGet("/jobs/{id}", GetJob);
         api.MapDelete("/jobs/{id}", CancelJob);
         api.MapPost("/jobs/{id}/resume", ResumeJobAsync);
+        api.MapGet("/exports", ListBundles);
+        api.MapGet("/exports/{file}", BundleZip);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
         return app;
@@ -131,7 +134,8 @@ public static class StudioApi
                 "prune" => PruneJobFrom(fields, models, outputs),
                 "distill" => DistillJobFrom(fields, models, outputs),
                 "compare" => CompareJobFrom(fields, models, outputs),
-                _ => throw new ApiInputException($"'kind' must be prune, distill or compare, not '{kind}' (evaluate, export and sample jobs are not in the Studio yet)."),
+                "export" => ExportJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune, distill, compare or export, not '{kind}' (evaluate and sample jobs are not in the Studio yet)."),
             };
             fields.RejectUnknown();
             var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
@@ -220,6 +224,44 @@ public static class StudioApi
         return new CompareJob(request);
     }
 
+    private static ExportJob ExportJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var model = ModelNamed(f.String("model"), models, "model");
+        if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to export.");
+        IReadOnlyList<ExportFormat> formats;
+        try
+        {
+            formats = ModelExporter.ParseFormats(f.OptionalString("formats") ?? "safetensors,onnx");
+        }
+        catch (ArgumentException e)
+        {
+            throw new ApiInputException($"'formats': {e.Message}");
+        }
+        return new ExportJob(new ExportRequest
+        {
+            ModelPath = model.FolderPath,
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.ExportsFolder), OutputNames.Shown(model.Name)),
+            Formats = formats,
+        });
+    }
+
+    private static IResult ListBundles(Export.BundleFolders bundles) =>
+        Results.Text(new JsonArray(bundles.List().Select(b => (JsonNode)new JsonObject
+        {
+            ["name"] = b.Name,
+            ["class_name"] = b.ClassName,
+            ["parameters"] = b.Parameters,
+            ["macs"] = b.Macs,
+            ["zip_bytes"] = b.ZipBytes,
+            ["download"] = $"/api/exports/{b.Name}.zip",
+        }).ToArray()).ToJsonString(Json), "application/json");
+
+    /// <summary>A bundle's zip, as an attachment; only <c>NAME.zip</c> of a listed bundle.</summary>
+    private static IResult BundleZip(string file, Export.BundleFolders bundles) =>
+        file.EndsWith(".zip", StringComparison.Ordinal) && bundles.Find(file[..^4]) is { } bundle
+            ? Results.File(bundle.Zip, "application/zip", file, enableRangeProcessing: true)
+            : Problem(404, $"There is no bundle '{file}'.");
+
     private static IResult ListComparisons(ComparisonFolders comparisons) =>
         Results.Text(new JsonArray(comparisons.List().Select(c => (JsonNode)new JsonObject
         {
@@ -300,7 +342,13 @@ public static class StudioApi
         if (job.Status == JobStatus.Succeeded)
         {
             var result = new JsonObject { ["summary"] = job.Result };
-            if (job.Kind == "compare" && job.OutputPath is { } compared)
+            if (job.Kind == "export" && job.OutputPath is { } exported)
+            {
+                string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(exported));
+                result["bundle"] = name;
+                result["download"] = $"/api/exports/{name}.zip";
+            }
+            else if (job.Kind == "compare" && job.OutputPath is { } compared)
             {
                 string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(compared));
                 result["comparison"] = name;
@@ -377,6 +425,13 @@ public static class StudioApi
             Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0)
                 ? array.Select(n => n!.GetValue<string>()).ToList()
                 : throw new ApiInputException($"'{key}' is required and must be a list of names.");
+
+        public string? OptionalString(string key) => Get(key) switch
+        {
+            null => null,
+            JsonValue v when v.TryGetValue<string>(out var s) && s.Length > 0 => s,
+            _ => throw new ApiInputException($"'{key}' must be a non-empty string."),
+        };
 
         public double Double(string key) => OptionalDouble(key) ?? throw new ApiInputException($"'{key}' is required and must be a number.");
 

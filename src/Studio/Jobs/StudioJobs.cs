@@ -34,6 +34,11 @@ public static class StudioJobs
                         bool checkpoint = File.Exists(Path.Combine(request.OutputPath, DiffusionTrainer.CheckpointFolder, "state.json"));
                         return new DistillJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
                     }
+                case "export":
+                    {
+                        var request = JsonSerializer.Deserialize<DiffusionPrune.Export.ExportRequest>(requestJson) ?? throw new JsonException("null");
+                        return new ExportJob(request) { Id = id };
+                    }
                 case "compare":
                     {
                         // nothing to continue from: the comparison runs again into the same folder
