@@ -35,6 +35,7 @@ public static class StudioApi
         api.MapGet("/jobs/{id}", GetJob);
         api.MapDelete("/jobs/{id}", CancelJob);
         api.MapPost("/jobs/{id}/resume", ResumeJobAsync);
+        api.MapGet("/samples/{file}", SampleImage);
         api.MapGet("/exports", ListBundles);
         api.MapGet("/exports/{file}", BundleZip);
         api.MapGet("/comparisons", ListComparisons);
@@ -135,7 +136,8 @@ public static class StudioApi
                 "distill" => DistillJobFrom(fields, models, outputs),
                 "compare" => CompareJobFrom(fields, models, outputs),
                 "export" => ExportJobFrom(fields, models, outputs),
-                _ => throw new ApiInputException($"'kind' must be prune, distill, compare or export, not '{kind}' (evaluate and sample jobs are not in the Studio yet)."),
+                "sample" => SampleJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune, distill, compare, export or sample, not '{kind}' (evaluate jobs are not in the Studio yet; compare evaluates)."),
             };
             fields.RejectUnknown();
             var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
@@ -245,6 +247,38 @@ public static class StudioApi
         });
     }
 
+    private static SampleJob SampleJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var model = ModelNamed(f.String("model"), models, "model");
+        if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to sample.");
+        string scheduler = f.OptionalString("scheduler") ?? "ddim";
+        if (!Schedulers.Scheduler.ShortNames.ContainsKey(scheduler))
+            throw new ApiInputException($"'scheduler' must be one of {string.Join(", ", Schedulers.Scheduler.ShortNames.Keys)}, not '{scheduler}'.");
+        int count = f.OptionalInt("count", 1) ?? 16;
+        if (count > 64) throw new ApiInputException($"'count' must be at most 64, not {count}.");
+        double guidance = f.OptionalDouble("guidance") ?? 1;
+        if (guidance is < 1 or > 20) throw new ApiInputException("'guidance' must be between 1 and 20.");
+        return new SampleJob(new DiffusionPrune.Inference.SampleRequest
+        {
+            ModelPath = model.FolderPath,
+            SchedulerName = scheduler,
+            Steps = f.OptionalInt("steps", 1) ?? 25,
+            Count = count,
+            Seed = f.OptionalLong("seed") ?? 0,
+            GuidanceScale = guidance,
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.SamplesFolder), OutputNames.Shown(model.Name)) + ".png",
+        });
+    }
+
+    /// <summary>A sample grid a sample job wrote; only a plain <c>NAME.png</c> under the samples folder.</summary>
+    private static IResult SampleImage(string file, IOptions<StudioOptions> options)
+    {
+        string root = Path.Combine(RepositoryLayout.ResolveOutputRoot(options.Value.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.SamplesFolder);
+        bool plain = System.Text.RegularExpressions.Regex.IsMatch(file, "^[A-Za-z0-9][A-Za-z0-9._-]{0,160}\\.png$") && !file.Contains("..", StringComparison.Ordinal);
+        string path = Path.Combine(root, file);
+        return plain && File.Exists(path) ? Results.File(path, "image/png") : Problem(404, $"There is no sample '{file}'.");
+    }
+
     private static IResult ListBundles(Export.BundleFolders bundles) =>
         Results.Text(new JsonArray(bundles.List().Select(b => (JsonNode)new JsonObject
         {
@@ -342,7 +376,11 @@ public static class StudioApi
         if (job.Status == JobStatus.Succeeded)
         {
             var result = new JsonObject { ["summary"] = job.Result };
-            if (job.Kind == "export" && job.OutputPath is { } exported)
+            if (job.Kind == "sample" && job.OutputPath is { } image)
+            {
+                result["image"] = $"/api/samples/{Path.GetFileName(image)}";
+            }
+            else if (job.Kind == "export" && job.OutputPath is { } exported)
             {
                 string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(exported));
                 result["bundle"] = name;

@@ -39,6 +39,11 @@ public static class StudioJobs
                         var request = JsonSerializer.Deserialize<DiffusionPrune.Export.ExportRequest>(requestJson) ?? throw new JsonException("null");
                         return new ExportJob(request) { Id = id };
                     }
+                case "sample":
+                    {
+                        var request = JsonSerializer.Deserialize<Inference.SampleRequest>(requestJson) ?? throw new JsonException("null");
+                        return new SampleJob(request) { Id = id };
+                    }
                 case "compare":
                     {
                         // nothing to continue from: the comparison runs again into the same folder

@@ -1,0 +1,132 @@
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using DiffusionPrune.Studio.Catalog;
+using DiffusionPrune.Studio.Jobs;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.DependencyInjection;
+using ModelPage = DiffusionPrune.Studio.Components.Pages.Models.ModelPage;
+
+namespace DiffusionPrune.Studio.Tests;
+
+/// <summary>A model's page: its configuration and cost per block, its evaluations, and a seeded sample grid on demand.</summary>
+public sealed class ModelPageTests : MudTestContext, IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+    private readonly JobStateService _state = new();
+    private readonly long _parameters;
+
+    public ModelPageTests()
+    {
+        _parameters = TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"));
+        File.WriteAllText(Path.Combine(_samples.ModelsRoot, "tiny", "eval_report.json"),
+            """{"fid_proxy": {"value": 123.45, "lower": 110.5, "upper": 140.25}, "kid": {"mean": 0.0123}, "samples": 64, "steps": 10, "ssim_to_reference": 0.812}""");
+        _samples.AddModel("broken", """{"_class_name": "UNet2DModel", "sample_size": 32, "block_out_channels": [8, 16]}""", 16);
+        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root));
+        Context.Services.AddSingleton(_state);
+        Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
+        Context.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(new StudioOptions { OutputRoot = Path.Combine(_samples.Root, "out") }));
+    }
+
+    public void Dispose() => _samples.Dispose();
+
+    [Fact]
+    public void Shows_the_configuration_the_cost_chart_and_the_evaluation()
+    {
+        var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, "tiny"));
+        page.WaitForAssertion(() => Assert.NotNull(page.Find(".summary-table")), WaitTimeout);
+        var summary = page.Find(".summary-table").TextContent;
+        Assert.Contains(_parameters.ToString("N0", System.Globalization.CultureInfo.InvariantCulture), summary);
+        Assert.Contains("1 x 32 x 32", summary);
+        Assert.Contains("MACs per image", summary);
+        Assert.Equal(2, page.FindAll(".block-chart img").Count);
+        Assert.StartsWith("data:image/png;base64,", page.Find(".block-chart img").GetAttribute("src"));
+        var evaluations = page.Find(".model-evaluations").TextContent;
+        Assert.Contains("123.45 [110.50, 140.25] (64 images, 10 steps)", evaluations);
+        Assert.Contains("0.812", evaluations);
+        Assert.Equal("prune?model=tiny", page.Find("a.prune-model").GetAttribute("href"));
+        Assert.Empty(page.FindAll(".guidance-field")); // unconditional: no guidance to set
+    }
+
+    [Fact]
+    public void Sample_runs_a_job_with_the_chosen_sampler_and_shows_its_grid()
+    {
+        var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, "tiny"));
+        page.WaitForAssertion(() => Assert.NotNull(page.Find("button.start-sample")), WaitTimeout);
+        page.Find(".steps-field input").Change("7");
+        page.Find("button.start-sample").Click();
+        var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
+        page.WaitForAssertion(() => Assert.Single(queue.Enqueued), WaitTimeout);
+        var job = Assert.IsType<SampleJob>(queue.Enqueued[0]);
+        Assert.Equal(7, job.Request.Steps);
+        Assert.Equal("ddim", job.Request.SchedulerName);
+        Assert.EndsWith(".png", job.Request.OutputPath);
+        Assert.StartsWith(Path.Combine(_samples.Root, "out", "samples", "tiny-"), job.Request.OutputPath);
+
+        _state.MarkRunning(job.Id);
+        _state.ReportProgress(job.Id, new DiffusionPrune.Studio.Jobs.JobProgress(0.5, "step 3/7"));
+        _state.ReportProgress(job.Id, new DiffusionPrune.Studio.Jobs.JobProgress(1, "grid", Preview: new DiffusionPrune.Pipeline.PreviewImage([1, 2, 3], 4, 4, "16 samples, 7 steps, seed 0"), Note: true));
+        _state.MarkSucceeded(job.Id);
+        page.WaitForAssertion(() => Assert.Equal("data:image/png;base64,AQID", page.Find("img.sample-grid").GetAttribute("src")), WaitTimeout);
+        Assert.Contains("7 steps", page.Markup);
+    }
+
+    [Theory]
+    [InlineData("broken", ".model-problem")]
+    [InlineData("nothing", ".unknown-model")]
+    public void A_model_that_does_not_load_or_does_not_exist_says_so(string name, string selector)
+    {
+        var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, name));
+        page.WaitForAssertion(() => Assert.NotNull(page.Find(selector)), WaitTimeout);
+        Assert.Empty(page.FindAll("button.start-sample"));
+    }
+}
+
+/// <summary>A sample job over the JSON API, run for real, and its grid served.</summary>
+public sealed class SampleApiTests : IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+
+    public void Dispose() => _samples.Dispose();
+
+    [Fact]
+    public async Task A_sample_job_writes_a_grid_the_api_serves()
+    {
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"));
+        await using var app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
+        var client = app.GetTestClient();
+        Task<HttpResponseMessage> Post(string json) => client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
+        foreach (var (body, expected) in new[]
+        {
+            ("""{"kind": "sample", "model": "tiny", "scheduler": "euler"}""", "'scheduler' must be one of"),
+            ("""{"kind": "sample", "model": "tiny", "count": 65}""", "'count' must be at most 64"),
+            ("""{"kind": "sample", "model": "tiny", "guidance": 0.5}""", "'guidance' must be between 1 and 20"),
+        })
+        {
+            var refused = await Post(body);
+            Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, body);
+            Assert.Contains(expected, (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
+        }
+
+        var response = await Post("""{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5}""");
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
+        JsonNode job;
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        do
+        {
+            await Task.Delay(200);
+            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
+        }
+        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
+        string image = (string)job["result"]!["image"]!;
+        var png = await client.GetAsync(image);
+        Assert.Equal(HttpStatusCode.OK, png.StatusCode);
+        Assert.Equal("image/png", png.Content.Headers.ContentType?.MediaType);
+        var bytes = await png.Content.ReadAsByteArrayAsync();
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], bytes[..4]);
+        foreach (var path in new[] { "/api/samples/nothing.png", "/api/samples/..%2Fdata%2Fjobs.db", "/api/samples/x.txt" })
+            Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
+    }
+}
