@@ -18,6 +18,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> exported bundles (and their zips) go; not listed as models.</summary>
     public const string ExportsFolder = "exports";
 
+    /// <summary>Where under <see cref="OutputRoot"/> evaluation reports of evaluate jobs go.</summary>
+    public const string EvaluationsFolder = "evaluations";
+
     /// <summary>Where under <see cref="OutputRoot"/> sample grids made from a model's page go.</summary>
     public const string SamplesFolder = "samples";
 

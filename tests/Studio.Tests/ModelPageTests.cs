@@ -130,3 +130,45 @@ public sealed class SampleApiTests : IDisposable
             Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
     }
 }
+
+/// <summary>An evaluate job over the JSON API, run for real: its figures come back in the job's result.</summary>
+public sealed class EvaluateApiTests : IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+
+    public void Dispose() => _samples.Dispose();
+
+    [Fact]
+    public async Task An_evaluate_job_returns_its_figures_and_writes_no_file_into_the_model()
+    {
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"));
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "other"));
+        await using var app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
+        var client = app.GetTestClient();
+        Task<HttpResponseMessage> Post(string json) => client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
+        var refused = await Post("""{"kind": "evaluate", "model": "tiny", "reference": "tiny"}""");
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("another model", (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
+
+        var response = await Post("""{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2}""");
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
+        JsonNode job;
+        var deadline = DateTime.UtcNow.AddMinutes(2);
+        do
+        {
+            await Task.Delay(200);
+            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
+        }
+        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
+        Assert.Equal("evaluate", (string?)job["kind"]);
+        var report = job["result"]!["report"]!;
+        Assert.Equal(6, (int)report["samples"]!);
+        double fid = (double)report["fid_proxy"]!["value"]!;
+        Assert.True((double)report["fid_proxy"]!["lower"]! <= fid && fid <= (double)report["fid_proxy"]!["upper"]!);
+        Assert.InRange((double)report["ssim_to_reference"]!, -1, 1);
+        Assert.DoesNotContain(_samples.Root, report.ToJsonString()); // a name and hash, no local path
+        Assert.False(File.Exists(Path.Combine(_samples.ModelsRoot, "tiny", "eval_report.json")));
+    }
+}

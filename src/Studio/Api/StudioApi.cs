@@ -137,7 +137,8 @@ public static class StudioApi
                 "compare" => CompareJobFrom(fields, models, outputs),
                 "export" => ExportJobFrom(fields, models, outputs),
                 "sample" => SampleJobFrom(fields, models, outputs),
-                _ => throw new ApiInputException($"'kind' must be prune, distill, compare, export or sample, not '{kind}' (evaluate jobs are not in the Studio yet; compare evaluates)."),
+                "evaluate" => EvaluateJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune, distill, compare, export, sample or evaluate, not '{kind}'."),
             };
             fields.RejectUnknown();
             var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
@@ -270,6 +271,26 @@ public static class StudioApi
         });
     }
 
+    private static EvaluateJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var model = ModelNamed(f.String("model"), models, "model");
+        if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to evaluate.");
+        var reference = f.OptionalString("reference") is { } name ? ModelNamed(name, models, "reference") : null;
+        if (reference?.FolderPath == model.FolderPath) throw new ApiInputException("'reference' must be another model than 'model'.");
+        int samples = f.OptionalInt("samples", 2) ?? 256;
+        var request = new EvalRequest
+        {
+            ModelPath = model.FolderPath,
+            ReferenceModelPath = reference?.FolderPath,
+            Samples = samples,
+            Steps = f.OptionalInt("steps", 1) ?? 25,
+            Seed = f.OptionalLong("seed") ?? 0,
+            BatchSize = Math.Min(samples, 100),
+        };
+        string report = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.EvaluationsFolder), OutputNames.Shown(model.Name)) + ".json";
+        return new EvaluateJob(request, report);
+    }
+
     /// <summary>A sample grid a sample job wrote; only a plain <c>NAME.png</c> under the samples folder.</summary>
     private static IResult SampleImage(string file, IOptions<StudioOptions> options)
     {
@@ -376,7 +397,11 @@ public static class StudioApi
         if (job.Status == JobStatus.Succeeded)
         {
             var result = new JsonObject { ["summary"] = job.Result };
-            if (job.Kind == "sample" && job.OutputPath is { } image)
+            if (job.Kind == "evaluate" && job.OutputPath is { } report && File.Exists(report))
+            {
+                result["report"] = JsonNode.Parse(File.ReadAllText(report)); // the figures themselves (names and hashes, no local paths)
+            }
+            else if (job.Kind == "sample" && job.OutputPath is { } image)
             {
                 result["image"] = $"/api/samples/{Path.GetFileName(image)}";
             }

@@ -39,6 +39,11 @@ public static class StudioJobs
                         var request = JsonSerializer.Deserialize<DiffusionPrune.Export.ExportRequest>(requestJson) ?? throw new JsonException("null");
                         return new ExportJob(request) { Id = id };
                     }
+                case "evaluate":
+                    {
+                        var stored = JsonSerializer.Deserialize<EvaluateJob.StoredEvaluate>(requestJson) ?? throw new JsonException("null");
+                        return new EvaluateJob(stored.Request, stored.ReportPath) { Id = id };
+                    }
                 case "sample":
                     {
                         var request = JsonSerializer.Deserialize<Inference.SampleRequest>(requestJson) ?? throw new JsonException("null");
