@@ -21,6 +21,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> evaluation reports of evaluate jobs go.</summary>
     public const string EvaluationsFolder = "evaluations";
 
+    /// <summary>Where under <see cref="OutputRoot"/> the ONNX bundles previews run from are cached, by model hash.</summary>
+    public const string OnnxCacheFolder = "onnx-cache";
+
     /// <summary>Where under <see cref="OutputRoot"/> sample grids made from a model's page go.</summary>
     public const string SamplesFolder = "samples";
 

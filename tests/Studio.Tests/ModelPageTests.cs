@@ -62,6 +62,7 @@ public sealed class ModelPageTests : MudTestContext, IDisposable
         Assert.Equal("ddim", job.Request.SchedulerName);
         Assert.EndsWith(".png", job.Request.OutputPath);
         Assert.StartsWith(Path.Combine(_samples.Root, "out", "samples", "tiny-"), job.Request.OutputPath);
+        Assert.Equal(Path.Combine(_samples.Root, "out", "onnx-cache"), job.OnnxCache); // ONNX Runtime by default
 
         _state.MarkRunning(job.Id);
         _state.ReportProgress(job.Id, new DiffusionPrune.Studio.Jobs.JobProgress(0.5, "step 3/7"));
@@ -120,6 +121,9 @@ public sealed class SampleApiTests : IDisposable
         }
         while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
+        Assert.Contains("on onnx (CPU)", (string)job["result"]!["summary"]!); // ONNX Runtime by default, from a cached bundle
+        Assert.Contains("ms per step", (string)job["result"]!["summary"]!);
+        Assert.Single(Directory.GetDirectories(Path.Combine(_samples.Root, "out", "onnx-cache")));
         string image = (string)job["result"]!["image"]!;
         var png = await client.GetAsync(image);
         Assert.Equal(HttpStatusCode.OK, png.StatusCode);
@@ -128,6 +132,26 @@ public sealed class SampleApiTests : IDisposable
         Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], bytes[..4]);
         foreach (var path in new[] { "/api/samples/nothing.png", "/api/samples/..%2Fdata%2Fjobs.db", "/api/samples/x.txt" })
             Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
+
+        // TorchSharp on request: the same seed gives the same picture up to float error
+        var torch = await Post("""{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5, "runtime": "torch"}""");
+        string torchId = (string)JsonNode.Parse(await torch.Content.ReadAsStringAsync())!["id"]!;
+        do
+        {
+            await Task.Delay(200);
+            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{torchId}"))!;
+        }
+        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline.AddMinutes(1));
+        Assert.Contains("on torch (cpu)", (string)job["result"]!["summary"]!);
+        using var onnxImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(bytes);
+        using var torchImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(await client.GetByteArrayAsync((string)job["result"]!["image"]!));
+        Assert.Equal(onnxImage.Width, torchImage.Width);
+        int worst = 0;
+        for (int y = 0; y < onnxImage.Height; y++)
+            for (int x = 0; x < onnxImage.Width; x++)
+                worst = Math.Max(worst, Math.Abs(onnxImage[x, y].PackedValue - torchImage[x, y].PackedValue));
+        Assert.True(worst <= 2, $"the runtimes differ by {worst} grey levels");
+        Assert.Equal(HttpStatusCode.BadRequest, (await Post("""{"kind": "sample", "model": "tiny", "runtime": "tensorrt"}""")).StatusCode);
     }
 }
 

@@ -259,6 +259,8 @@ public static class StudioApi
         if (count > 64) throw new ApiInputException($"'count' must be at most 64, not {count}.");
         double guidance = f.OptionalDouble("guidance") ?? 1;
         if (guidance is < 1 or > 20) throw new ApiInputException("'guidance' must be between 1 and 20.");
+        string runtime = f.OptionalString("runtime") ?? "onnx";
+        if (runtime is not ("onnx" or "torch")) throw new ApiInputException($"'runtime' must be onnx or torch, not '{runtime}'.");
         return new SampleJob(new DiffusionPrune.Inference.SampleRequest
         {
             ModelPath = model.FolderPath,
@@ -268,7 +270,7 @@ public static class StudioApi
             Seed = f.OptionalLong("seed") ?? 0,
             GuidanceScale = guidance,
             OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.SamplesFolder), OutputNames.Shown(model.Name)) + ".png",
-        });
+        }, runtime == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
     }
 
     private static EvaluateJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)

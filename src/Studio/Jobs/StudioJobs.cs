@@ -46,8 +46,8 @@ public static class StudioJobs
                     }
                 case "sample":
                     {
-                        var request = JsonSerializer.Deserialize<Inference.SampleRequest>(requestJson) ?? throw new JsonException("null");
-                        return new SampleJob(request) { Id = id };
+                        var stored = JsonSerializer.Deserialize<SampleJob.StoredSample>(requestJson) ?? throw new JsonException("null");
+                        return new SampleJob(stored.Request, stored.OnnxCache) { Id = id };
                     }
                 case "compare":
                     {
