@@ -15,6 +15,16 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> uploaded models go.</summary>
     public const string UploadedFolder = "uploaded";
 
+    /// <summary>How models added by path are listed (<c>linked/NAME</c>); they stay where they are.</summary>
+    public const string LinkedFolder = "linked";
+
+    /// <summary>
+    /// Folders users keep models in (appsettings.json <c>Studio:ModelRoots</c>). Their model folders are listed as
+    /// <c>ROOTNAME/FOLDER</c>, and a model anywhere below one can be added by path; no path outside them is accepted,
+    /// after symbolic links are followed. Default: none.
+    /// </summary>
+    public string[] ModelRoots { get; set; } = [];
+
     /// <summary>Where under <see cref="OutputRoot"/> exported bundles (and their zips) go; not listed as models.</summary>
     public const string ExportsFolder = "exports";
 

@@ -22,8 +22,20 @@ public static class StudioServiceCollectionExtensions
             var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
             string? root = RepositoryLayout.FindRoot();
             string outputs = RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root);
+            var links = provider.GetRequiredService<ModelLinks>();
             return new FileSystemModelCatalog(RepositoryLayout.ResolveSamplesRoot(options.SamplesRoot, root),
-                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder), Path.Combine(outputs, StudioOptions.UploadedFolder)]);
+                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder), Path.Combine(outputs, StudioOptions.UploadedFolder),
+                 .. options.ModelRoots.Select(r => Path.GetFullPath(r, root ?? Directory.GetCurrentDirectory()))],
+                links.List);
+        });
+
+        // Singleton: models added by path from the configured roots, kept in the data folder.
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            string? root = RepositoryLayout.FindRoot();
+            return new ModelLinks(options.ModelRoots.Select(r => Path.GetFullPath(r, root ?? Directory.GetCurrentDirectory())).ToList(),
+                Path.Combine(DataFolderOf(options), "linked-models.json"));
         });
 
         // Singleton: stateless apart from its options; uploads land under the output root's uploaded/ folder.
@@ -52,10 +64,7 @@ public static class StudioServiceCollectionExtensions
         services.AddSingleton(provider =>
         {
             var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
-            string? root = RepositoryLayout.FindRoot();
-            string data = options.DataFolder is { Length: > 0 } configured
-                ? Path.GetFullPath(configured, root ?? Directory.GetCurrentDirectory())
-                : Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root), "data");
+            string data = DataFolderOf(options);
             return new JobStateService(store: new SqliteJobStore(Path.Combine(data, "jobs.db")),
                 logger: provider.GetRequiredService<ILogger<JobStateService>>());
         });
@@ -70,5 +79,14 @@ public static class StudioServiceCollectionExtensions
             ChildKernelCheck.Run(ChildKernelCheck.Self("--check-kernels"), TimeSpan.FromMinutes(2), environment))));
 
         return services;
+    }
+
+    /// <summary>The Studio's data folder (jobs, links): <c>Studio:DataFolder</c>, or <c>data/</c> under the output root.</summary>
+    private static string DataFolderOf(StudioOptions options)
+    {
+        string? root = RepositoryLayout.FindRoot();
+        return options.DataFolder is { Length: > 0 } configured
+            ? Path.GetFullPath(configured, root ?? Directory.GetCurrentDirectory())
+            : Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root), "data");
     }
 }

@@ -11,9 +11,13 @@ public sealed class ModelsPageTests : MudTestContext
 
     private string UploadsRoot => Path.Combine(_samples.Root, "out", StudioOptions.UploadedFolder);
 
+    private string Library => Path.Combine(_samples.Root, "library");
+
     public ModelsPageTests()
     {
-        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root, [UploadsRoot]));
+        var links = new ModelLinks([Library], Path.Combine(_samples.Root, "data", "linked-models.json"));
+        Context.Services.AddSingleton(links);
+        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root, [UploadsRoot], links.List));
         Context.Services.AddSingleton(new ModelUploadService(UploadsRoot, new StudioOptions()));
         Context.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(new StudioOptions()));
     }

@@ -31,6 +31,7 @@ public static class StudioApi
         api.AddEndpointFilter(SameOriginWrites);
         api.MapGet("/models", ListModelsAsync);
         api.MapPut("/models/{name}", UploadAsync);
+        api.MapPost("/models", AddByPathAsync);
         api.MapPost("/jobs", CreateJobAsync);
         api.MapGet("/jobs/{id}", GetJob);
         api.MapDelete("/jobs/{id}", CancelJob);
@@ -110,6 +111,27 @@ public static class StudioApi
         catch (BadHttpRequestException e) when (e.StatusCode == 413)
         {
             return Problem(413, $"The upload is larger than the {ByteSize.Format(limit)} limit (Studio:MaxUploadBytes).");
+        }
+    }
+
+    /// <summary>Adds a model folder by path (<c>{"name", "path"}</c>), only from inside a configured model root.</summary>
+    private static async Task<IResult> AddByPathAsync(HttpContext context, ModelLinks links, IOptions<StudioOptions> options)
+    {
+        try
+        {
+            var fields = new Fields(await ReadBodyAsync(context, options.Value.MaxJsonBodyBytes));
+            string name = fields.String("name"), path = fields.String("path");
+            fields.RejectUnknown();
+            string listed = await links.AddAsync(path, name, context.RequestAborted);
+            return Results.Json(new JsonObject { ["name"] = listed }, statusCode: 201);
+        }
+        catch (ApiInputException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+        catch (ModelUploadException e)
+        {
+            return Problem(e.StatusCode, e.Message);
         }
     }
 

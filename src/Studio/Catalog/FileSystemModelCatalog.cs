@@ -14,15 +14,18 @@ public sealed class FileSystemModelCatalog : IModelCatalog
     private const string ClassNameKey = "_class_name";
 
     private readonly IReadOnlyList<string> _outputRoots;
+    private readonly Func<IReadOnlyList<ModelLink>>? _links;
 
     /// <summary>
     /// Creates a catalog over <paramref name="samplesRoot"/><c>/models</c> and, after those, the Studio's own outputs:
     /// each folder of <paramref name="outputRoots"/> (e.g. <c>out/studio/pruned</c>), listed as <c>pruned/NAME</c>.
     /// </summary>
-    public FileSystemModelCatalog(string samplesRoot, IReadOnlyList<string>? outputRoots = null)
+    /// <param name="links">Models added by path, listed last as <c>linked/NAME</c>.</param>
+    public FileSystemModelCatalog(string samplesRoot, IReadOnlyList<string>? outputRoots = null, Func<IReadOnlyList<ModelLink>>? links = null)
     {
         ModelsRoot = Path.Combine(Path.GetFullPath(samplesRoot), "models");
         _outputRoots = (outputRoots ?? []).Select(Path.GetFullPath).ToArray();
+        _links = links;
     }
 
     /// <inheritdoc />
@@ -45,6 +48,9 @@ public sealed class FileSystemModelCatalog : IModelCatalog
                 if (Path.GetFileName(folder).StartsWith('.')) continue; // a folder being written (AtomicFolder) or a checkpoint
                 models.Add(await ReadFolderAsync(folder, $"{Path.GetFileName(root)}/{Path.GetFileName(folder)}", cancellationToken));
             }
+        foreach (var link in _links?.Invoke() ?? [])
+            if (Directory.Exists(link.Path)) // a linked folder that was moved away is not listed
+                models.Add(await ReadFolderAsync(link.Path, $"{StudioOptions.LinkedFolder}/{link.Name}", cancellationToken));
         return models;
     }
 
