@@ -17,7 +17,8 @@ public sealed class EndToEndCollection;
 /// embedded default U-Net) driven by Playwright in Debian's chromium (<c>/usr/bin/chromium</c>, or
 /// <c>DPRUNE_CHROMIUM</c>; <c>.ci/run</c> installs it). It prunes mnist-unet with magnitude at 20% and watches the
 /// progress, compares the result with the original (both grids and the figures), exports the bundle and downloads its
-/// zip, and checks that the API refuses bad input. Screenshots of every page go to <c>out/e2e/</c>.
+/// zip, runs the bundle in the browser with ONNX Runtime Web (its DDIM loop held to ours from the same noise), and checks
+/// that the API refuses bad input. Screenshots of every page go to <c>out/e2e/</c>.
 /// </summary>
 [Collection(nameof(EndToEndCollection))]
 public sealed class EndToEndTests : IAsyncLifetime
@@ -98,8 +99,46 @@ public sealed class EndToEndTests : IAsyncLifetime
 
     private Task Shot(IPage page, string name) => page.ScreenshotAsync(new() { Path = Path.Combine(_shots, name + ".png"), FullPage = true });
 
+    /// <summary>
+    /// The browser's DDIM loop (wwwroot/js/ondevice.mjs) against ours: the same timesteps for every spacing, and from the
+    /// same noise the same images within float error (ONNX Runtime Web against ONNX Runtime, float32 scalars both sides).
+    /// </summary>
+    private static async Task AssertBrowserSamplerMatchesOurs(IPage page, string bundleFolder)
+    {
+        foreach (var spacing in new[] { "leading", "trailing", "linspace" })
+            foreach (int steps in new[] { 1, 7, 10, 25, 50 })
+            {
+                var config = new Schedulers.SchedulerConfig { TimestepSpacing = spacing, StepsOffset = spacing == "leading" ? 1 : 0 };
+                var js = await page.EvaluateAsync<long[]>(
+                    "async ([spacing, steps]) => (await import('./js/ondevice.mjs')).timesteps({ num_train_timesteps: 1000, timestep_spacing: spacing, steps_offset: spacing === 'leading' ? 1 : 0 }, steps)",
+                    new object[] { spacing, steps });
+                Assert.Equal(Schedulers.NoiseSchedule.SpacedTimesteps(config, steps), js);
+            }
+
+        var random = new Random(7);
+        var noise = new float[4 * 32 * 32];
+        for (int i = 0; i < noise.Length; i++) // Box-Muller, any fixed noise will do
+            noise[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()));
+        var browser = (await page.EvaluateAsync<double[]>( // doubles both ways: plain JSON numbers
+            "async ([noise, steps]) => Array.from((await window.dprune.sampleFromNoise(noise, { steps })).sample)",
+            new object[] { noise.Select(v => (double)v).ToArray(), 8 })).Select(v => (float)v).ToArray();
+        using var model = Inference.InferenceModel.Load(bundleFolder, "onnx", TorchSharp.torch.CPU);
+        using var scheduler = Schedulers.Scheduler.FromFile(Path.Combine(bundleFolder, Formats.ModelFolder.SchedulerConfig), "ddim");
+        using var start = TorchSharp.torch.tensor(noise, [4, 1, 32, 32]);
+        var ours = model.Sample(scheduler, start, null, new Inference.SampleOptions(8, 1.0));
+        var expected = ours.Final.data<float>().ToArray();
+        ours.Final.Dispose();
+        Assert.Equal(expected.Length, browser.Length);
+        Assert.True(expected.All(float.IsFinite) && browser.All(float.IsFinite),
+            $"not finite: ours {expected.Count(v => !float.IsFinite(v))} (first {string.Join(", ", expected.Take(3))}), the browser's {browser.Count(v => !float.IsFinite(v))} (first {string.Join(", ", browser.Take(3))})");
+        double worst = expected.Zip(browser, (a, b) => Math.Abs(a - b)).Max();
+        File.WriteAllText(Path.Combine(Path.GetDirectoryName(bundleFolder)!, "..", "..", "on-device-parity.txt"), string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"4 x 1 x 32 x 32 from the same noise, 8 DDIM steps: max |browser - ours| = {worst:E2} (images in [-1, 1])\n"));
+        Assert.True(worst < 1e-3, $"the browser's samples differ from ours by up to {worst}");
+    }
+
     [Fact]
-    public async Task A_user_prunes_compares_exports_and_the_api_refuses_bad_input()
+    public async Task A_user_prunes_compares_exports_runs_the_bundle_in_the_browser_and_the_api_refuses_bad_input()
     {
         string chromium = Environment.GetEnvironmentVariable("DPRUNE_CHROMIUM") ?? "/usr/bin/chromium";
         Assert.True(File.Exists(chromium), $"Chromium is not at {chromium}: apt-get install -y chromium (.ci/run does), or set DPRUNE_CHROMIUM.");
@@ -176,6 +215,7 @@ public sealed class EndToEndTests : IAsyncLifetime
             await page.WaitForTimeoutAsync(500);
             await page.ClickAsync("button.start-export");
             await page.WaitForSelectorAsync("a.download-bundle", new() { Timeout = 180_000 });
+            string exportJob = page.Url[(page.Url.LastIndexOf('/') + 1)..];
             await Shot(page, "4-export-job");
             var download = await page.RunAndWaitForDownloadAsync(() => page.ClickAsync("a.download-bundle"));
             string zipPath = Path.Combine(_samples.Root, "bundle.zip");
@@ -191,7 +231,21 @@ public sealed class EndToEndTests : IAsyncLifetime
             await page.WaitForSelectorAsync(".bundles-table");
             await Shot(page, "4-export");
 
-            // 5. the API refuses bad input with problem details, and knows no unknown job
+            // 5. the bundle runs in this browser (ONNX Runtime Web), and the same noise gives our sampler's image
+            string bundleName = (string)JsonNode.Parse(await http.GetStringAsync($"api/jobs/{exportJob}"))!["result"]!["bundle"]!;
+            string bundleFolder = Path.Combine(_samples.Root, "out", StudioOptions.ExportsFolder, bundleName);
+            await page.GotoAsync(_url + $"ondevice?bundle={Uri.EscapeDataString(bundleName)}");
+            await page.WaitForSelectorAsync(".ondevice[data-ready='true'], .ondevice[data-failed='true']", new() { Timeout = 180_000 });
+            Assert.StartsWith("Ready", await page.InnerTextAsync(".ondevice-status"));
+            await AssertBrowserSamplerMatchesOurs(page, bundleFolder);
+            await page.FillAsync(".ondevice-steps", "10");
+            await page.ClickAsync(".ondevice-run");
+            await page.WaitForSelectorAsync(".ondevice[data-sampled='true']", new() { Timeout = 300_000 });
+            Assert.Matches(@"16 images in 10 steps on (WebAssembly|WebGPU) in this browser: \d+\.\d ms per step", await page.InnerTextAsync(".ondevice-status"));
+            await Shot(page, "5-on-device");
+            File.Copy(Path.Combine(_samples.Root, "on-device-parity.txt"), Path.Combine(_shots, "5-on-device-parity.txt"), overwrite: true);
+
+            // 6. the API refuses bad input with problem details, and knows no unknown job
             var bad = await http.PostAsync("api/jobs", new StringContent("""{"kind": "prune", "model": "../models/mnist-unet", "method": "magnitude", "target_params": 0.2}""", Encoding.UTF8, "application/json"));
             Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
             Assert.Equal("application/problem+json", bad.Content.Headers.ContentType?.MediaType);

@@ -39,6 +39,7 @@ public static class StudioApi
         api.MapGet("/samples/{file}", SampleImage);
         api.MapGet("/exports", ListBundles);
         api.MapGet("/exports/{file}", BundleZip);
+        api.MapGet("/exports/{name}/{file}", BundleFile);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
         return app;
@@ -340,6 +341,12 @@ public static class StudioApi
         file.EndsWith(".zip", StringComparison.Ordinal) && bundles.Find(file[..^4]) is { } bundle
             ? Results.File(bundle.Zip, "application/zip", file, enableRangeProcessing: true)
             : Problem(404, $"There is no bundle '{file}'.");
+
+    /// <summary>One file of a bundle (model.onnx, onnx_model.json, scheduler_config.json, config.json, README.md), for the on-device page.</summary>
+    private static IResult BundleFile(string name, string file, Export.BundleFolders bundles) =>
+        bundles.FileOf(name, file) is { } path
+            ? Results.File(path, Path.GetExtension(path) switch { ".json" => "application/json", ".md" => "text/markdown; charset=utf-8", _ => "application/octet-stream" })
+            : Problem(404, $"There is no file '{file}' in a bundle '{name}'.");
 
     private static IResult ListComparisons(ComparisonFolders comparisons) =>
         Results.Text(new JsonArray(comparisons.List().Select(c => (JsonNode)new JsonObject

@@ -26,6 +26,16 @@ public sealed partial class BundleFolders(string root)
     public IReadOnlyList<BundleEntry> List() => !Directory.Exists(Root) ? []
         : Directory.EnumerateDirectories(Root).Select(f => Find(Path.GetFileName(f))).OfType<BundleEntry>().OrderByDescending(b => b.WrittenUtc).ToList();
 
+    /// <summary>The files of a bundle a browser may fetch one by one (the on-device page runs model.onnx itself).</summary>
+    public static readonly IReadOnlySet<string> ServedFiles = new HashSet<string>(StringComparer.Ordinal)
+        { ModelFolder.OnnxModel, ModelFolder.OnnxInfo, ModelFolder.SchedulerConfig, ModelFolder.Config, ModelFolder.ModelCard };
+
+    /// <summary>The path of one of <see cref="ServedFiles"/> in the bundle named <paramref name="name"/>, or null.</summary>
+    public string? FileOf(string? name, string? file) =>
+        file is not null && ServedFiles.Contains(file) && Find(name) is { } bundle && File.Exists(Path.Combine(bundle.Folder, file))
+            ? Path.Combine(bundle.Folder, file)
+            : null;
+
     /// <summary>The bundle named <paramref name="name"/> whose zip is written, or null.</summary>
     public BundleEntry? Find(string? name)
     {
