@@ -40,6 +40,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> comparisons go (not models: the catalog does not list them).</summary>
     public const string ComparedFolder = "compared";
 
+    /// <summary>How many jobs run at once. Default 1: each job holds a model and its activations.</summary>
+    public int Workers { get; set; } = 1;
+
     /// <summary>Largest model zip accepted (bytes of the upload). Default 2 GiB.</summary>
     public long MaxUploadBytes { get; set; } = 2L << 30;
 

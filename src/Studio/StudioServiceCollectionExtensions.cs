@@ -70,7 +70,8 @@ public static class StudioServiceCollectionExtensions
         });
 
         // Singleton, exposed twice: the queue pages write to is the hosted service that drains it.
-        services.AddSingleton<ChannelJobQueue>();
+        services.AddSingleton(provider => new ChannelJobQueue(provider.GetRequiredService<JobStateService>(),
+            provider.GetRequiredService<ILogger<ChannelJobQueue>>(), Math.Max(1, provider.GetRequiredService<IOptions<StudioOptions>>().Value.Workers)));
         services.AddSingleton<IJobQueue>(provider => provider.GetRequiredService<ChannelJobQueue>());
         services.AddHostedService(provider => provider.GetRequiredService<ChannelJobQueue>());
 

@@ -88,3 +88,60 @@ public sealed class ChannelJobQueueTests
             throw new InvalidDataException("the weights file is truncated");
     }
 }
+
+/// <summary>Studio:Workers: how many jobs run at once.</summary>
+public sealed class JobWorkersTests
+{
+    /// <summary>Runs until released, recording how many such jobs run at the same time.</summary>
+    private sealed class GateJob(SemaphoreSlim release, Counter running) : StudioJob
+    {
+        public override string Name => "gate";
+        public override string Kind => "test";
+
+        public override async Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken)
+        {
+            running.Enter();
+            try
+            {
+                await release.WaitAsync(cancellationToken);
+            }
+            finally
+            {
+                running.Leave();
+            }
+        }
+    }
+
+    private sealed class Counter
+    {
+        private int _now;
+        public int Now => Volatile.Read(ref _now);
+        public int Most { get; private set; }
+        public void Enter() { lock (this) Most = Math.Max(Most, ++_now); }
+        public void Leave() { lock (this) _now--; }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task At_most_the_configured_number_of_jobs_run_at_once(int workers)
+    {
+        var state = new JobStateService();
+        using var queue = new ChannelJobQueue(state, NullLogger<ChannelJobQueue>.Instance, workers);
+        await queue.StartAsync(CancellationToken.None);
+        using var release = new SemaphoreSlim(0);
+        var running = new Counter();
+        var jobs = new List<JobSnapshot>();
+        for (int i = 0; i < 3; i++) jobs.Add(await queue.EnqueueAsync(new GateJob(release, running)));
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (running.Now < workers && DateTime.UtcNow < deadline) await Task.Delay(20);
+        await Task.Delay(200); // time for a third to start, were it allowed
+        Assert.Equal(workers, running.Now);
+        Assert.Equal(3 - workers, jobs.Count(j => state.Find(j.Id)!.Status == JobStatus.Queued));
+        release.Release(3);
+        while (jobs.Any(j => !state.Find(j.Id)!.IsFinished) && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.All(jobs, j => Assert.Equal(JobStatus.Succeeded, state.Find(j.Id)!.Status));
+        Assert.Equal(workers, running.Most);
+        await queue.StopAsync(CancellationToken.None);
+    }
+}

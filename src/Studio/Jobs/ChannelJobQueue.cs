@@ -6,23 +6,29 @@ namespace DiffusionPrune.Studio.Jobs;
 
 /// <summary>
 /// <see cref="IJobQueue"/> backed by an unbounded <see cref="Channel{T}"/> and drained by this
-/// <see cref="BackgroundService"/>, one job at a time. Registered once and exposed both as the
+/// <see cref="BackgroundService"/>: <see cref="Workers"/> jobs at a time (one by default, <c>Studio:Workers</c>; every
+/// job holds its model and activations, so more workers need more memory). Registered once and exposed both as the
 /// queue and as the hosted service, so enqueuers and the runner share one channel.
 /// </summary>
 public sealed class ChannelJobQueue : BackgroundService, IJobQueue
 {
     private readonly Channel<StudioJob> _channel =
-        Channel.CreateUnbounded<StudioJob>(new UnboundedChannelOptions { SingleReader = true });
+        Channel.CreateUnbounded<StudioJob>(new UnboundedChannelOptions { SingleReader = false });
     private readonly JobStateService _state;
     private readonly ILogger<ChannelJobQueue> _logger;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, CancellationTokenSource> _cancels = new();
 
-    /// <summary>Creates the queue; it runs jobs once started as a hosted service.</summary>
-    public ChannelJobQueue(JobStateService state, ILogger<ChannelJobQueue> logger)
+    /// <summary>Creates the queue; it runs jobs once started as a hosted service, <paramref name="workers"/> at a time.</summary>
+    public ChannelJobQueue(JobStateService state, ILogger<ChannelJobQueue> logger, int workers = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
         _state = state;
         _logger = logger;
+        Workers = workers;
     }
+
+    /// <summary>How many jobs run at once.</summary>
+    public int Workers { get; }
 
     /// <inheritdoc />
     public async ValueTask<JobSnapshot> EnqueueAsync(StudioJob job, CancellationToken cancellationToken = default)
@@ -66,15 +72,18 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     /// <inheritdoc />
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        try
+        await Task.WhenAll(Enumerable.Range(0, Workers).Select(_ => Task.Run(async () =>
         {
-            await foreach (var job in _channel.Reader.ReadAllAsync(stoppingToken))
-                await RunAsync(job, stoppingToken);
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
-            // Shutting down: jobs still queued stay Queued; the process is going away with them.
-        }
+            try
+            {
+                await foreach (var job in _channel.Reader.ReadAllAsync(stoppingToken))
+                    await RunAsync(job, stoppingToken);
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                // Shutting down: jobs still queued stay Queued (and become interrupted on the next start).
+            }
+        }, CancellationToken.None)));
     }
 
     private async Task RunAsync(StudioJob job, CancellationToken stoppingToken)
