@@ -175,7 +175,6 @@ public sealed class CompareApiTests : IDisposable
         TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny-b"));
         await using var app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
         var client = app.GetTestClient();
-        Task<HttpResponseMessage> Post(string json) => client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
 
         foreach (var (body, expected) in new[]
         {
@@ -186,23 +185,9 @@ public sealed class CompareApiTests : IDisposable
             ("""{"kind": "compare", "models": "tiny-a"}""", "must be a list of names"),
             ("""{"kind": "compare", "models": ["tiny-a", "tiny-b"], "grid": 65}""", "Grid images must be between 1 and 64"),
         })
-        {
-            var refused = await Post(body);
-            Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, body);
-            Assert.Contains(expected, (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
-        }
+            await TestModels.AssertRefusedAsync(client, body, expected);
 
-        var response = await Post("""{"kind": "compare", "models": ["tiny-b", "tiny-a"], "samples": 4, "steps": 2, "grid": 4, "latency_batch": 0}""");
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
-        JsonNode job;
-        var deadline = DateTime.UtcNow.AddMinutes(4);
-        do
-        {
-            await Task.Delay(200);
-            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
-        }
-        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        var job = await TestModels.RunJobAsync(client, """{"kind": "compare", "models": ["tiny-b", "tiny-a"], "samples": 4, "steps": 2, "grid": 4, "latency_batch": 0}""", TimeSpan.FromMinutes(4));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Equal("compare", (string?)job["kind"]);
         string name = (string)job["result"]!["comparison"]!;

@@ -65,7 +65,6 @@ public sealed class ExportApiTests : IDisposable
         long parameters = TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"));
         await using var app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
         var client = app.GetTestClient();
-        Task<HttpResponseMessage> Post(string json) => client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
 
         foreach (var (body, expected) in new[]
         {
@@ -73,23 +72,9 @@ public sealed class ExportApiTests : IDisposable
             ("""{"kind": "export", "model": "tiny", "formats": "tflite"}""", "'formats'"),
             ("""{"kind": "export"}""", "'model' is required"),
         })
-        {
-            var refused = await Post(body);
-            Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, body);
-            Assert.Contains(expected, (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
-        }
+            await TestModels.AssertRefusedAsync(client, body, expected);
 
-        var response = await Post("""{"kind": "export", "model": "tiny"}""");
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
-        JsonNode job;
-        var deadline = DateTime.UtcNow.AddMinutes(3);
-        do
-        {
-            await Task.Delay(200);
-            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
-        }
-        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        var job = await TestModels.RunJobAsync(client, """{"kind": "export", "model": "tiny"}""", TimeSpan.FromMinutes(3));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         string name = (string)job["result"]!["bundle"]!;
         string download = (string)job["result"]!["download"]!;

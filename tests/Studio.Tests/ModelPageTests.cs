@@ -103,23 +103,9 @@ public sealed class SampleApiTests : IDisposable
             ("""{"kind": "sample", "model": "tiny", "count": 65}""", "'count' must be at most 64"),
             ("""{"kind": "sample", "model": "tiny", "guidance": 0.5}""", "'guidance' must be between 1 and 20"),
         })
-        {
-            var refused = await Post(body);
-            Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, body);
-            Assert.Contains(expected, (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
-        }
+            await TestModels.AssertRefusedAsync(client, body, expected);
 
-        var response = await Post("""{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5}""");
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
-        JsonNode job;
-        var deadline = DateTime.UtcNow.AddMinutes(2);
-        do
-        {
-            await Task.Delay(200);
-            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
-        }
-        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        var job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5}""", TimeSpan.FromMinutes(2));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Contains("on onnx (CPU)", (string)job["result"]!["summary"]!); // ONNX Runtime by default, from a cached bundle
         Assert.Contains("ms per step", (string)job["result"]!["summary"]!);
@@ -134,14 +120,7 @@ public sealed class SampleApiTests : IDisposable
             Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
 
         // TorchSharp on request: the same seed gives the same picture up to float error
-        var torch = await Post("""{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5, "runtime": "torch"}""");
-        string torchId = (string)JsonNode.Parse(await torch.Content.ReadAsStringAsync())!["id"]!;
-        do
-        {
-            await Task.Delay(200);
-            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{torchId}"))!;
-        }
-        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline.AddMinutes(1));
+        job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5, "runtime": "torch"}""", TimeSpan.FromMinutes(2));
         Assert.Contains("on torch (cpu)", (string)job["result"]!["summary"]!);
         using var onnxImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(bytes);
         using var torchImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(await client.GetByteArrayAsync((string)job["result"]!["image"]!));
@@ -174,17 +153,7 @@ public sealed class EvaluateApiTests : IDisposable
         Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
         Assert.Contains("another model", (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
 
-        var response = await Post("""{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2}""");
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
-        JsonNode job;
-        var deadline = DateTime.UtcNow.AddMinutes(2);
-        do
-        {
-            await Task.Delay(200);
-            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
-        }
-        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        var job = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2}""", TimeSpan.FromMinutes(2));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Equal("evaluate", (string?)job["kind"]);
         var report = job["result"]!["report"]!;

@@ -1,3 +1,6 @@
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
 using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Models;
@@ -49,5 +52,30 @@ internal static class TestModels
         app.MapStudioApi();
         await app.StartAsync();
         return app;
+    }
+
+    /// <summary>Posts a job to <c>/api/jobs</c>, asserts it was accepted and waits until it has finished; returns its last description.</summary>
+    public static async Task<JsonNode> RunJobAsync(HttpClient client, string json, TimeSpan timeout)
+    {
+        var response = await client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, $"{json}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        string id = (string)JsonNode.Parse(await response.Content.ReadAsStringAsync())!["id"]!;
+        JsonNode job;
+        var deadline = DateTime.UtcNow + timeout;
+        do
+        {
+            await Task.Delay(200);
+            job = JsonNode.Parse(await client.GetStringAsync($"/api/jobs/{id}"))!;
+        }
+        while ((string?)job["status"] is "queued" or "running" && DateTime.UtcNow < deadline);
+        return job;
+    }
+
+    /// <summary>Asserts that posting <paramref name="json"/> to <c>/api/jobs</c> is a 400 whose detail contains <paramref name="expected"/>.</summary>
+    public static async Task AssertRefusedAsync(HttpClient client, string json, string expected)
+    {
+        var refused = await client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
+        Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, $"{json}: {(int)refused.StatusCode}");
+        Assert.Contains(expected, (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
     }
 }
