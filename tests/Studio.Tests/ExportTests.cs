@@ -97,3 +97,47 @@ public sealed class ExportApiTests : IDisposable
             Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
     }
 }
+
+/// <summary>The On-device page lists the ONNX bundles and hands the chosen one to its JavaScript module.</summary>
+public sealed class OnDevicePageTests : MudTestContext, IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+
+    public void Dispose() => _samples.Dispose();
+
+    private BundleFolders Folders() => new(Path.Combine(_samples.Root, "exports"));
+
+    private void Bundle(string name, bool onnx)
+    {
+        string folder = Path.Combine(_samples.Root, "exports", name);
+        Directory.CreateDirectory(folder);
+        if (onnx) File.WriteAllText(Path.Combine(folder, "onnx_model.json"), """{"class_name": "UNet2DModel", "parameters": 1234, "macs": 5678}""");
+        File.WriteAllBytes(BundleFolders.ZipOf(folder), [1]);
+    }
+
+    [Fact]
+    public void Without_an_onnx_bundle_the_page_says_to_export_one()
+    {
+        Bundle("weights-only", onnx: false);
+        Context.Services.AddSingleton(Folders());
+        var page = Context.Render<DiffusionPrune.Studio.Components.Pages.OnDevice.OnDevice>();
+        Assert.NotNull(page.Find(".no-bundles"));
+        Assert.Empty(page.FindAll(".ondevice"));
+    }
+
+    [Fact]
+    public void The_chosen_bundle_is_mounted_by_the_module_from_its_own_files()
+    {
+        Bundle("tiny-a", onnx: true);
+        Bundle("tiny-b", onnx: true);
+        Context.Services.AddSingleton(Folders());
+        var module = Context.JSInterop.SetupModule("./js/ondevice.mjs");
+        module.SetupVoid("mount", _ => true);
+        Context.Services.GetRequiredService<Microsoft.AspNetCore.Components.NavigationManager>().NavigateTo("ondevice?bundle=tiny-b");
+        var page = Context.Render<DiffusionPrune.Studio.Components.Pages.OnDevice.OnDevice>();
+        page.WaitForAssertion(() => Assert.Single(module.Invocations, i => i.Identifier == "mount"), WaitTimeout);
+        Assert.Equal("api/exports/tiny-b/", module.Invocations.Single(i => i.Identifier == "mount").Arguments[1]);
+        Assert.NotNull(page.Find(".ondevice button.ondevice-run[disabled]")); // enabled by the module once the bundle loads
+        Assert.Contains("1,234 parameters", page.Find(".bundle-select").TextContent + page.Markup);
+    }
+}
