@@ -24,9 +24,8 @@ public static class StudioServiceCollectionExtensions
             string outputs = RepositoryLayout.ResolveOutputRoot(options.OutputRoot, root);
             var links = provider.GetRequiredService<ModelLinks>();
             return new FileSystemModelCatalog(RepositoryLayout.ResolveSamplesRoot(options.SamplesRoot, root),
-                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder), Path.Combine(outputs, StudioOptions.UploadedFolder),
-                 .. options.ModelRoots.Select(r => Path.GetFullPath(r, root ?? Directory.GetCurrentDirectory()))],
-                links.List);
+                [Path.Combine(outputs, StudioOptions.PrunedFolder), Path.Combine(outputs, StudioOptions.DistilledFolder), Path.Combine(outputs, StudioOptions.UploadedFolder)],
+                links.List, links.Roots);
         });
 
         // Singleton: models added by path from the configured roots, kept in the data folder.

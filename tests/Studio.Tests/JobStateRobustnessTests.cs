@@ -112,6 +112,23 @@ public sealed class JobStateRobustnessTests : IDisposable
     }
 
     [Fact]
+    public async Task A_job_cancelled_while_queued_never_runs_once_the_queue_starts()
+    {
+        var state = new JobStateService();
+        using var queue = new ChannelJobQueue(state, NullLogger<ChannelJobQueue>.Instance);
+        var job = new SelfCheckJob(steps: 1, stepDelay: TimeSpan.Zero);
+        await queue.EnqueueAsync(job);
+        Assert.True(queue.Cancel(job.Id));
+        Assert.Null(state.TryMarkRunning(job.Id)); // what a worker that dequeued it meanwhile would try
+        await queue.StartAsync(CancellationToken.None);
+        await Task.Delay(300);
+        await queue.StopAsync(CancellationToken.None);
+        var after = state.Find(job.Id)!;
+        Assert.Equal(JobStatus.Canceled, after.Status);
+        Assert.Null(after.StartedAt);
+    }
+
+    [Fact]
     public void Jobs_started_in_the_same_instant_get_different_output_folders()
     {
         string parent = Path.Combine(_samples.Root, "out", "pruned");

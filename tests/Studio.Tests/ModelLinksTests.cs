@@ -60,6 +60,29 @@ public sealed class ModelLinksTests : IDisposable
     }
 
     [Fact]
+    public async Task A_link_out_of_a_root_is_neither_listed_nor_added_even_inside_a_model_folder()
+    {
+        TestModels.SaveTinyUNet(Path.Combine(Outside, "secret"));
+        Directory.CreateDirectory(Library);
+        Directory.CreateSymbolicLink(Path.Combine(Library, "escape"), Path.Combine(Outside, "secret")); // a folder link out
+        string sneaky = Path.Combine(Library, "sneaky");
+        TestModels.SaveTinyUNet(sneaky);
+        File.Delete(Path.Combine(sneaky, "scheduler_config.json"));
+        File.WriteAllText(Path.Combine(Outside, "private.txt"), "not for the Studio");
+        File.CreateSymbolicLink(Path.Combine(sneaky, "scheduler_config.json"), Path.Combine(Outside, "private.txt")); // a file link out
+        TestModels.SaveTinyUNet(Path.Combine(Library, "honest"));
+        var links = Links();
+
+        var listed = (await new FileSystemModelCatalog(_samples.Root, [], links.List, [Library]).ListModelsAsync()).Select(m => m.Name).ToList();
+        Assert.Contains("library/honest", listed);
+        Assert.DoesNotContain("library/escape", listed);
+        Assert.DoesNotContain("library/sneaky", listed);
+        var refusal = await Assert.ThrowsAsync<ModelUploadException>(() => links.AddAsync(sneaky, "sneaky"));
+        Assert.Contains("symbolic link that leads out of the model root", refusal.Message);
+        Assert.Contains("cannot be resolved", (await Assert.ThrowsAsync<ModelUploadException>(() => links.AddAsync("/\0bad", "nul"))).Message);
+    }
+
+    [Fact]
     public async Task Without_configured_roots_nothing_is_added_by_path()
     {
         string folder = Path.Combine(Library, "tiny");

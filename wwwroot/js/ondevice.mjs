@@ -16,10 +16,32 @@ function roundHalfEven(x) {
   return Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : r;
 }
 
+/** numpy.linspace(start, stop, num) as NoiseSchedule.NumpyLinspace: i * step + start, the last value exactly stop. */
+function numpyLinspace(start, stop, num) {
+  if (num === 1) return [start];
+  const step = (stop - start) / (num - 1), y = [];
+  for (let i = 0; i < num; i++) y.push(step === 0 ? i / (num - 1) * (stop - start) + start : i * step + start);
+  y[num - 1] = stop;
+  return y;
+}
+
+/** numpy.arange(start, stop, step) as NoiseSchedule.NumpyArange: ceil((stop - start) / step) values of start + i * delta. */
+function numpyArange(start, stop, step) {
+  const length = Math.ceil((stop - start) / step);
+  if (!(length > 0)) return [];
+  const y = [start];
+  if (length === 1) return y;
+  y.push(start + step);
+  const delta = y[1] - y[0];
+  for (let i = 2; i < length; i++) y.push(start + i * delta);
+  return y;
+}
+
 /** The training betas (float32) of a diffusers scheduler config: linear, scaled_linear, squaredcos_cap_v2 or trained_betas. */
 export function betas(config) {
   const n = config.num_train_timesteps ?? 1000;
   const start = config.beta_start ?? 0.0001, end = config.beta_end ?? 0.02;
+  if (config.rescale_betas_zero_snr) throw new Error('rescale_betas_zero_snr is not supported on the device page');
   if (Array.isArray(config.trained_betas)) return Float32Array.from(config.trained_betas);
   const out = new Float32Array(n);
   const schedule = config.beta_schedule ?? 'linear';
@@ -32,7 +54,6 @@ export function betas(config) {
       out[i] = f32(Math.min(1 - bar((i + 1) / n) / bar(i / n), 0.999));
     } else throw new Error(`beta_schedule '${schedule}' is not supported here`);
   }
-  if (config.rescale_betas_zero_snr) throw new Error('rescale_betas_zero_snr is not supported on the device page');
   return out;
 }
 
@@ -44,23 +65,20 @@ export function alphasCumprod(b) {
   return out;
 }
 
-/** DDIM's descending timesteps for n steps: leading (with steps_offset), trailing or linspace spacing. */
+/** DDIM's descending timesteps for n steps: leading (with steps_offset), trailing or linspace spacing (NoiseSchedule.SpacedTimesteps). */
 export function timesteps(config, n) {
   const T = config.num_train_timesteps ?? 1000;
+  if (!Number.isInteger(n) || n < 1 || n > T) throw new Error(`steps must be between 1 and ${T}, not ${n}`);
   const spacing = config.timestep_spacing ?? 'leading';
-  if (spacing === 'linspace') {
-    const out = [];
-    for (let i = 0; i < n; i++) out.push(roundHalfEven(n === 1 ? 0 : (T - 1) * i / (n - 1)));
-    return out.reverse();
-  }
-  if (spacing === 'leading') {
-    const ratio = Math.floor(T / n), out = [];
+  let out;
+  if (spacing === 'linspace') out = numpyLinspace(0, T - 1, n).map(roundHalfEven).reverse();
+  else if (spacing === 'leading') {
+    const ratio = Math.floor(T / n);
+    out = [];
     for (let i = n - 1; i >= 0; i--) out.push(i * ratio + (config.steps_offset ?? 0));
-    return out;
-  }
-  const ratio = T / n, out = [];
-  for (let t = T; t > 0; t -= ratio) out.push(roundHalfEven(t) - 1);
-  return out;
+  } else out = numpyArange(T, 0, -T / n).map(t => roundHalfEven(t) - 1);
+  return out; // as numpy computes it, which for some trailing step counts ends in -1: ddim() refuses those, as our sampler does
+
 }
 
 /** A DDIM scheduler (eta 0) over a diffusers scheduler config, as the Studio's sampler runs it with --scheduler ddim. */
@@ -73,7 +91,12 @@ export function ddim(config) {
   if (config.thresholding) throw new Error('thresholding is not supported on the device page');
   let n = 0;
   return {
-    setTimesteps(steps) { n = steps; return timesteps(config, steps); },
+    setTimesteps(steps) {
+      const ts = timesteps(config, steps);
+      if (ts.some(t => t < 0 || t >= T)) throw new Error(`${steps} steps with ${config.timestep_spacing} spacing give a timestep outside [0, ${T - 1}]; choose another step count`);
+      n = steps;
+      return ts;
+    },
     /** x_{t-1} from the model output at t and x_t (all Float32Array of one shape). */
     step(output, t, x) {
       const prev = t - Math.floor(T / n);
@@ -121,8 +144,10 @@ export async function loadBundle(baseUrl, preferGpu = true) {
     if (!response.ok) throw new Error(`${file}: HTTP ${response.status}`);
     return response;
   };
-  const info = await (await get('onnx_model.json')).json();
-  const scheduler = await (await get('scheduler_config.json')).json();
+  // diffusers writes Infinity, -Infinity and NaN (e.g. lambda_min_clipped), which JSON.parse refuses: read them as null
+  const json = async file => JSON.parse((await (await get(file)).text()).replace(/-?\bInfinity\b|\bNaN\b/g, 'null'));
+  const info = await json('onnx_model.json');
+  const scheduler = await json('scheduler_config.json');
   const model = new Uint8Array(await (await get(info.file ?? 'model.onnx')).arrayBuffer());
   const providers = preferGpu && navigator.gpu ? ['webgpu', 'wasm'] : ['wasm'];
   let session, provider;

@@ -59,11 +59,11 @@ public static class ComparisonFigures
     /// <summary>A picture (or an empty panel) under a two-line title.</summary>
     private static byte[] Picture(string? png, string title)
     {
-        var plot = new Plot();
+        using var plot = new Plot();
         plot.Title(title, size: 12);
         if (png is not null)
         {
-            var image = new ScottPlot.Image(png);
+            using var image = new ScottPlot.Image(png);
             plot.Add.ImageRect(image, new CoordinateRect(0, image.Width, 0, image.Height));
             plot.Axes.SetLimits(0, image.Width, 0, image.Height);
             plot.Axes.SquareUnits();
@@ -83,7 +83,7 @@ public static class ComparisonFigures
         for (int r = 0; r < rows.Count; r++)
             for (int c = 0; c < layers.Count; c++)
                 values[r, c] = rows[r].KeptFractionPerLayer.TryGetValue(layers[c], out var v) ? v : double.NaN; // not prunable by that method
-        var plot = new Plot();
+        using var plot = new Plot();
         plot.Title("Kept fraction per layer (dark: cut, light: kept)", size: 14);
         var heat = plot.Add.Heatmap(values);
         heat.Colormap = new ScottPlot.Colormaps.Viridis();

@@ -108,6 +108,8 @@ public sealed record ComparedModel(
         };
     }
 
+    private static double Figure(JsonNode? node) => node is JsonValue v && v.TryGetValue<double>(out var d) ? d : double.NaN;
+
     /// <exception cref="InvalidDataException">A field is missing.</exception>
     public static ComparedModel FromJson(JsonNode json)
     {
@@ -118,10 +120,10 @@ public sealed record ComparedModel(
             Need(json, "name").GetValue<string>(), Need(json, "class").GetValue<string>(), Need(json, "method").GetValue<string>(),
             Optional("target_removed_params"), Need(json, "removed_params").GetValue<double>(), Need(json, "parameters").GetValue<long>(),
             Need(json, "macs").GetValue<long>(),
-            Need(Need(json, "fid_proxy"), "value").GetValue<double>(), Need(json["fid_proxy"], "lower").GetValue<double>(),
-            Need(json["fid_proxy"], "upper").GetValue<double>(), Need(Need(json, "kid"), "mean").GetValue<double>(), Need(json["kid"], "std").GetValue<double>(),
-            Need(json, "precision").GetValue<double>(), Need(json, "recall").GetValue<double>(),
-            Optional("class_accuracy"), Optional("ssim_to_reference"), Optional("psnr_to_reference"), Need(json, "sampler_ms_per_image").GetValue<double>(),
+            // a figure that was not finite is stored as null (ReportJson): it reads back as NaN, and the comparison still opens
+            Figure(json["fid_proxy"]?["value"]), Figure(json["fid_proxy"]?["lower"]), Figure(json["fid_proxy"]?["upper"]),
+            Figure(json["kid"]?["mean"]), Figure(json["kid"]?["std"]), Figure(json["precision"]), Figure(json["recall"]),
+            Optional("class_accuracy"), Optional("ssim_to_reference"), Optional("psnr_to_reference"), Figure(json["sampler_ms_per_image"]),
             latency?[LatencyResult.TorchSharp] is { } torch ? LatencyResult.FromJson(torch) : null,
             latency?[LatencyResult.OnnxRuntimeCpu] is { } onnx ? LatencyResult.FromJson(onnx) : null,
             (json["kept_fraction_per_layer"] as JsonObject)?.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) ?? [],
@@ -232,7 +234,13 @@ public static class ModelComparison
         string output = Path.GetFullPath(request.OutputPath);
         Directory.CreateDirectory(output);
         int n = request.ModelPaths.Count;
-        var reference = load(request.ModelPaths[0]);
+        // every model loaded (the pipeline holds them) and of the reference's shape before anything is sampled
+        var loaded = request.ModelPaths.Select(load).ToList();
+        var reference = loaded[0];
+        for (int i = 1; i < n; i++)
+            if (loaded[i].InChannels != reference.InChannels || !loaded[i].SampleSize.SequenceEqual(reference.SampleSize))
+                throw new ArgumentException($"{request.NameOf(i)} makes {loaded[i].InChannels} x {string.Join(" x ", loaded[i].SampleSize)} samples but the reference " +
+                    $"{request.NameOf(0)} makes {reference.InChannels} x {string.Join(" x ", reference.SampleSize)}; compare models of one shape.");
         Tensor? referenceGrid = null;
         var models = new List<ComparedModel>();
         try
@@ -242,7 +250,7 @@ public static class ModelComparison
                 cancel.ThrowIfCancellationRequested();
                 string path = request.ModelPaths[i], name = request.NameOf(i);
                 void Report(double within, string message) => progress?.Invoke((i + within) / n, $"{name}: {message}");
-                var model = i == 0 ? reference : load(path);
+                var model = loaded[i];
 
                 Report(0, "sampling the same-seed grid");
                 string grid = $"grid-{i}.png";
@@ -257,7 +265,8 @@ public static class ModelComparison
                 {
                     if (i == 0)
                     {
-                        referenceGrid = final.detach().clone();
+                        using var detached = final.detach();
+                        referenceGrid = detached.clone();
                     }
                     else
                     {

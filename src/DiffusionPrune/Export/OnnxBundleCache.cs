@@ -5,8 +5,8 @@ using DiffusionPrune.Formats;
 namespace DiffusionPrune.Export;
 
 /// <summary>
-/// ONNX bundles of model folders, exported on first use and kept under a cache folder by the hash of the model's config
-/// and weights, so a preview through ONNX Runtime exports a model once and a changed model gets a new bundle. The hash
+/// ONNX bundles of model folders, exported on first use and kept under a cache folder by the hash of the model's config,
+/// scheduler config and weights, so a preview through ONNX Runtime exports a model once and a changed model gets a new bundle. The hash
 /// of a file is remembered by its path, size and time, so a large model is not read again on every use.
 /// </summary>
 public static class OnnxBundleCache
@@ -14,12 +14,17 @@ public static class OnnxBundleCache
     private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Written), string> Hashes = new();
     private static readonly ConcurrentDictionary<string, SemaphoreSlim> Exporting = new(StringComparer.Ordinal);
 
-    /// <summary>The cache key of a model folder: its name and 16 hex digits of SHA-256 over config.json and its weights.</summary>
+    /// <summary>Changes when the exporter's output changes, so older bundles are not reused.</summary>
+    private const string ExporterVersion = "onnx-export-1";
+
+    /// <summary>The cache key of a model folder: its name and 16 hex digits of SHA-256 over its config, scheduler config and weights.</summary>
     public static string Key(string modelFolder)
     {
         string folder = Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelFolder));
-        var parts = new[] { ModelFolder.Config, ModelFolder.Weights, ModelFolder.WeightsIndex }
-            .Select(f => Path.Combine(folder, f)).Where(File.Exists).Select(HashOf);
+        // everything the bundle is made from: the config, every weights file and index, the scheduler config it ships
+        var files = new[] { ModelFolder.Config, ModelFolder.SchedulerConfig, ModelFolder.WeightsIndex }.Select(f => Path.Combine(folder, f))
+            .Concat(Directory.EnumerateFiles(folder, "*.safetensors").Order(StringComparer.Ordinal));
+        var parts = files.Where(File.Exists).Select(f => Path.GetFileName(f) + ":" + HashOf(f)).Prepend(ExporterVersion);
         string combined = Convert.ToHexString(SHA256.HashData(System.Text.Encoding.ASCII.GetBytes(string.Join("|", parts))))[..16].ToLowerInvariant();
         string name = new(Path.GetFileName(folder).Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '-').ToArray());
         return $"{name}-{combined}";

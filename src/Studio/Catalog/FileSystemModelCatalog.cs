@@ -15,17 +15,37 @@ public sealed class FileSystemModelCatalog : IModelCatalog
 
     private readonly IReadOnlyList<string> _outputRoots;
     private readonly Func<IReadOnlyList<ModelLink>>? _links;
+    private readonly IReadOnlySet<string> _confined;
 
     /// <summary>
     /// Creates a catalog over <paramref name="samplesRoot"/><c>/models</c> and, after those, the Studio's own outputs:
     /// each folder of <paramref name="outputRoots"/> (e.g. <c>out/studio/pruned</c>), listed as <c>pruned/NAME</c>.
     /// </summary>
     /// <param name="links">Models added by path, listed last as <c>linked/NAME</c>.</param>
-    public FileSystemModelCatalog(string samplesRoot, IReadOnlyList<string>? outputRoots = null, Func<IReadOnlyList<ModelLink>>? links = null)
+    /// <param name="confinedRoots">
+    /// Those of <paramref name="outputRoots"/> that are users' model roots: a folder in one is listed only when it, and every
+    /// file in it, really lies inside the root (no symbolic link out of it).
+    /// </param>
+    public FileSystemModelCatalog(string samplesRoot, IReadOnlyList<string>? outputRoots = null, Func<IReadOnlyList<ModelLink>>? links = null,
+        IReadOnlyList<string>? confinedRoots = null)
     {
         ModelsRoot = Path.Combine(Path.GetFullPath(samplesRoot), "models");
-        _outputRoots = (outputRoots ?? []).Select(Path.GetFullPath).ToArray();
+        _outputRoots = (outputRoots ?? []).Concat(confinedRoots ?? []).Select(Path.GetFullPath).ToArray();
         _links = links;
+        _confined = (confinedRoots ?? []).Select(Path.GetFullPath).ToHashSet(StringComparer.Ordinal);
+    }
+
+    /// <summary>The folders directly in <paramref name="root"/>; none when it cannot be read.</summary>
+    private static IEnumerable<string> FoldersIn(string root)
+    {
+        try
+        {
+            return Directory.Exists(root) ? Directory.EnumerateDirectories(root).Order(StringComparer.Ordinal).ToList() : [];
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return [];
+        }
     }
 
     /// <inheritdoc />
@@ -35,17 +55,17 @@ public sealed class FileSystemModelCatalog : IModelCatalog
     public async Task<IReadOnlyList<ModelSummary>> ListModelsAsync(CancellationToken cancellationToken = default)
     {
         var models = new List<ModelSummary>();
-        if (Directory.Exists(ModelsRoot))
-            foreach (var folder in Directory.EnumerateDirectories(ModelsRoot).Order(StringComparer.Ordinal))
+        foreach (var folder in FoldersIn(ModelsRoot))
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 models.Add(await ReadFolderAsync(folder, Path.GetFileName(folder), cancellationToken));
             }
-        foreach (var root in _outputRoots.Where(Directory.Exists))
-            foreach (var folder in Directory.EnumerateDirectories(root).Order(StringComparer.Ordinal))
+        foreach (var root in _outputRoots)
+            foreach (var folder in FoldersIn(root))
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 if (Path.GetFileName(folder).StartsWith('.')) continue; // a folder being written (AtomicFolder) or a checkpoint
+                if (_confined.Contains(root) && ModelLinks.LeavesRoot(folder, root)) continue; // a link out of a user's model root
                 models.Add(await ReadFolderAsync(folder, $"{Path.GetFileName(root)}/{Path.GetFileName(folder)}", cancellationToken));
             }
         foreach (var link in _links?.Invoke() ?? [])
@@ -56,8 +76,16 @@ public sealed class FileSystemModelCatalog : IModelCatalog
 
     private static async Task<ModelSummary> ReadFolderAsync(string folder, string name, CancellationToken cancellationToken)
     {
-        var safetensorsBytes = Directory.EnumerateFiles(folder, "*.safetensors")
-            .Sum(file => new FileInfo(file).Length);
+        long safetensorsBytes;
+        try
+        {
+            safetensorsBytes = Directory.EnumerateFiles(folder, "*.safetensors").Sum(file => new FileInfo(file).Length);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // an unreadable folder (lost+found in a mounted root) is listed with its problem, never breaks the list
+            return new ModelSummary(name, folder, null, 0, $"{folder} cannot be read ({e.Message.TrimEnd('.')}).");
+        }
         var (className, problem) = await ReadClassNameAsync(Path.Combine(folder, ConfigFileName), cancellationToken);
         if (problem is null && safetensorsBytes == 0)
             problem = $"No .safetensors file in {folder}; add the weights beside config.json.";
@@ -80,6 +108,10 @@ public sealed class FileSystemModelCatalog : IModelCatalog
                 return (className.GetString(), null);
             }
             return (null, $"{configPath} has no string \"{ClassNameKey}\"; add the diffusers class, e.g. \"UNet2DModel\".");
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return (null, $"{configPath} cannot be read ({ex.Message.TrimEnd('.')}).");
         }
         catch (JsonException ex)
         {

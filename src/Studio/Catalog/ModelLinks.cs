@@ -51,16 +51,19 @@ public sealed class ModelLinks(IReadOnlyList<string> roots, string storePath)
         try
         {
             real = RealPath(path);
+            var inside = Roots.Where(Directory.Exists).Select(root => (Given: root, Real: RealPath(root)))
+                .FirstOrDefault(root => real.StartsWith(root.Real + System.IO.Path.DirectorySeparatorChar, StringComparison.Ordinal));
+            if (inside.Real is null)
+                throw new ModelUploadException($"'{path}' is not inside a configured model root ({string.Join(", ", Roots)}), after following symbolic links.");
+            if (!Directory.Exists(real) || !File.Exists(System.IO.Path.Combine(real, ModelFolder.Config)))
+                throw new ModelUploadException($"'{path}' is not a model folder: it has no {ModelFolder.Config}.");
+            if (LeavesRoot(real, inside.Real))
+                throw new ModelUploadException($"'{path}' holds a symbolic link that leads out of the model root; copy the file into the folder instead.");
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            throw new ModelUploadException($"'{path}' cannot be resolved ({e.Message}).");
+            throw new ModelUploadException($"'{path}' cannot be resolved ({e.Message.TrimEnd('.')}).");
         }
-        var inside = Roots.Where(Directory.Exists).Select(RealPath).FirstOrDefault(root => real.StartsWith(root + System.IO.Path.DirectorySeparatorChar, StringComparison.Ordinal));
-        if (inside is null)
-            throw new ModelUploadException($"'{path}' is not inside a configured model root ({string.Join(", ", Roots)}), after following symbolic links.");
-        if (!Directory.Exists(real) || !File.Exists(System.IO.Path.Combine(real, ModelFolder.Config)))
-            throw new ModelUploadException($"'{path}' is not a model folder: it has no {ModelFolder.Config}.");
         if (List().Any(l => l.Name == name))
             throw new ModelUploadException($"A model named '{name}' was added already; choose another name.", 409);
         await _validating.WaitAsync(cancellationToken);
@@ -87,6 +90,26 @@ public sealed class ModelLinks(IReadOnlyList<string> roots, string storePath)
             Runtime.AtomicFile.Replace(storePath, JsonSerializer.Serialize(links, new JsonSerializerOptions { WriteIndented = true }));
         }
         return $"{StudioOptions.LinkedFolder}/{name}";
+    }
+
+    /// <summary>
+    /// Whether <paramref name="folder"/>, or any file or folder in it (two levels deep, as a model folder is laid out), really
+    /// lies outside <paramref name="root"/> once symbolic links are followed; unreadable entries count as leaving.
+    /// </summary>
+    public static bool LeavesRoot(string folder, string root)
+    {
+        try
+        {
+            string realRoot = RealPath(root) + System.IO.Path.DirectorySeparatorChar;
+            bool Inside(string p) => RealPath(p).StartsWith(realRoot, StringComparison.Ordinal);
+            if (!Inside(folder)) return true;
+            var options = new EnumerationOptions { RecurseSubdirectories = true, MaxRecursionDepth = 2, IgnoreInaccessible = false, AttributesToSkip = 0 };
+            return Directory.EnumerateFileSystemEntries(folder, "*", options).Any(entry => !Inside(entry));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return true;
+        }
     }
 
     /// <summary>The path with every symbolic link along it followed (like realpath(3)); at most 40 links.</summary>

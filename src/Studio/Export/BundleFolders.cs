@@ -48,12 +48,13 @@ public sealed partial class BundleFolders(string root)
             string infoPath = Path.Combine(folder, ModelFolder.OnnxInfo);
             if (File.Exists(infoPath)) info = JsonNode.Parse(File.ReadAllText(infoPath));
         }
-        catch (Exception e) when (e is System.Text.Json.JsonException or IOException)
+        catch (Exception e) when (e is System.Text.Json.JsonException or IOException or UnauthorizedAccessException)
         {
             info = null; // listed without figures
         }
-        long? Long(string key) => info?[key] is JsonValue v && v.TryGetValue<long>(out var n) ? n : null;
-        return new BundleEntry(name, folder, zip, new FileInfo(zip).Length, info?["class_name"]?.GetValue<string>(),
-            Long("parameters"), Long("macs"), File.GetLastWriteTimeUtc(zip));
+        var fields = info as JsonObject; // a crafted onnx_model.json may be any JSON value
+        long? Long(string key) => fields?[key] is JsonValue v && v.TryGetValue<long>(out var n) ? n : null;
+        string? className = fields?["class_name"] is JsonValue c && c.TryGetValue<string>(out var text) ? text : null;
+        return new BundleEntry(name, folder, zip, new FileInfo(zip).Length, className, Long("parameters"), Long("macs"), File.GetLastWriteTimeUtc(zip));
     }
 }

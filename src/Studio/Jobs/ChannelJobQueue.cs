@@ -64,7 +64,14 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
     public bool Cancel(Guid id)
     {
         if (_state.Find(id) is not { IsFinished: false } || !_cancels.TryGetValue(id, out var cancel)) return false;
-        cancel.Cancel();
+        try
+        {
+            cancel.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            return false; // the job finished (and let go of its token) between the lookup and here
+        }
         _state.TryCancelQueued(id); // a queued job shows (and is stored as) canceled at once, not when its turn comes
         return true;
     }
@@ -97,7 +104,7 @@ public sealed class ChannelJobQueue : BackgroundService, IJobQueue
                 _state.TryCancelQueued(job.Id);
                 return;
             }
-            _state.MarkRunning(job.Id);
+            if (_state.TryMarkRunning(job.Id) is null) return; // cancelled while it was being dequeued: it never starts
             await job.RunAsync(new StateProgress(_state, job.Id), linked.Token);
             if (job.Result is { } result) _state.SetResult(job.Id, result);
             _state.MarkSucceeded(job.Id);

@@ -127,6 +127,10 @@ public sealed class JobStateService
     public JobSnapshot MarkRunning(Guid id) =>
         Update(id, job => job with { Status = JobStatus.Running, Message = "Started", StartedAt = _time.GetUtcNow() });
 
+    /// <summary>Marks a queued job running; null when it is no longer queued (cancelled between its dequeue and now). One step.</summary>
+    public JobSnapshot? TryMarkRunning(Guid id) =>
+        UpdateIf(id, job => job.Status == JobStatus.Queued, job => job with { Status = JobStatus.Running, Message = "Started", StartedAt = _time.GetUtcNow() });
+
     /// <summary>How many log lines a job keeps.</summary>
     public const int LogLines = 500;
 

@@ -98,6 +98,41 @@ public class ModelComparisonTests
                 Assert.True(image.Width > 300 && image.Height > 200, figure);
     }
 
+    [Fact]
+    public void A_comparison_with_a_figure_that_was_not_finite_still_reads_back()
+    {
+        using var temp = Fixtures.Temp();
+        var model = new ComparedModel("diverged", "UNet2DModel", "random", 0.5, 0.5, 10, 20, double.NaN, double.NaN, double.PositiveInfinity,
+            double.NaN, double.NaN, 0, 0, null, double.NaN, double.PositiveInfinity, 1, null, null, new Dictionary<string, double>(), "grid-1.png", "difference-1.png", 3);
+        var report = new ComparisonReport([model with { Name = "ref", Difference = null, Fid = 100, FidLower = 90, FidUpper = 110 }, model],
+            4, 2, 0, 4, null, "MNIST test split", "feature net", "cpu", DateTimeOffset.UnixEpoch, 1);
+        report.Write(temp.Path);
+        var loaded = ComparisonReport.Load(temp.Path);
+        Assert.True(double.IsNaN(loaded.Models[1].Fid));
+        Assert.True(double.IsNaN(loaded.Models[1].FidUpper)); // infinity is written as null and reads back as NaN
+        Assert.Equal(100, loaded.Models[0].Fid);
+        Assert.Contains("| diverged |", loaded.Markdown());
+    }
+
+    [Fact]
+    public async Task Models_of_different_shapes_are_refused_before_anything_is_sampled()
+    {
+        using var temp = Fixtures.Temp();
+        string original = TinyModel(temp);
+        string small = temp.File("small");
+        manual_seed(6);
+        using (var model = ModelFamilies.Create(ConfigJson.Parse(File.ReadAllText(Path.Combine(original, ModelFolder.Config)).Replace("\"sample_size\": 32", "\"sample_size\": 16"))))
+            DiffusersModelLoader.Save(model, small);
+        File.Copy(Path.Combine(original, ModelFolder.SchedulerConfig), Path.Combine(small, ModelFolder.SchedulerConfig));
+        using var pipeline = new DiffusionPipeline();
+        var refusal = await Assert.ThrowsAsync<ArgumentException>(() => pipeline.CompareAsync(new CompareRequest
+        {
+            ModelPaths = [original, small], OutputPath = temp.File("c"), Samples = 4, Steps = 1, GridImages = 1, LatencyBatch = null,
+        }));
+        Assert.Contains("compare models of one shape", refusal.Message);
+        Assert.False(File.Exists(Path.Combine(temp.File("c"), "grid-0.png")));
+    }
+
     [Theory]
     [InlineData(1, "Compare 2 to 6 models")]
     [InlineData(7, "Compare 2 to 6 models")]

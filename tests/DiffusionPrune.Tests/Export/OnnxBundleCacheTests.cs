@@ -40,5 +40,8 @@ public class OnnxBundleCacheTests
         string changed = OnnxBundleCache.Ensure(model, temp.File("cache"), lines.Add);
         Assert.NotEqual(bundle, changed);
         Assert.Equal(2, Directory.GetDirectories(temp.File("cache")).Length);
+
+        File.WriteAllText(Path.Combine(model, ModelFolder.SchedulerConfig), ModelFolder.DefaultSchedulerJson(classConditional: false)); // the scheduler it ships
+        Assert.NotEqual(changed, OnnxBundleCache.Ensure(model, temp.File("cache"), lines.Add));
     }
 }
