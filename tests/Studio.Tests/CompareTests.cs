@@ -143,8 +143,8 @@ public sealed class CompareResultPageTests : MudTestContext, IDisposable
         Assert.Equal($"api/comparisons/{name}/comparison.png?download=1", page.Find("a.download-png").GetAttribute("href"));
 
         page.Find(".difference-switch input").Change(true);
-        images = page.FindAll(".compared-grid img").Select(i => i.GetAttribute("src")).ToList();
-        Assert.Equal([$"api/comparisons/{name}/difference-1.png"], images); // the reference has no difference of its own
+        page.WaitForAssertion(() => Assert.Equal([$"api/comparisons/{name}/difference-1.png"], // the reference has no difference of its own
+            page.FindAll(".compared-grid img").Select(i => i.GetAttribute("src")).ToList()), WaitTimeout);
         Assert.Contains("4.9 grey levels", page.Markup);
     }
 

@@ -36,11 +36,13 @@ public sealed class ExportPageTests : MudTestContext, IDisposable
         page.WaitForAssertion(() => Assert.NotNull(page.Find("button.start-export")), WaitTimeout);
         Assert.Contains("None yet", page.Find(".no-bundles").TextContent);
 
+        // MudCheckBox handles a change asynchronously: wait for each re-render before the next step
         page.Find(".format-onnx input").Change(false);
         page.Find(".format-safetensors input").Change(false);
-        Assert.True(page.Find("button.start-export").HasAttribute("disabled"));
+        page.WaitForAssertion(() => Assert.True(page.Find("button.start-export").HasAttribute("disabled")), WaitTimeout);
         Assert.NotNull(page.Find(".format-error"));
         page.Find(".format-onnx input").Change(true);
+        page.WaitForAssertion(() => Assert.False(page.Find("button.start-export").HasAttribute("disabled")), WaitTimeout);
 
         page.Find("button.start-export").Click();
         var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();

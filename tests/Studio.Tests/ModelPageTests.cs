@@ -54,6 +54,7 @@ public sealed class ModelPageTests : MudTestContext, IDisposable
         var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, "tiny"));
         page.WaitForAssertion(() => Assert.NotNull(page.Find("button.start-sample")), WaitTimeout);
         page.Find(".steps-field input").Change("7");
+        page.WaitForAssertion(() => Assert.Equal("7", page.Find(".steps-field input").GetAttribute("value")), WaitTimeout); // the field took it
         page.Find("button.start-sample").Click();
         var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
         page.WaitForAssertion(() => Assert.Single(queue.Enqueued), WaitTimeout);
