@@ -55,6 +55,25 @@ public static class Fixtures
     /// <summary>A fresh temporary folder, removed when disposed.</summary>
     public static TempFolder Temp() => new();
 
+    /// <summary>
+    /// A freshly initialised 1 x 32 x 32 U-Net (the shape evaluation accepts; 8/16 channels, one attention level) saved
+    /// with a scheduler config in <c>temp/name</c>, weights drawn from <paramref name="seed"/>; returns the folder.
+    /// </summary>
+    public static string TinyEvaluableUNet(TempFolder temp, string name = "tiny", long seed = 11)
+    {
+        const string config = """
+            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+            """;
+        manual_seed(seed);
+        using var model = DiffusionPrune.Families.ModelFamilies.Create(DiffusionPrune.Models.ConfigJson.Parse(config));
+        string folder = temp.File(name);
+        DiffusionPrune.Models.DiffusersModelLoader.Save(model, folder);
+        File.Copy(Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, DiffusionPrune.Formats.ModelFolder.SchedulerConfig));
+        return folder;
+    }
+
     /// <summary>max |actual - expected| relative to max(1, max |expected|).</summary>
     public static double RelativeError(Tensor actual, Tensor expected)
     {

@@ -14,20 +14,7 @@ namespace DiffusionPrune.Tests.Evaluation;
 /// <summary>A comparison of an original and its pruned variants, from the same noise, through the pipeline.</summary>
 public class ModelComparisonTests
 {
-    private static string TinyModel(TempFolder temp)
-    {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
-        manual_seed(5);
-        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
-        string folder = temp.File("original");
-        DiffusersModelLoader.Save(model, folder);
-        File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, ModelFolder.SchedulerConfig));
-        return folder;
-    }
+    private static string TinyModel(TempFolder temp) => Fixtures.TinyEvaluableUNet(temp, "original", seed: 5);
 
     [Fact]
     public async Task An_original_and_two_pruned_variants_are_compared_from_the_same_noise()

@@ -15,21 +15,7 @@ namespace DiffusionPrune.Tests.Pipeline;
 
 public class DiffusionPipelineTests
 {
-    /// <summary>A 1 x 32 x 32 U-Net (what evaluation accepts) with a scheduler config, in a folder of its own.</summary>
-    private static string TinyModel(TempFolder temp, string name = "tiny")
-    {
-        const string config = """
-            {"_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": 8,
-             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
-            """;
-        manual_seed(11);
-        using var model = ModelFamilies.Create(ConfigJson.Parse(config));
-        string folder = temp.File(name);
-        DiffusersModelLoader.Save(model, folder);
-        File.Copy(Fixtures.Diffusers("unet2d-small", "scheduler_config.json"), Path.Combine(folder, ModelFolder.SchedulerConfig));
-        return folder;
-    }
+    private static string TinyModel(TempFolder temp, string name = "tiny") => Fixtures.TinyEvaluableUNet(temp, name);
 
     private sealed class Recorder : IProgress<StageProgress>
     {
