@@ -75,6 +75,7 @@ public static class StudioServiceCollectionExtensions
         services.AddHostedService(provider => provider.GetRequiredService<ChannelJobQueue>());
 
         // Singleton: the check is process-wide (it can switch oneDNN off for every job), so its last report is too.
+        services.AddSingleton<Prune.PruneEstimates>(); // pass times measured once per model and batch, shared by every page
         services.AddSingleton(new SystemCheckService(() => DoctorReport.Run(environment =>
             ChildKernelCheck.Run(ChildKernelCheck.Self("--check-kernels"), TimeSpan.FromMinutes(2), environment))));
 

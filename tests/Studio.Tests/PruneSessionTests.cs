@@ -3,6 +3,7 @@ using DiffusionPrune.Pipeline;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Studio.Catalog;
 using DiffusionPrune.Studio.Jobs;
+using DiffusionPrune.Studio.Prune;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
@@ -23,6 +24,7 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
         Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root));
         Context.Services.AddSingleton(Options.Create(new StudioOptions { OutputRoot = Path.Combine(_samples.Root, "out") }));
+        Context.Services.AddSingleton<PruneEstimates>();
     }
 
     /// <summary>A real, tiny 1 x 32 x 32 U-Net with a scheduler config, under the samples root.</summary>
@@ -57,6 +59,41 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         Assert.StartsWith(Path.Combine(_samples.Root, "out", "pruned", "tiny-unet-magnitude-20-"), job.Request.OutputPath);
         Assert.NotNull(job.Evaluation);
         Assert.EndsWith($"jobs/{job.Id}", Context.Services.GetRequiredService<Microsoft.AspNetCore.Components.NavigationManager>().Uri);
+    }
+
+    [Fact]
+    public void Before_start_the_page_shows_the_time_from_passes_timed_on_this_machine_and_re_prices_when_a_setting_changes()
+    {
+        TinyModel();
+        var page = Context.Render<PrunePage>();
+        page.WaitForAssertion(() => Assert.Contains("The quick look adds about", page.Find(".time-estimate").TextContent), WaitTimeout);
+        string text = page.Find(".time-estimate").TextContent;
+        Assert.StartsWith("Estimated time: ", text);
+        Assert.Contains("the method reads weights only, no network pass", text); // magnitude, the default
+        Assert.Matches(@"64 images x 10 steps from the pruned model and the original \(\d+\.\d ms per step at batch 64", text);
+
+        page.Find(".quick-look-switch input").Change(false);
+        page.WaitForAssertion(() => Assert.DoesNotContain("quick look", page.Find(".time-estimate").TextContent), WaitTimeout);
+        Assert.Equal(1, Context.Services.GetRequiredService<PruneEstimates>().Measurements); // the one pass at batch 64, for the quick look
+    }
+
+    [Fact]
+    public async Task The_estimate_reuses_a_models_pass_times_and_grows_with_the_work()
+    {
+        string model = TinyModel();
+        var estimates = Context.Services.GetRequiredService<PruneEstimates>();
+        var request = new PruneRequest { ModelPath = model, Method = "ecodiff", TargetParams = 0.2, Steps = 4, Iterations = 10, Calibration = 8 };
+        var small = await estimates.EstimateAsync(request, null);
+        Assert.Equal(1, estimates.Measurements); // one batch size, with and without a backward in one measurement
+        var large = await estimates.EstimateAsync(request with { Iterations = 100 }, null);
+        Assert.Equal(1, estimates.Measurements);
+        Assert.True(large.Total > small.Total);
+        Assert.Null(large.QuickLook);
+        Assert.Contains("400 forward+backward at batch 4", large.Describe());
+        Assert.Contains("408 forward passes at batch 4", large.Describe()); // 2 target batches and 100 trajectories of 4 steps
+        var withLook = await estimates.EstimateAsync(request, new QuickEvaluation());
+        Assert.Equal(2, estimates.Measurements);
+        Assert.Equal(small.Prune.Total + withLook.QuickLook, withLook.Total);
     }
 
     [Fact]
@@ -218,6 +255,7 @@ public sealed class PruneEstimateLimitTests : MudTestContext, IDisposable
         Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
         Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root));
         Context.Services.AddSingleton(Options.Create(new StudioOptions { OutputRoot = Path.Combine(_samples.Root, "out") }));
+        Context.Services.AddSingleton<PruneEstimates>();
     }
 
     [Fact]

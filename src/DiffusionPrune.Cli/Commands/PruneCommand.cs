@@ -46,12 +46,13 @@ public static class PruneCommand
         var resume = new Option<bool>("--resume") { Description = "EcoDiff: continue a run into the same --output that was stopped (Ctrl+C, kill, crash) from its last checkpoint; the scores equal an uninterrupted run's." };
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "EcoDiff: iterations between checkpoints (kept beside --output until the model is written).", DefaultValueFactory = _ => 10 };
         var probeMemory = new Option<bool>("--probe-memory") { Description = "Benchmark: run one EcoDiff iteration at --steps and print peak RSS and time (see benchmarks/ecodiff-memory.sh)." };
+        var estimate = new Option<bool>("--estimate") { Description = "Print how long the run would take (its network passes, each kind timed here) and the memory it needs, then exit without pruning." };
         var device = CliCommon.DeviceOption();
         var quiet = CliOutput.QuietOption();
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -62,7 +63,8 @@ public static class PruneCommand
                 return 0;
             }
             double targetParams = parse.GetValue(target) ?? throw new ArgumentException("--target-params is required, e.g. --target-params 0.2 to remove 20% of the parameters.");
-            string outputPath = parse.GetValue(output) ?? throw new ArgumentException("--output is required: the folder for the pruned model.");
+            bool estimateOnly = parse.GetValue(estimate);
+            string? outputPath = parse.GetValue(output) ?? (estimateOnly ? null : throw new ArgumentException("--output is required: the folder for the pruned model."));
             var request = new PruneRequest
             {
                 ModelPath = parse.GetValue(model)!,
@@ -133,6 +135,22 @@ public static class PruneCommand
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
             var console = CliOutput.From(parse, quiet, json);
+            if (estimateOnly)
+            {
+                using var loaded = Families.ModelFamilies.Load(request.ModelPath, device: dev);
+                var time = PruneTime.Estimate(loaded, request, (batch, backward) => PruneTime.Measure(loaded, batch, backward));
+                var memory = PruneRunner.MemoryNeed(Families.ModelFamilies.EstimateFolder(request.ModelPath), request);
+                console.Result($"{request.Method}: {time.Describe()}. Memory for {memory.Workload}: {memory.Describe()}.");
+                console.Summary(new System.Text.Json.Nodes.JsonObject
+                    {
+                        ["method"] = request.Method,
+                        ["estimated_seconds"] = Math.Round(time.Total.TotalSeconds, 1),
+                        ["estimated_memory_bytes"] = memory.TotalBytes,
+                        ["cpu"] = time.Cpu,
+                        ["threads"] = time.Threads,
+                    });
+                return 0;
+            }
             using var pipeline = new DiffusionPipeline(dev);
             var report = console.Track(progress => pipeline.PruneAsync(request, progress, CliCommon.Interrupt), _ => "iteration", detail: true).Report;
             console.EndProgress();
@@ -153,7 +171,7 @@ public static class PruneCommand
             }
             console.Result($"wrote {report.OutputPath} ({ModelFolder.PruneReport})");
             var summary = report.ToJson();
-            summary["output_path"] = Path.GetFullPath(outputPath); // for the script on this machine; the report file keeps the name only
+            summary["output_path"] = Path.GetFullPath(outputPath!); // for the script on this machine; the report file keeps the name only
             console.Summary(summary);
             return 0;
         }));

@@ -1,0 +1,204 @@
+using System.Diagnostics;
+using System.Globalization;
+using DiffusionPrune.Models;
+using DiffusionPrune.Pruning.Importance;
+using DiffusionPrune.Pruning.Layers;
+using DiffusionPrune.Runtime;
+using DiffusionPrune.Schedulers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace DiffusionPrune.Pruning;
+
+/// <summary>
+/// Network passes of one batch size that a run makes: <see cref="Forwards"/> passes without gradients and
+/// <see cref="Backwards"/> passes with a backward (forward + backward each).
+/// </summary>
+public sealed record NetworkWork(int Batch, long Forwards, long Backwards, string What);
+
+/// <summary>One pass of the network at <see cref="Batch"/>, timed on this machine: without gradients and with a backward.</summary>
+public sealed record PassTimes(int Batch, double ForwardMilliseconds, double BackwardMilliseconds);
+
+/// <summary>A prune run's time, from its <see cref="Work"/> and pass times measured on this machine (<see cref="Cpu"/>, <see cref="Threads"/>).</summary>
+public sealed record PruneTimeEstimate(TimeSpan Total, IReadOnlyList<NetworkWork> Work, IReadOnlyList<PassTimes> Times, string Cpu, int Threads)
+{
+    /// <summary>One line for people: the total, what it is made of and where it was measured.</summary>
+    public string Describe()
+    {
+        var inv = CultureInfo.InvariantCulture;
+        if (Work.Count == 0)
+            return $"about {PruneTime.Format(Total)}: the method reads weights only, no network pass (load, surgery and save)";
+        var parts = Work.Select(w =>
+        {
+            var t = Times.First(p => p.Batch == w.Batch);
+            var passes = new List<string>();
+            if (w.Forwards > 0) passes.Add(string.Create(inv, $"{w.Forwards:N0} forward passes at batch {w.Batch} ({t.ForwardMilliseconds:F1} ms each)"));
+            if (w.Backwards > 0) passes.Add(string.Create(inv, $"{w.Backwards:N0} forward+backward at batch {w.Batch} ({t.BackwardMilliseconds:F1} ms each)"));
+            return $"{w.What}: {string.Join(" and ", passes)}";
+        });
+        return string.Create(inv, $"about {PruneTime.Format(Total)}: {string.Join("; ", parts)}; passes timed just now on {Cpu}, {Threads} threads");
+    }
+}
+
+/// <summary>
+/// Estimates how long a prune run takes before it starts: counts the network passes each method makes (from its
+/// settings and the model's layers; an upper bound where a method may stop early, as Taylor's informative-timestep
+/// rule does) and times one pass of each kind at each batch size on this machine. The count follows each method's
+/// loop: EcoDiff's targets and per-iteration trajectory plus checkpointed backward, Taylor's timestep grid, the
+/// layer criteria's calibration trajectory and one trajectory (or step set) per layer, learnable depth's updates.
+/// </summary>
+public static class PruneTime
+{
+    /// <summary>Load, surgery and save, which every method pays once; small beside the passes of a learning method.</summary>
+    public static readonly TimeSpan Overhead = TimeSpan.FromSeconds(2);
+
+    /// <summary>The passes <paramref name="request"/> makes on <paramref name="model"/>, grouped by batch size.</summary>
+    public static IReadOnlyList<NetworkWork> Work(DiffusionModel model, PruneRequest request)
+    {
+        var entry = ImportanceCriteria.Find(request.Method)
+            ?? throw new ArgumentException($"Unknown importance criterion '{request.Method}'. Known criteria: {string.Join(", ", ImportanceCriteria.Names)}.");
+        int steps = Math.Max(1, request.Steps), calibration = Math.Max(1, request.Calibration);
+        switch (entry.Name)
+        {
+            case "ecodiff":
+            {
+                var eco = request.EcoDiff;
+                bool guided = (request.GuidanceIfConditional is double g ? g : eco.GuidanceScale) > 1 && model.NullClass is not null;
+                int batchCount = (calibration + eco.BatchSize - 1) / eco.BatchSize;
+                // Per calibration batch: its unmasked targets once; then iteration i takes batch (i - 1) mod count for a
+                // trajectory without gradients and (checkpointing) each step again with its backward. The last batch
+                // may be smaller, and guidance runs conditional and unconditional together.
+                var work = new Dictionary<int, (long Forwards, long Backwards)>();
+                for (int k = 0; k < batchCount; k++)
+                {
+                    int batch = Math.Min(eco.BatchSize, calibration - k * eco.BatchSize) * (guided ? 2 : 1);
+                    long iterations = request.Iterations / batchCount + (k < request.Iterations % batchCount ? 1 : 0);
+                    var (f, b) = work.GetValueOrDefault(batch);
+                    work[batch] = (f + steps * (1 + iterations), b + steps * iterations);
+                }
+                string what = string.Create(CultureInfo.InvariantCulture, $"{request.Iterations} iterations x {steps} steps");
+                return work.OrderByDescending(w => w.Key).Select(w => new NetworkWork(w.Key, w.Value.Forwards, w.Value.Backwards, what)).ToList();
+            }
+            case "taylor":
+            {
+                var options = new TaylorOptions();
+                int timesteps = TaylorImportance.TimestepGrid(TrainTimesteps(request), options.TimestepStride).Length;
+                int micro = Math.Min(calibration, options.MicroBatch);
+                long chunks = (calibration + options.MicroBatch - 1) / options.MicroBatch;
+                return [new NetworkWork(micro, 0, timesteps * chunks, $"at most {timesteps} timesteps x {calibration} images")];
+            }
+            case "laptop":
+            case "ldpruner":
+            {
+                int layers = PrunableGroups.Of(model).Layers.Count;
+                // the full trajectory once (recorded), then per layer its steps again; LAPTOP adds its additivity subsets
+                long sets = 1 + layers + (entry.Name == "laptop" ? Math.Min(request.AdditivitySubsets, SubsetCap(layers)) : 0);
+                return [new NetworkWork(calibration, sets * steps, 0,
+                    string.Create(CultureInfo.InvariantCulture, $"{sets} layer sets x {steps} steps"))];
+            }
+            case "learnable-depth":
+            {
+                // the joint updates, then the one-shot choice it is compared with (LAPTOP's output loss, no subsets)
+                long sets = 1 + PrunableGroups.Of(model).Layers.Count;
+                return
+                [
+                    new NetworkWork(new LearnableDepthOptions().BatchSize, 0, request.Iterations, $"{request.Iterations} updates"),
+                    new NetworkWork(calibration, sets * steps, 0, string.Create(CultureInfo.InvariantCulture, $"the one-shot comparison, {sets} layer sets x {steps} steps")),
+                ];
+            }
+            default:
+                return []; // magnitude, random, random-layer: weights only
+        }
+    }
+
+    // random subsets of at least two layers cannot outnumber the layer subsets there are
+    private static long SubsetCap(int layers) => layers >= 62 ? long.MaxValue : Math.Max(0, (1L << layers) - 1 - layers);
+
+    private static int TrainTimesteps(PruneRequest request)
+    {
+        string? path = request.SchedulerConfigPath ?? DiffusersModelLoader.FindSchedulerConfig(request.ModelPath);
+        return path is null ? 1000 : SchedulerConfig.Load(path).NumTrainTimesteps;
+    }
+
+    /// <summary>
+    /// Times one pass of <paramref name="model"/> at <paramref name="batch"/>: the median of <paramref name="runs"/> after
+    /// one warm-up, without gradients and with a backward into the weights (whose gradients are cleared afterwards).
+    /// </summary>
+    public static PassTimes Measure(DiffusionModel model, int batch, bool backward, int runs = 3, CancellationToken cancel = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        bool wasTraining = model.training;
+        model.eval();
+        var device = model.parameters().FirstOrDefault()?.device ?? CPU;
+        var generator = new Generator(0);
+        using var sample = randn([batch, model.InChannels, model.SampleSize[0], model.SampleSize[^1]], generator: generator).to(device);
+        using var timestep = full([batch], 500L, ScalarType.Int64, device: device);
+        using var labels = model.NumClasses is int classes ? randint(0, classes, [batch], ScalarType.Int64, generator: generator).to(device) : null;
+        try
+        {
+            double forward = Median(runs, cancel, () =>
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                model.Predict(sample, timestep, labels).sum().item<float>();
+            });
+            double withBackward = !backward ? double.NaN : Median(runs, cancel, () =>
+            {
+                using var scope = NewDisposeScope();
+                model.Predict(sample, timestep, labels).square().mean().backward();
+                model.zero_grad();
+            });
+            return new PassTimes(batch, forward, withBackward);
+        }
+        finally
+        {
+            model.zero_grad();
+            model.train(wasTraining);
+            NativeMemory.Trim();
+        }
+    }
+
+    private static double Median(int runs, CancellationToken cancel, Action pass)
+    {
+        // Warm-up: the first passes of a process pay for allocations, kernel choice and the thread pool's start, and
+        // can take several times a steady pass; pass on until the last two agree within 20% (at most 10 passes).
+        double previous = double.PositiveInfinity;
+        for (int i = 0; i < 10; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var warm = Stopwatch.StartNew();
+            pass();
+            double ms = warm.Elapsed.TotalMilliseconds;
+            if (i >= 1 && Math.Abs(ms - previous) <= 0.2 * Math.Min(ms, previous)) break;
+            previous = ms;
+        }
+        var times = new double[Math.Max(1, runs)];
+        for (int i = 0; i < times.Length; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var clock = Stopwatch.StartNew();
+            pass();
+            times[i] = clock.Elapsed.TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times[times.Length / 2];
+    }
+
+    /// <summary>
+    /// The estimate for <paramref name="request"/>: its <see cref="Work"/> times the pass times <paramref name="times"/>
+    /// gives for each batch size (measured with <see cref="Measure"/>, or cached by the caller), plus <see cref="Overhead"/>.
+    /// </summary>
+    public static PruneTimeEstimate Estimate(DiffusionModel model, PruneRequest request, Func<int, bool, PassTimes> times)
+    {
+        var work = Work(model, request);
+        var measured = work.Select(w => times(w.Batch, w.Backwards > 0)).ToList();
+        double ms = work.Zip(measured).Sum(p => p.First.Forwards * p.Second.ForwardMilliseconds + (p.First.Backwards > 0 ? p.First.Backwards * p.Second.BackwardMilliseconds : 0));
+        return new PruneTimeEstimate(Overhead + TimeSpan.FromMilliseconds(ms), work, measured, CpuInfo.Read().Model, torch.get_num_threads());
+    }
+
+    /// <summary>A duration as people read it: 40 s, 3 min 20 s, 1 h 05 min.</summary>
+    public static string Format(TimeSpan time) =>
+        time.TotalSeconds < 60 ? string.Create(CultureInfo.InvariantCulture, $"{Math.Max(1, Math.Round(time.TotalSeconds)):0} s")
+        : time.TotalHours < 1 ? string.Create(CultureInfo.InvariantCulture, $"{(int)time.TotalMinutes} min {time.Seconds:00} s")
+        : string.Create(CultureInfo.InvariantCulture, $"{(int)time.TotalHours} h {time.Minutes:00} min");
+}

@@ -1,0 +1,72 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using DiffusionPrune.Families;
+using DiffusionPrune.Pruning;
+using DiffusionPrune.Studio.Jobs;
+
+namespace DiffusionPrune.Studio.Prune;
+
+/// <summary>A prune run's time before it starts: the core's estimate, plus the quick look afterwards when there is one.</summary>
+/// <param name="Prune">The run itself (<see cref="PruneTime.Estimate"/>).</param>
+/// <param name="QuickLook">The quick look's sampling (pruned model and original, same noise), or null without one.</param>
+public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook, PassTimes? QuickLookPass, QuickEvaluation? Evaluation)
+{
+    /// <summary>The whole job.</summary>
+    public TimeSpan Total => Prune.Total + (QuickLook ?? TimeSpan.Zero);
+
+    /// <summary>One paragraph for the Prune page.</summary>
+    public string Describe()
+    {
+        string text = $"Estimated time: {PruneTime.Format(Total)}. Pruning {Prune.Describe()}.";
+        if (QuickLook is { } look && QuickLookPass is { } pass && Evaluation is { } eval)
+            text += string.Create(CultureInfo.InvariantCulture,
+                $" The quick look adds about {PruneTime.Format(look)}: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original's, an upper bound).");
+        return text;
+    }
+}
+
+/// <summary>
+/// Estimates prune jobs for the Prune page from pass times measured on this machine (<see cref="PruneTime.Measure"/>):
+/// each model, batch size and pass kind is timed once per process (a second or so) and the time kept while the
+/// model's weights are unchanged, so changing a setting re-prices the run at once. One measurement runs at a time so
+/// two pages do not time each other.
+/// </summary>
+public sealed class PruneEstimates : IDisposable
+{
+    private readonly ConcurrentDictionary<(string Model, DateTime Written, int Batch, bool Backward), PassTimes> _times = new();
+    private readonly SemaphoreSlim _one = new(1, 1);
+
+    /// <summary>How many passes this service has timed (a test sees measurements reused).</summary>
+    public int Measurements { get; private set; }
+
+    /// <summary>The estimate for <paramref name="request"/>, with the quick look <paramref name="evaluation"/> when given.</summary>
+    public async Task<PruneEstimate> EstimateAsync(PruneRequest request, QuickEvaluation? evaluation, CancellationToken cancel = default)
+    {
+        await _one.WaitAsync(cancel);
+        try
+        {
+            return await Task.Run(() =>
+            {
+                using var model = ModelFamilies.Load(request.ModelPath);
+                var written = Directory.EnumerateFiles(request.ModelPath, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
+                PassTimes Times(int batch, bool backward) => _times.GetOrAdd((request.ModelPath, written, batch, backward), _ =>
+                {
+                    Measurements++;
+                    return PruneTime.Measure(model, batch, backward, cancel: cancel);
+                });
+                var prune = PruneTime.Estimate(model, request, Times);
+                if (evaluation is null) return new PruneEstimate(prune, null, null, null);
+                var pass = Times(evaluation.Samples, false);
+                var look = TimeSpan.FromMilliseconds(2 * evaluation.Steps * pass.ForwardMilliseconds);
+                return new PruneEstimate(prune, look, pass, evaluation);
+            }, cancel);
+        }
+        finally
+        {
+            _one.Release();
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _one.Dispose();
+}
