@@ -109,7 +109,7 @@ public sealed class CompareResultPageTests : MudTestContext, IDisposable
             new ComparedModel("mnist-unet", "UNet2DModel", "original", null, 0, 2_538_993, 126_191_616, 119.6, 110.2, 130.4, 0.0123, 0.002, 0.71, 0.91,
                 null, null, null, 40, latency, latency with { Backend = LatencyResult.OnnxRuntimeCpu, MedianMs = 5.5 }, new Dictionary<string, double>(), "grid-0.png", null, null),
             new ComparedModel("mnist-unet-magnitude-20", "UNet2DModel", "magnitude", 0.2, 0.208, 2_012_017, 117_923_840, 133.9, 121.0, 147.5, 0.0201, 0.003, 0.62, 0.87,
-                null, 0.788, 23.4, 35, latency, null, new Dictionary<string, double> { ["down_blocks.0.resnets.0"] = 0.75 }, "grid-1.png", "difference-1.png", 4.9),
+                null, 0.788, 23.4, 35, latency, null, new Dictionary<string, double> { ["down_blocks.0.resnets.0"] = 0.75 }, "grid-1.png", "difference-1.png", 4.9, "onnx (CPU)", 64, 10),
         ], 64, 10, 0, 16, 1, ModelEvaluator.MnistReference, ModelEvaluator.FeatureSpace, "AMD EPYC (avx2)", DateTimeOffset.Parse("2026-12-03T12:00:00Z"), 190);
         report.Write(folder);
         return Path.GetFileName(folder);
@@ -127,6 +127,9 @@ public sealed class CompareResultPageTests : MudTestContext, IDisposable
         Assert.Contains("133.90 [121.00, 147.50]", quality);
         Assert.Contains("0.0201 ± 0.0030", quality);
         Assert.Contains("0.788", quality);
+        var sampled = page.FindAll(".sampled-with").Select(c => c.TextContent).ToList();
+        Assert.Equal("torch (cpu)", sampled[0]); // a report written before the step time was recorded
+        Assert.Equal("onnx (CPU): 224.0 ms per step at batch 64", sampled[1]); // 35 ms per image x 64 / 10 steps
         var cost = page.Find(".cost-table").TextContent;
         Assert.Contains("2,012,017", cost);
         Assert.Contains("20.8%", cost.Replace(" ", ""));
@@ -193,6 +196,10 @@ public sealed class CompareApiTests : IDisposable
         string name = (string)job["result"]!["comparison"]!;
         Assert.Equal($"/compare/{name}", (string?)job["result"]!["url"]);
         Assert.Contains("FID-proxy: tiny-b", (string)job["result"]!["summary"]!);
+        // sampled in ONNX Runtime by default, from bundles exported into the comparison
+        var compared = ComparisonReport.Load(Path.Combine(_samples.Root, "out", StudioOptions.ComparedFolder, name));
+        Assert.All(compared.Models, m => Assert.Equal("onnx (CPU)", m.SampledWith));
+        Assert.All(compared.Models, m => Assert.True(m.MillisecondsPerStep > 0));
 
         var listed = JsonNode.Parse(await client.GetStringAsync("/api/comparisons"))!.AsArray();
         Assert.Equal(["tiny-b", "tiny-a"], Assert.Single(listed)!["models"]!.AsArray().Select(n => (string)n!));

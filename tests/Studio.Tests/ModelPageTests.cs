@@ -42,10 +42,38 @@ public sealed class ModelPageTests : MudTestContext, IDisposable
         Assert.Equal(2, page.FindAll(".block-chart img").Count);
         Assert.StartsWith("data:image/png;base64,", page.Find(".block-chart img").GetAttribute("src"));
         var evaluations = page.Find(".model-evaluations").TextContent;
-        Assert.Contains("123.45 [110.50, 140.25] (64 images, 10 steps)", evaluations);
+        Assert.Contains("123.45 [110.50, 140.25] (64 images, 10 steps, recorded with the model)", evaluations);
         Assert.Contains("0.812", evaluations);
+        Assert.Contains("sampled intorch", evaluations); // a report without a runtime was TorchSharp's
         Assert.Equal("prune?model=tiny", page.Find("a.prune-model").GetAttribute("href"));
         Assert.Empty(page.FindAll(".guidance-field")); // unconditional: no guidance to set
+    }
+
+    [Fact]
+    public void Evaluate_queues_an_onnx_runtime_evaluation_and_the_studios_latest_report_is_shown_with_its_runtime_and_step_time()
+    {
+        string folder = ModelEvaluations.FolderOf(Path.Combine(_samples.Root, "out"), "tiny");
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "eval-20261203-101010-000.json"), """
+            {"fid_proxy": {"value": 98.7, "lower": 90.1, "upper": 107.3}, "kid": {"mean": 0.0101, "std": 0.002}, "samples": 256, "steps": 25,
+             "precision": 0.61, "recall": 0.52, "runtime": "onnx (CPU)", "sampler_ms_per_step": 12.5, "batch_size": 100}
+            """);
+        var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, "tiny"));
+        page.WaitForAssertion(() => Assert.Contains("98.70 [90.10, 107.30] (256 images, 25 steps, in the Studio)", page.Find(".model-evaluations").TextContent), WaitTimeout);
+        string text = page.Find(".model-evaluations").TextContent;
+        Assert.Contains("onnx (CPU): 12.5 ms per step at batch 100", text);
+        Assert.Contains("0.610 / 0.520", text);
+
+        page.Find(".eval-samples-field input").Change("32");
+        page.Find("button.start-evaluate").Click();
+        var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
+        page.WaitForAssertion(() => Assert.Single(queue.Enqueued), WaitTimeout);
+        var job = Assert.IsType<EvaluateJob>(queue.Enqueued[0]);
+        Assert.Equal(32, job.Request.Samples);
+        Assert.Equal(25, job.Request.Steps);
+        Assert.Null(job.Request.ReferenceModelPath);
+        Assert.Equal(Path.Combine(_samples.Root, "out", StudioOptions.OnnxCacheFolder), job.OnnxCache); // ONNX Runtime by default
+        Assert.StartsWith(Path.Combine(folder, "eval-"), job.ReportPath);
     }
 
     [Fact]
@@ -158,11 +186,27 @@ public sealed class EvaluateApiTests : IDisposable
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Equal("evaluate", (string?)job["kind"]);
         var report = job["result"]!["report"]!;
+        // ONNX Runtime by default, from bundles exported on the fly; the runtime and the time per step are in the figures
+        Assert.Equal("onnx (CPU)", (string?)report["runtime"]);
+        Assert.Equal(6, (int)report["batch_size"]!);
+        Assert.True((double)report["sampler_ms_per_step"]! > 0);
+        Assert.Matches(@"on onnx \(CPU\): \d+\.\d ms per step at batch 6\)", (string?)job["result"]!["summary"]);
+        Assert.True(Directory.Exists(Path.Combine(_samples.Root, "out", StudioOptions.OnnxCacheFolder)));
         Assert.Equal(6, (int)report["samples"]!);
         double fid = (double)report["fid_proxy"]!["value"]!;
         Assert.True((double)report["fid_proxy"]!["lower"]! <= fid && fid <= (double)report["fid_proxy"]!["upper"]!);
         Assert.InRange((double)report["ssim_to_reference"]!, -1, 1);
         Assert.DoesNotContain(_samples.Root, report.ToJsonString()); // a name and hash, no local path
         Assert.False(File.Exists(Path.Combine(_samples.ModelsRoot, "tiny", "eval_report.json")));
+
+        // TorchSharp on request, with the same noise: the same figures within float error
+        var torch = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2, "runtime": "torch"}""", TimeSpan.FromMinutes(2));
+        Assert.True((string?)torch["status"] == "succeeded", torch.ToJsonString());
+        var torchReport = torch["result"]!["report"]!;
+        Assert.StartsWith("torch", (string?)torchReport["runtime"]);
+        Assert.Equal((double)report["ssim_to_reference"]!, (double)torchReport["ssim_to_reference"]!, 3);
+        Assert.Equal(fid, (double)torchReport["fid_proxy"]!["value"]!, 2);
+        var bad = await Post("""{"kind": "evaluate", "model": "tiny", "runtime": "tensorflow"}""");
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
     }
 }

@@ -25,9 +25,11 @@ public static class CompareCommand
         var latencyBatch = new Option<int>("--latency-batch") { Description = "Batch latency is timed at in TorchSharp and ONNX Runtime; 0 skips latency.", DefaultValueFactory = _ => 1 };
         var data = new Option<string?>("--data") { Description = "A folder of real images to measure against (default: MNIST)." };
         var output = new Option<string>("--output") { Description = "Folder for the comparison.", Required = true };
+        var runtime = new Option<string>("--runtime") { Description = "What samples the grids and figures: torch (TorchSharp) | onnx (each model's bundle, exported into the comparison, in ONNX Runtime).", DefaultValueFactory = _ => "torch" };
+        var provider = CliCommon.ProviderOption();
         var command = new Command("compare", "Compare 2 to 6 models from the same noise: grids and differences, quality, cost, latency, kept layers, Pareto.")
         {
-            models, names, samples, steps, seed, grid, latencyBatch, data, output,
+            models, names, samples, steps, seed, grid, latencyBatch, data, output, runtime, provider,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -42,6 +44,8 @@ public static class CompareCommand
                 GridImages = parse.GetValue(grid),
                 LatencyBatch = parse.GetValue(latencyBatch) is int b and > 0 ? b : null,
                 Data = parse.GetValue(data),
+                Runtime = parse.GetValue(runtime)!,
+                Provider = parse.GetValue(provider)!,
             };
             using var pipeline = new DiffusionPipeline(TorchSharp.torch.CPU);
             var report = CliCommon.Await(pipeline.CompareAsync(request, new SynchronousProgress<StageProgress>(p =>

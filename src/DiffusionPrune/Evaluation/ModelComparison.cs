@@ -48,6 +48,15 @@ public sealed record CompareRequest
     /// <summary>Real images to measure against: null for MNIST, or a folder (see <see cref="EvalRequest.Data"/>).</summary>
     public string? Data { get; init; }
 
+    /// <summary>
+    /// What samples the grids and quality figures: torch (TorchSharp, the default) or onnx (each model's bundle, exported
+    /// into the comparison folder, in ONNX Runtime with <see cref="Provider"/>). Latency is timed in both either way.
+    /// </summary>
+    public string Runtime { get; init; } = "torch";
+
+    /// <summary>ONNX Runtime execution provider when <see cref="Runtime"/> is onnx: auto | cpu | directml | cuda.</summary>
+    public string Provider { get; init; } = "auto";
+
     /// <summary>The shown name of model <paramref name="i"/>.</summary>
     public string NameOf(int i) => Names is { } names && i < names.Count && names[i].Length > 0
         ? names[i]
@@ -65,6 +74,7 @@ public sealed record CompareRequest
         if (Steps is < 1 or > 1000) throw new ArgumentException($"Steps must be between 1 and 1,000, not {Steps}.");
         if (GridImages is < 1 or > 64) throw new ArgumentException($"Grid images must be between 1 and 64, not {GridImages}.");
         if (LatencyBatch is < 1 or > 256) throw new ArgumentException($"The latency batch must be between 1 and 256, not {LatencyBatch}.");
+        if (Runtime is not ("torch" or "onnx")) throw new ArgumentException($"The runtime must be torch or onnx, not '{Runtime}'.");
     }
 }
 
@@ -74,8 +84,14 @@ public sealed record ComparedModel(
     double Fid, double FidLower, double FidUpper, double Kid, double KidStd, double Precision, double Recall,
     double? ClassAccuracy, double? Ssim, double? Psnr, double SamplerMsPerImage,
     LatencyResult? Torch, LatencyResult? Onnx, IReadOnlyDictionary<string, double> KeptFractionPerLayer,
-    string Grid, string? Difference, double? MeanAbsoluteDifference)
+    string Grid, string? Difference, double? MeanAbsoluteDifference, string SampledWith = "torch (cpu)", int SampledBatch = 0, int SampledSteps = 0)
 {
+    /// <summary>
+    /// The time of one sampling step for the batch the figures were sampled in (<see cref="SampledBatch"/>), from the
+    /// median time per image; null for a report written before it was recorded.
+    /// </summary>
+    public double? MillisecondsPerStep => SampledBatch > 0 && SampledSteps > 0 ? SamplerMsPerImage * SampledBatch / SampledSteps : null;
+
     /// <summary>The reference has no difference image.</summary>
     public bool IsReference => Difference is null;
 
@@ -105,6 +121,9 @@ public sealed record ComparedModel(
             ["grid"] = Grid,
             ["difference"] = Difference,
             ["mean_absolute_difference"] = MeanAbsoluteDifference,
+            ["sampled_with"] = SampledWith,
+            ["sampled_batch"] = SampledBatch,
+            ["sampled_steps"] = SampledSteps,
         };
     }
 
@@ -127,7 +146,8 @@ public sealed record ComparedModel(
             latency?[LatencyResult.TorchSharp] is { } torch ? LatencyResult.FromJson(torch) : null,
             latency?[LatencyResult.OnnxRuntimeCpu] is { } onnx ? LatencyResult.FromJson(onnx) : null,
             (json["kept_fraction_per_layer"] as JsonObject)?.ToDictionary(p => p.Key, p => p.Value!.GetValue<double>()) ?? [],
-            Need(json, "grid").GetValue<string>(), json["difference"]?.GetValue<string>(), Optional("mean_absolute_difference"));
+            Need(json, "grid").GetValue<string>(), json["difference"]?.GetValue<string>(), Optional("mean_absolute_difference"),
+            json["sampled_with"]?.GetValue<string>() ?? "torch (cpu)", json["sampled_batch"]?.GetValue<int>() ?? 0, json["sampled_steps"]?.GetValue<int>() ?? 0);
     }
 }
 
@@ -224,10 +244,11 @@ public sealed record ComparisonReport(
 /// </summary>
 public static class ModelComparison
 {
-    /// <param name="load">The model at a folder, loaded or held (the pipeline's Load).</param>
+    /// <param name="load">The model at a folder, loaded or held (the pipeline's Load), in TorchSharp.</param>
+    /// <param name="loadBundle">A bundle folder in ONNX Runtime with the request's provider, when <see cref="CompareRequest.Runtime"/> is onnx.</param>
     /// <param name="progress">Overall fraction and a line for people.</param>
     public static ComparisonReport Run(CompareRequest request, Func<string, InferenceModel> load, Action<double, string>? progress = null,
-        CancellationToken cancel = default)
+        CancellationToken cancel = default, Func<string, InferenceModel>? loadBundle = null)
     {
         request.Check();
         var watch = Stopwatch.StartNew();
@@ -241,7 +262,10 @@ public static class ModelComparison
             if (loaded[i].InChannels != reference.InChannels || !loaded[i].SampleSize.SequenceEqual(reference.SampleSize))
                 throw new ArgumentException($"{request.NameOf(i)} makes {loaded[i].InChannels} x {string.Join(" x ", loaded[i].SampleSize)} samples but the reference " +
                     $"{request.NameOf(0)} makes {reference.InChannels} x {string.Join(" x ", reference.SampleSize)}; compare models of one shape.");
+        bool onnxSampling = request.Runtime == "onnx";
+        if (onnxSampling && loadBundle is null) throw new ArgumentException("Sampling in ONNX Runtime needs a way to load a bundle.", nameof(loadBundle));
         Tensor? referenceGrid = null;
+        InferenceModel? referenceSampler = null;
         var models = new List<ComparedModel>();
         try
         {
@@ -252,12 +276,24 @@ public static class ModelComparison
                 void Report(double within, string message) => progress?.Invoke((i + within) / n, $"{name}: {message}");
                 var model = loaded[i];
 
-                Report(0, "sampling the same-seed grid");
+                // The bundle (the ONNX model and its scheduler) is exported first when it samples or is timed.
+                string bundle = Path.Combine(output, "bundles", $"{i}-{Sanitize(name)}");
+                if (onnxSampling || (request.LatencyBatch is not null && model.TorchModel is not null))
+                {
+                    Report(0, "exporting the ONNX bundle");
+                    ModelExporter.Export(new ExportRequest { ModelPath = path, OutputPath = bundle, Formats = [ExportFormat.Onnx] },
+                        model.TorchModel ?? throw new ArgumentException($"{name} is not a TorchSharp model to export."), cancel: cancel);
+                    cancel.ThrowIfCancellationRequested();
+                }
+                var sampler = onnxSampling ? loadBundle!(bundle) : model;
+                if (i == 0) referenceSampler = sampler;
+
+                Report(0.05, $"sampling the same-seed grid ({sampler.Runtime})");
                 string grid = $"grid-{i}.png";
                 var sampled = SampleRunner.Run(new SampleRequest
                 {
                     ModelPath = path, Steps = request.Steps, Seed = request.Seed, Count = request.GridImages, OutputPath = Path.Combine(output, grid),
-                }, model, cancel: cancel);
+                }, sampler, cancel: cancel);
                 string? difference = null;
                 double? meanDifference = null;
                 using (var final = sampled.Final)
@@ -279,13 +315,14 @@ public static class ModelComparison
                     }
                 }
 
-                Report(0.2, $"evaluating {request.Samples} images");
+                Report(0.2, $"evaluating {request.Samples} images ({sampler.Runtime})");
+                int evalBatch = Math.Min(request.Samples, 100);
                 var eval = ModelEvaluator.Evaluate(new EvalRequest
                 {
                     ModelPath = path, Samples = request.Samples, Steps = request.Steps, Seed = request.Seed,
-                    BatchSize = Math.Min(request.Samples, 100), BootstrapResamples = 200, Data = request.Data,
+                    BatchSize = evalBatch, BootstrapResamples = 200, Data = request.Data,
                     ReferenceModelPath = i == 0 ? null : request.ModelPaths[0],
-                }, model, i == 0 ? null : reference, (done, total) => Report(0.2 + 0.5 * done / total, $"sampled {done}/{total}"), cancel);
+                }, sampler, i == 0 ? null : referenceSampler, (done, total) => Report(0.2 + 0.5 * done / total, $"sampled {done}/{total}"), cancel);
 
                 LatencyResult? torch = null, onnx = null;
                 if (request.LatencyBatch is int batch && model.TorchModel is { } torchModel)
@@ -293,10 +330,7 @@ public static class ModelComparison
                     Report(0.7, $"timing TorchSharp at batch {batch}");
                     torch = TorchLatency.Measure(torchModel, [batch], request.Latency).Single();
                     cancel.ThrowIfCancellationRequested();
-                    Report(0.8, "exporting the ONNX bundle");
-                    string bundle = Path.Combine(output, "bundles", $"{i}-{Sanitize(name)}");
-                    ModelExporter.Export(new ExportRequest { ModelPath = path, OutputPath = bundle, Formats = [ExportFormat.Onnx] }, torchModel, cancel: cancel);
-                    Report(0.9, $"timing ONNX Runtime at batch {batch}");
+                    Report(0.85, $"timing ONNX Runtime at batch {batch}");
                     onnx = OnnxLatency.Measure(Path.Combine(bundle, ModelFolder.OnnxModel), [batch], request.Latency).Single();
                 }
 
@@ -305,7 +339,7 @@ public static class ModelComparison
                     name, eval.ClassName, method, target, models.Count == 0 ? 0 : 1 - (double)eval.Parameters / models[0].Parameters,
                     eval.Parameters, eval.Macs, eval.Fid.Value, eval.Fid.Lower, eval.Fid.Upper, eval.Kid.Mean, eval.Kid.Std,
                     eval.PrecisionRecall.Precision, eval.PrecisionRecall.Recall, eval.ClassAccuracy, eval.Ssim, eval.Psnr, eval.SamplerMillisecondsPerImage,
-                    torch, onnx, kept, grid, difference, meanDifference));
+                    torch, onnx, kept, grid, difference, meanDifference, sampler.Runtime, evalBatch, request.Steps));
                 NativeMemory.Trim();
             }
         }

@@ -43,8 +43,12 @@ public sealed record EvalRequest
 public sealed record EvalReport(
     string Model, string ClassName, long Parameters, long Macs, int Samples, int Steps, string Scheduler, double GuidanceScale, long Seed,
     FidResult Fid, KidResult Kid, PrecisionRecallResult PrecisionRecall, double? ClassAccuracy, double? Ssim, double? Psnr,
-    double SamplerMillisecondsPerImage, double TotalSeconds, string Runtime = "torch", string Reference = ModelEvaluator.MnistReference)
+    double SamplerMillisecondsPerImage, double TotalSeconds, string Runtime = "torch", string Reference = ModelEvaluator.MnistReference,
+    int BatchSize = 0)
 {
+    /// <summary>One sampling step's time for a batch of <see cref="BatchSize"/>, from the median time per image; null when the batch is not recorded.</summary>
+    public double? SamplerMillisecondsPerStep => BatchSize > 0 && Steps > 0 ? SamplerMillisecondsPerImage * Math.Min(BatchSize, Samples) / Steps : null;
+
     public JsonObject ToJson() => new()
     {
         ["model"] = Formats.SourceIdentity.Describe(Model), // a name and hash, never a local path
@@ -64,6 +68,8 @@ public sealed record EvalReport(
         ["ssim_to_reference"] = Ssim,
         ["psnr_to_reference"] = Psnr,
         ["sampler_ms_per_image"] = SamplerMillisecondsPerImage,
+        ["sampler_ms_per_step"] = SamplerMillisecondsPerStep,
+        ["batch_size"] = Math.Min(BatchSize, Samples),
         ["total_seconds"] = TotalSeconds,
         ["runtime"] = Runtime,
         ["reference"] = Reference,
@@ -174,7 +180,8 @@ public static class ModelEvaluator
             request.SchedulerName ?? "from config", request.GuidanceScale, request.Seed, fid, kid, pr, accuracy, ssim, psnr, msPerImage,
             total.Elapsed.TotalSeconds, model.Runtime,
             mnist ? MnistReference : $"folder '{Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(request.Data!)))}': " +
-                $"{data.Count:N0} images as {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[^1]}"); // its name, never its path
+                $"{data.Count:N0} images as {model.InChannels} x {model.SampleSize[0]} x {model.SampleSize[^1]}", // its name, never its path
+            request.BatchSize);
     }
 
     /// <summary>Samples in batches with per-batch seeds, so N images are the same whatever the batch size divides.</summary>

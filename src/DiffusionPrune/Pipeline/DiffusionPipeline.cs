@@ -214,7 +214,8 @@ public sealed class DiffusionPipeline : IDisposable
             foreach (var path in request.ModelPaths)
                 EnsureFits(path, "torch", e => e.Inference(Math.Max(Math.Min(request.Samples, 100), request.GridImages)));
             var report = ModelComparison.Run(request, path => Load(path, "torch", "auto", progress).Inference,
-                (fraction, message) => progress?.Report(new StageProgress(PipelineStage.Compare, fraction, message)), cancel);
+                (fraction, message) => progress?.Report(new StageProgress(PipelineStage.Compare, fraction, message)), cancel,
+                bundle => Load(bundle, "onnx", request.Provider, progress).Inference);
             progress?.Report(new StageProgress(PipelineStage.Compare, 1, string.Create(CultureInfo.InvariantCulture,
                 $"compared {report.Models.Count} models in {report.Seconds:F0} s")));
             return report;

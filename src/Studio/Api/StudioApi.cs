@@ -197,7 +197,7 @@ public static class StudioApi
         };
         if (!entry.RemovesLayers && (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack))
             throw new ApiInputException($"'budget' and 'selection' apply to the layer methods, not to {entry.Name}.");
-        return new PruneJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
+        return new PruneJob(request, f.OptionalBool("evaluate") ?? false ? QuickLook(f, outputs) : null);
     }
 
     private static DistillJob DistillJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
@@ -219,7 +219,7 @@ public static class StudioApi
             LearningRate = f.OptionalDouble("lr") is double lr ? (lr is > 0 and < 1 ? lr : throw new ApiInputException("'lr' must be in (0, 1).")) : 1e-4,
             Seed = f.OptionalLong("seed") ?? 0,
         };
-        return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? new QuickEvaluation() : null);
+        return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? QuickLook(f, outputs) : null);
     }
 
     private static CompareJob CompareJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
@@ -238,6 +238,7 @@ public static class StudioApi
             Seed = f.OptionalLong("seed") ?? 0,
             GridImages = f.OptionalInt("grid", 1) ?? 16,
             LatencyBatch = f.OptionalInt("latency_batch", 0) is int b ? (b == 0 ? null : b) : 1,
+            Runtime = Runtime(f),
         };
         try
         {
@@ -282,8 +283,7 @@ public static class StudioApi
         if (count > 64) throw new ApiInputException($"'count' must be at most 64, not {count}.");
         double guidance = f.OptionalDouble("guidance") ?? 1;
         if (guidance is < 1 or > 20) throw new ApiInputException("'guidance' must be between 1 and 20.");
-        string runtime = f.OptionalString("runtime") ?? "onnx";
-        if (runtime is not ("onnx" or "torch")) throw new ApiInputException($"'runtime' must be onnx or torch, not '{runtime}'.");
+        string runtime = Runtime(f);
         return new SampleJob(new DiffusionPrune.Inference.SampleRequest
         {
             ModelPath = model.FolderPath,
@@ -294,6 +294,17 @@ public static class StudioApi
             GuidanceScale = guidance,
             OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.SamplesFolder), OutputNames.Shown(model.Name)) + ".png",
         }, runtime == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
+    }
+
+    /// <summary>The quick look after a prune or distil job, in the runtime the request asks for (ONNX Runtime by default).</summary>
+    private static QuickEvaluation QuickLook(Fields f, string outputs) =>
+        new(OnnxCache: Runtime(f) == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
+
+    /// <summary>What runs the network for sample, compare and evaluate jobs: onnx (ONNX Runtime, the default) or torch.</summary>
+    private static string Runtime(Fields f)
+    {
+        string runtime = f.OptionalString("runtime") ?? "onnx";
+        return runtime is "onnx" or "torch" ? runtime : throw new ApiInputException($"'runtime' must be onnx or torch, not '{runtime}'.");
     }
 
     private static EvaluateJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
@@ -312,8 +323,8 @@ public static class StudioApi
             Seed = f.OptionalLong("seed") ?? 0,
             BatchSize = Math.Min(samples, 100),
         };
-        string report = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.EvaluationsFolder), OutputNames.Shown(model.Name)) + ".json";
-        return new EvaluateJob(request, report);
+        string report = ModelEvaluations.NewReportPath(outputs, model.Name);
+        return new EvaluateJob(request, report, Runtime(f) == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
     }
 
     /// <summary>A sample grid a sample job wrote; only a plain <c>NAME.png</c> under the samples folder.</summary>

@@ -24,10 +24,10 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
     public override string? OutputPath => Request.OutputPath;
 
     /// <inheritdoc />
-    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredDistill(Request, Evaluation is not null));
+    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredDistill(Request, Evaluation is not null, Evaluation?.OnnxCache));
 
     /// <summary>What a distillation job stores to be run again.</summary>
-    internal sealed record StoredDistill(DistillRequest Request, bool Evaluate);
+    internal sealed record StoredDistill(DistillRequest Request, bool Evaluate, string? OnnxCache = null);
 
     /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,

@@ -1,5 +1,6 @@
 using System.Globalization;
 using DiffusionPrune.Evaluation;
+using DiffusionPrune.Export;
 using DiffusionPrune.Pipeline;
 
 namespace DiffusionPrune.Studio.Jobs;
@@ -7,10 +8,16 @@ namespace DiffusionPrune.Studio.Jobs;
 /// <summary>
 /// Evaluates a model (and, with a reference, SSIM/PSNR to it from the same noise) through the core's
 /// <see cref="DiffusionPipeline"/>: FID-proxy with its interval, KID, precision/recall, class accuracy. The report is
-/// written to <c>evaluations/NAME.json</c> under the Studio's output, never into the model's own folder.
+/// written to <c>evaluations/NAME.json</c> under the Studio's output, never into the model's own folder. By default the
+/// networks run in ONNX Runtime, from bundles exported on first use and cached by the model's hash
+/// (<see cref="OnnxBundleCache"/>); <paramref name="onnxCache"/> null runs them in TorchSharp. The result names the
+/// runtime and provider that ran and the time per sampling step.
 /// </summary>
-public sealed class EvaluateJob(EvalRequest request, string reportPath) : StudioJob
+public sealed class EvaluateJob(EvalRequest request, string reportPath, string? onnxCache = null) : StudioJob
 {
+    /// <summary>Where ONNX bundles are cached; null runs TorchSharp.</summary>
+    public string? OnnxCache { get; } = onnxCache;
+
     /// <summary>The request the job runs.</summary>
     public EvalRequest Request { get; } = request;
 
@@ -24,10 +31,10 @@ public sealed class EvaluateJob(EvalRequest request, string reportPath) : Studio
     public override string? OutputPath => ReportPath;
 
     /// <inheritdoc />
-    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredEvaluate(Request, ReportPath));
+    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredEvaluate(Request, ReportPath, OnnxCache));
 
     /// <summary>What an evaluation stores to be run again.</summary>
-    internal sealed record StoredEvaluate(EvalRequest Request, string ReportPath);
+    internal sealed record StoredEvaluate(EvalRequest Request, string ReportPath, string? OnnxCache = null);
 
     /// <inheritdoc />
     public override string Name
@@ -36,22 +43,32 @@ public sealed class EvaluateJob(EvalRequest request, string reportPath) : Studio
         {
             string against = Request.ReferenceModelPath is { } r ? $", against {OutputNames.Shown(Path.GetFileName(Path.TrimEndingDirectorySeparator(r)))}" : "";
             return string.Create(CultureInfo.InvariantCulture,
-                $"Evaluate {OutputNames.Shown(Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath)))} ({Request.Samples} images, {Request.Steps} steps{against})");
+                $"Evaluate {OutputNames.Shown(Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath)))} ({Request.Samples} images, {Request.Steps} steps{against}, {(OnnxCache is null ? "TorchSharp" : "ONNX Runtime")})");
         }
     }
 
     /// <inheritdoc />
     public override async Task RunAsync(IProgress<JobProgress> progress, CancellationToken cancellationToken)
     {
+        var request = Request;
+        if (OnnxCache is { } cache)
+        {
+            string Bundle(string model) => OnnxBundleCache.Ensure(model, cache,
+                line => progress.Report(new JobProgress(0, line, Note: true, Stage: "export")), cancellationToken);
+            string bundle = await Task.Run(() => Bundle(Request.ModelPath), cancellationToken);
+            string? reference = Request.ReferenceModelPath is { } r ? await Task.Run(() => Bundle(r), cancellationToken) : null;
+            request = Request with { ModelPath = bundle, ReferenceModelPath = reference, Backend = "onnx", Provider = "auto" };
+        }
         using var pipeline = new DiffusionPipeline();
-        var report = await pipeline.EvaluateAsync(Request, PruneJob.Forward(progress, 0, 1), cancellationToken);
+        var report = await pipeline.EvaluateAsync(request, PruneJob.Forward(progress, 0, 1), cancellationToken);
         Directory.CreateDirectory(Path.GetDirectoryName(ReportPath)!);
         report.Save(ReportPath);
         string text = string.Create(CultureInfo.InvariantCulture,
             $"FID-proxy {report.Fid.Value:F2} [{report.Fid.Lower:F2}, {report.Fid.Upper:F2}], KID {report.Kid.Mean:G4} ± {report.Kid.Std:G4}, precision {report.PrecisionRecall.Precision:F3}, recall {report.PrecisionRecall.Recall:F3}") +
             (report.ClassAccuracy is double acc ? string.Create(CultureInfo.InvariantCulture, $", class accuracy {acc:P1}") : "") +
             (report.Ssim is double ssim ? string.Create(CultureInfo.InvariantCulture, $", SSIM to the reference {ssim:F3}") : "") +
-            string.Create(CultureInfo.InvariantCulture, $" ({report.Samples} images, {report.Steps} steps, {report.SamplerMillisecondsPerImage:F1} ms per image).");
+            string.Create(CultureInfo.InvariantCulture,
+                $" ({report.Samples} images, {report.Steps} steps, on {report.Runtime}: {report.SamplerMillisecondsPerStep:F1} ms per step at batch {Math.Min(request.BatchSize, report.Samples)}).");
         progress.Report(new JobProgress(1, text, Note: true));
         Result = text;
     }

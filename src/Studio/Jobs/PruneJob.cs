@@ -8,7 +8,11 @@ namespace DiffusionPrune.Studio.Jobs;
 /// <summary>What a prune job evaluates after pruning: a quick look, not a benchmark (the CLI's eval is for those).</summary>
 /// <param name="Samples">Images sampled from the pruned model and, from the same noise, the original.</param>
 /// <param name="Steps">DDIM steps per image.</param>
-public sealed record QuickEvaluation(int Samples = 64, int Steps = 10)
+/// <param name="OnnxCache">
+/// Where ONNX bundles are cached: both models then run in ONNX Runtime, from bundles exported on first use and cached by
+/// the model's hash; null runs them in TorchSharp.
+/// </param>
+public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? OnnxCache = null)
 {
     /// <summary>
     /// Evaluates <paramref name="model"/> against <paramref name="reference"/> from the same noise, saves the report beside
@@ -17,7 +21,7 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10)
     public async Task<string> RunAsync(DiffusionPipeline pipeline, string model, string reference, string referenceName, long seed,
         IProgress<StageProgress> progress, CancellationToken cancellationToken)
     {
-        var eval = await pipeline.EvaluateAsync(new EvalRequest
+        var request = new EvalRequest
         {
             ModelPath = model,
             ReferenceModelPath = reference,
@@ -26,10 +30,23 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10)
             BatchSize = Samples,
             Seed = seed,
             BootstrapResamples = 100,
-        }, progress, cancellationToken);
+        };
+        if (OnnxCache is { } cache)
+        {
+            string Bundle(string folder) => DiffusionPrune.Export.OnnxBundleCache.Ensure(folder, cache,
+                line => progress.Report(StageProgress.Note(PipelineStage.Export, line)), cancellationToken);
+            request = request with
+            {
+                ModelPath = await Task.Run(() => Bundle(model), cancellationToken),
+                ReferenceModelPath = await Task.Run(() => Bundle(reference), cancellationToken),
+                Backend = "onnx",
+                Provider = "auto",
+            };
+        }
+        var eval = await pipeline.EvaluateAsync(request, progress, cancellationToken);
         eval.Save(Path.Combine(model, Formats.ModelFolder.EvalReport));
         string text = string.Create(CultureInfo.InvariantCulture,
-            $"Quick look ({Samples} samples x {Steps} steps): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
+            $"Quick look ({Samples} samples x {Steps} steps, on {eval.Runtime}: {eval.SamplerMillisecondsPerStep:F1} ms per step at batch {Samples}): FID-proxy {eval.Fid.Value:F1} [{eval.Fid.Lower:F1}, {eval.Fid.Upper:F1}]");
         if (eval.Ssim is double ssim) text += string.Create(CultureInfo.InvariantCulture, $", SSIM to {referenceName} {ssim:F3}");
         return text;
     }
@@ -56,10 +73,10 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
     public override string? OutputPath => Request.OutputPath;
 
     /// <inheritdoc />
-    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredPrune(Request, Evaluation is not null));
+    public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredPrune(Request, Evaluation is not null, Evaluation?.OnnxCache));
 
     /// <summary>What a prune job stores to be run again.</summary>
-    internal sealed record StoredPrune(PruneRequest Request, bool Evaluate);
+    internal sealed record StoredPrune(PruneRequest Request, bool Evaluate, string? OnnxCache = null);
 
     /// <inheritdoc />
     public override string Name => string.Create(CultureInfo.InvariantCulture,

@@ -25,14 +25,14 @@ public static class StudioJobs
                         var request = stored.Request;
                         bool checkpoint = request.OutputPath is { } output && request.Method == "ecodiff"
                             && EcoDiffCheckpoint.Exists(EcoDiffCheckpoint.FolderFor(output));
-                        return new PruneJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
+                        return new PruneJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation(OnnxCache: stored.OnnxCache) : null) { Id = id };
                     }
                 case "distill":
                     {
                         var stored = JsonSerializer.Deserialize<DistillJob.StoredDistill>(requestJson) ?? throw new JsonException("null");
                         var request = stored.Request;
                         bool checkpoint = File.Exists(Path.Combine(request.OutputPath, DiffusionTrainer.CheckpointFolder, "state.json"));
-                        return new DistillJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation() : null) { Id = id };
+                        return new DistillJob(request with { Resume = checkpoint }, stored.Evaluate ? new QuickEvaluation(OnnxCache: stored.OnnxCache) : null) { Id = id };
                     }
                 case "export":
                     {
@@ -42,7 +42,7 @@ public static class StudioJobs
                 case "evaluate":
                     {
                         var stored = JsonSerializer.Deserialize<EvaluateJob.StoredEvaluate>(requestJson) ?? throw new JsonException("null");
-                        return new EvaluateJob(stored.Request, stored.ReportPath) { Id = id };
+                        return new EvaluateJob(stored.Request, stored.ReportPath, stored.OnnxCache) { Id = id };
                     }
                 case "sample":
                     {

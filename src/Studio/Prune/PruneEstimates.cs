@@ -20,7 +20,7 @@ public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook,
         string text = $"Estimated time: {PruneTime.Format(Total)}. Pruning {Prune.Describe()}.";
         if (QuickLook is { } look && QuickLookPass is { } pass && Evaluation is { } eval)
             text += string.Create(CultureInfo.InvariantCulture,
-                $" The quick look adds about {PruneTime.Format(look)}: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original's, an upper bound).");
+                $" The quick look adds about {PruneTime.Format(look)}: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original timed in TorchSharp).");
         return text;
     }
 }

@@ -73,6 +73,29 @@ public class ModelComparisonTests
         Assert.Equal(File.ReadAllBytes(Path.Combine(output, "grid-0.png")), File.ReadAllBytes(Path.Combine(temp.File("again"), "grid-0.png")));
         Assert.Equal(magnitude.Ssim, again.Models[1].Ssim);
         Assert.Null(again.Models[0].Torch);
+        Assert.All(report.Models, m => Assert.Equal("torch (cpu)", m.SampledWith));
+
+        // In ONNX Runtime (each model's bundle exported into the comparison): the same pictures and figures within float error
+        var onnx = await pipeline.CompareAsync(new CompareRequest
+        {
+            ModelPaths = [original, temp.File("magnitude")], OutputPath = temp.File("onnx"), Samples = 6, Steps = 2, GridImages = 4, Seed = 9, LatencyBatch = null,
+            Runtime = "onnx",
+        });
+        Assert.All(onnx.Models, m => Assert.Equal("onnx (CPU)", m.SampledWith));
+        Assert.All(onnx.Models, m => Assert.True(m.MillisecondsPerStep > 0 && m.SampledBatch == 6 && m.SampledSteps == 2));
+        Assert.True(File.Exists(Path.Combine(temp.File("onnx"), "bundles", "0-" + Path.GetFileName(original), "model.onnx")));
+        Assert.Equal(magnitude.Ssim!.Value, onnx.Models[1].Ssim!.Value, 3);
+        Assert.Equal(magnitude.Fid, onnx.Models[1].Fid, 2);
+        using (var torchGrid = Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(Path.Combine(output, "grid-1.png")))
+        using (var onnxGrid = Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(Path.Combine(temp.File("onnx"), "grid-1.png")))
+        {
+            int worst = 0;
+            for (int y = 0; y < torchGrid.Height; y++)
+                for (int x = 0; x < torchGrid.Width; x++)
+                    worst = Math.Max(worst, Math.Abs(torchGrid[x, y].PackedValue - onnxGrid[x, y].PackedValue));
+            Assert.InRange(worst, 0, 1); // one grey level: rounding of values equal to float error
+        }
+        Assert.Throws<ArgumentException>(new CompareRequest { ModelPaths = ["/a", "/b"], OutputPath = "/o", Runtime = "tensorrt" }.Check);
 
         // Written whole: the report reads back equal, the markdown names every model, the figures exist
         var loaded = ComparisonReport.Load(output);
