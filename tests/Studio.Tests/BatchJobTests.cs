@@ -166,6 +166,35 @@ public sealed class BatchJobTests : IDisposable
     }
 
     [Fact]
+    public async Task A_failed_item_is_reported_with_its_reason_and_the_others_still_finish()
+    {
+        // a real run of the tiny model: its original is evaluated, and random-layer cannot remove 90% (too few removable layers)
+        TorchSharp.torch.manual_seed(4);
+        string folder = Path.Combine(_samples.ModelsRoot, "tiny");
+        TestModels.SaveTinyUNet(folder);
+        var model = new ModelSummary("tiny", folder, "UNet2DModel", 0, null);
+        var settings = new BatchSettings
+        {
+            Methods = ["random-layer"], Targets = [0.9], PruneSteps = 1, Calibration = 2, EvalSamples = 4, EvalSteps = 1,
+            Formats = [DiffusionPrune.Export.ExportFormat.Safetensors], Latency = false,
+        };
+        var job = BatchJob.Create([model], settings, Path.Combine(_samples.Root, "out", "batches"));
+        var reports = new List<JobProgress>();
+        await job.RunAsync(new DiffusionPrune.Pipeline.SynchronousProgress<JobProgress>(reports.Add), CancellationToken.None);
+
+        Assert.Contains("1 item(s) run, 0 skipped as finished earlier, 1 failed; 1 of 2 items finished", job.Result);
+        Assert.Contains("Failed: tiny random-layer 90%: ", job.Result);
+        Assert.Contains(reports, r => !r.Note && r.Fraction == 0.5 && r.Message.StartsWith("[2/2] tiny random-layer 90%", StringComparison.Ordinal)); // the second item's half of the bar
+        Assert.Contains(reports, r => r.Message.Contains("FAILED", StringComparison.Ordinal));
+
+        var entry = new BatchFolders(Path.Combine(_samples.Root, "out", "batches")).Find(job.BatchName)!;
+        Assert.Equal("original", Assert.Single(entry.Rows).Row.Method);
+        Assert.Equal("tiny random-layer 90%", Assert.Single(entry.Unfinished).ToString());
+        Assert.Equal("tiny random-layer 90%", Assert.Single(entry.Failed).Item);
+        Assert.True(File.Exists(Path.Combine(job.OutputPath!, BatchSummary.ParetoName)));
+    }
+
+    [Fact]
     public void A_plan_the_core_refuses_writes_nothing_and_names_the_setting()
     {
         var model = Model("alpha", "alpha");
