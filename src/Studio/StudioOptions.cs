@@ -40,6 +40,9 @@ public sealed class StudioOptions
     /// <summary>Where under <see cref="OutputRoot"/> comparisons go (not models: the catalog does not list them).</summary>
     public const string ComparedFolder = "compared";
 
+    /// <summary>Where under <see cref="OutputRoot"/> batch plans run by batch jobs go, one folder each (not models: the catalog does not list them).</summary>
+    public const string BatchesFolder = "batches";
+
     /// <summary>How many jobs run at once. Default 1: each job holds a model and its activations.</summary>
     public int Workers { get; set; } = 1;
 

@@ -58,6 +58,13 @@ public static class StudioServiceCollectionExtensions
             return new Compare.ComparisonFolders(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.ComparedFolder));
         });
 
+        // Singleton: stateless; reads the batches batch jobs write under the output root's batches/ folder.
+        services.AddSingleton(provider =>
+        {
+            var options = provider.GetRequiredService<IOptions<StudioOptions>>().Value;
+            return new Batch.BatchFolders(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.BatchesFolder));
+        });
+
         // Singleton: jobs outlive any one circuit; every open page sees the same list. Kept in SQLite under the data
         // folder, so a restart loses no finished result and marks what it cut off as interrupted (resumable).
         services.AddSingleton(provider =>

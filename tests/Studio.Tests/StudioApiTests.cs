@@ -96,7 +96,7 @@ public sealed class StudioApiTests : IAsyncLifetime
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": "much"}""", "'target_params' must be a number")]
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "iterations": 0}""", "'iterations' must be between 1")]
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "macs"}""", "apply to the layer methods")]
-    [InlineData("""{"kind": "launch", "model": "tiny-unet"}""", "'kind' must be prune, distill, compare, export, sample or evaluate")]
+    [InlineData("""{"kind": "launch", "model": "tiny-unet"}""", "'kind' must be prune, distill, compare, export, sample, evaluate or batch")]
     [InlineData("""{"kind": "distill", "student": "tiny-unet", "teacher": "tiny-unet"}""", "another model")]
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "params,macs"}""", "'budget' must be one of")]
     [InlineData("""{"kind": "prune", "model": "tiny-unet", "method": "magnitude", "target_params": 0.2, "budget": "1"}""", "'budget' must be one of")]

@@ -3,10 +3,12 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using DiffusionPrune.Evaluation;
 using DiffusionPrune.Export;
+using DiffusionPrune.Batch;
 using DiffusionPrune.Families;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Pruning.Layers;
+using DiffusionPrune.Studio.Batch;
 using DiffusionPrune.Studio.Catalog;
 using DiffusionPrune.Studio.Compare;
 using DiffusionPrune.Studio.Hosting;
@@ -42,6 +44,8 @@ public static class StudioApi
         api.MapGet("/exports/{name}/{file}", BundleFile);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
+        api.MapGet("/batches", ListBatches);
+        api.MapGet("/batches/{name}/{file}", BatchFile);
         return app;
     }
 
@@ -161,7 +165,8 @@ public static class StudioApi
                 "export" => ExportJobFrom(fields, models, outputs),
                 "sample" => SampleJobFrom(fields, models, outputs),
                 "evaluate" => EvaluateJobFrom(fields, models, outputs),
-                _ => throw new ApiInputException($"'kind' must be prune, distill, compare, export, sample or evaluate, not '{kind}'."),
+                "batch" => BatchJobFrom(fields, models, outputs),
+                _ => throw new ApiInputException($"'kind' must be prune, distill, compare, export, sample, evaluate or batch, not '{kind}'."),
             };
             fields.RejectUnknown();
             var snapshot = await queue.EnqueueAsync(job, context.RequestAborted);
@@ -327,6 +332,68 @@ public static class StudioApi
         return new EvaluateJob(request, report, Runtime(f) == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
     }
 
+    /// <summary>
+    /// A batch over catalog models: <c>models</c>, <c>methods</c> and <c>targets</c>, and optional settings, each checked
+    /// here by name and then by the core (<see cref="BatchPlan"/>) before the plan is written to a new folder.
+    /// </summary>
+    private static BatchJob BatchJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var names = f.Strings("models");
+        if (names.Count == 0) throw new ApiInputException("'models' must list at least one model.");
+        var chosen = names.Select(name => ModelNamed(name, models, "models")).ToList();
+        if (chosen.FirstOrDefault(m => ModelFamilies.ForClass(m.ClassName) is null) is { } other)
+            throw new ApiInputException($"'models': {other.Name} is a {other.ClassName}, not a diffusion model to prune.");
+        if (names.Distinct(StringComparer.Ordinal).Count() != names.Count) throw new ApiInputException("'models' lists a model twice.");
+        var methods = f.Strings("methods");
+        if (methods.FirstOrDefault(m => !BatchPlan.KnownMethods.Contains(m)) is { } unknown)
+            throw new ApiInputException($"'methods' must be from {string.Join(", ", BatchPlan.KnownMethods)}, not '{unknown}'.");
+        if (methods.Distinct(StringComparer.Ordinal).Count() != methods.Count) throw new ApiInputException("'methods' lists a method twice.");
+        var targets = f.Doubles("targets");
+        if (targets.Count == 0) throw new ApiInputException("'targets' must list at least one fraction to remove.");
+        foreach (double target in targets)
+            if (!(target is > 0 and < 1))
+                throw new ApiInputException($"'targets' must be fractions strictly between 0 and 1, not {target.ToString(CultureInfo.InvariantCulture)}.");
+        IReadOnlyList<ExportFormat>? formats = null;
+        if (f.OptionalString("formats") is { } list)
+        {
+            try
+            {
+                formats = ModelExporter.ParseFormats(list);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ApiInputException($"'formats': {e.Message}");
+            }
+        }
+        var d = new BatchSettings();
+        var settings = new BatchSettings
+        {
+            Methods = methods,
+            Targets = targets,
+            PruneSteps = f.OptionalInt("prune_steps", 1) ?? d.PruneSteps,
+            Iterations = f.OptionalInt("iterations", 1) ?? d.Iterations,
+            Calibration = f.OptionalInt("calibration", 1) ?? d.Calibration,
+            PruneSeed = f.OptionalLong("prune_seed") ?? d.PruneSeed,
+            EvalSamples = f.OptionalInt("eval_samples", 2) ?? d.EvalSamples,
+            EvalSteps = f.OptionalInt("eval_steps", 1) ?? d.EvalSteps,
+            EvalSeed = f.OptionalLong("eval_seed") ?? d.EvalSeed,
+            Formats = formats ?? d.Formats,
+            Latency = f.OptionalBool("latency") ?? d.Latency,
+            LatencyBatches = f.OptionalInts("latency_batches", 1, 1024) ?? d.LatencyBatches,
+            LatencyWarmup = f.OptionalInt("latency_warmup", 0) ?? d.LatencyWarmup,
+            LatencyRuns = f.OptionalInt("latency_runs", 1) ?? d.LatencyRuns,
+        };
+        f.RejectUnknown(); // before the plan's folder is written
+        try
+        {
+            return BatchJob.Create(chosen, settings, Path.Combine(outputs, StudioOptions.BatchesFolder));
+        }
+        catch (BatchPlanException e)
+        {
+            throw new ApiInputException(e.Message);
+        }
+    }
+
     /// <summary>A sample grid a sample job wrote; only a plain <c>NAME.png</c> under the samples folder.</summary>
     private static IResult SampleImage(string file, IOptions<StudioOptions> options)
     {
@@ -373,6 +440,35 @@ public static class StudioApi
     {
         if (comparisons.FileOf(name, file) is not { } path) return Problem(404, $"There is no file '{file}' in a comparison '{name}'.");
         string type = Path.GetExtension(path) switch { ".png" => "image/png", ".md" => "text/markdown; charset=utf-8", _ => "application/json" };
+        bool download = context.Request.Query["download"] == "1";
+        return Results.File(path, type, download ? $"{name}-{file}" : null);
+    }
+
+    private static IResult ListBatches(BatchFolders batches) =>
+        Results.Text(new JsonArray(batches.List().Select(b => (JsonNode)new JsonObject
+        {
+            ["name"] = b.Name,
+            ["models"] = b.Plan is { } plan ? new JsonArray(plan.Models.Select(m => (JsonNode)m.Name).ToArray()) : null,
+            ["methods"] = b.Plan is { } p ? new JsonArray(p.Methods.Select(m => (JsonNode)m).ToArray()) : null,
+            ["targets"] = b.Plan is { } q ? new JsonArray(q.Targets.Order().Select(t => (JsonNode)t).ToArray()) : null,
+            ["finished"] = b.Rows.Count,
+            ["unfinished"] = b.Unfinished.Count,
+            ["failed"] = b.Failed.Count,
+            ["written_at"] = b.WrittenAt.ToString("O", CultureInfo.InvariantCulture),
+            ["url"] = $"/batch/{b.Name}",
+        }).ToArray()).ToJsonString(Json), "application/json");
+
+    /// <summary>A batch's summary.md, summary.csv, pareto.png or JSON file; <c>?download=1</c> asks the browser to save it.</summary>
+    private static IResult BatchFile(string name, string file, HttpContext context, BatchFolders batches)
+    {
+        if (batches.FileOf(name, file) is not { } path) return Problem(404, $"There is no file '{file}' in a batch '{name}'.");
+        string type = Path.GetExtension(path) switch
+        {
+            ".png" => "image/png",
+            ".md" => "text/markdown; charset=utf-8",
+            ".csv" => "text/csv; charset=utf-8",
+            _ => "application/json",
+        };
         bool download = context.Request.Query["download"] == "1";
         return Results.File(path, type, download ? $"{name}-{file}" : null);
     }
@@ -459,6 +555,15 @@ public static class StudioApi
                 result["comparison"] = name;
                 result["url"] = $"/compare/{name}";
             }
+            else if (job.Kind == "batch" && job.OutputPath is { } batch)
+            {
+                string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(batch));
+                result["batch"] = name;
+                result["url"] = $"/batch/{name}";
+                result["summary_md"] = $"/api/batches/{name}/{BatchSummary.MarkdownName}";
+                result["summary_csv"] = $"/api/batches/{name}/{BatchSummary.CsvName}";
+                result["pareto"] = $"/api/batches/{name}/{BatchSummary.ParetoName}";
+            }
             else if (job.OutputPath is { } output)
                 result["output_model"] = $"{Path.GetFileName(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(output)))}/{Path.GetFileName(Path.TrimEndingDirectorySeparator(output))}";
             o["result"] = result;
@@ -530,6 +635,19 @@ public static class StudioApi
             Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0)
                 ? array.Select(n => n!.GetValue<string>()).ToList()
                 : throw new ApiInputException($"'{key}' is required and must be a list of names.");
+
+        public IReadOnlyList<double> Doubles(string key) =>
+            Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d))
+                ? array.Select(n => n!.GetValue<double>()).ToList()
+                : throw new ApiInputException($"'{key}' is required and must be a list of numbers.");
+
+        public IReadOnlyList<int>? OptionalInts(string key, int least, int most) => Get(key) switch
+        {
+            null => null,
+            JsonArray { Count: > 0 } array when array.All(n => n is JsonValue v && v.TryGetValue<double>(out var d) && d == Math.Floor(d) && d >= least && d <= most)
+                => array.Select(n => (int)n!.GetValue<double>()).ToList(),
+            _ => throw new ApiInputException($"'{key}' must be a list of whole numbers from {least} to {most}."),
+        };
 
         public string? OptionalString(string key) => Get(key) switch
         {

@@ -10,7 +10,8 @@ public static class StudioJobs
     /// <summary>
     /// The job of <paramref name="kind"/> stored as <paramref name="requestJson"/>, under the same <paramref name="id"/>.
     /// An EcoDiff prune continues from its last checkpoint (every 10 iterations) and a distillation from its last
-    /// checkpoint when one was written; other jobs, and runs cut off before their first checkpoint, start again.
+    /// checkpoint when one was written; a batch runs its plan again, skipping the items it finished; other jobs, and runs
+    /// cut off before their first checkpoint, start again.
     /// </summary>
     /// <exception cref="ArgumentException">The kind cannot be resumed or the request is unreadable.</exception>
     public static StudioJob Resume(string kind, string requestJson, Guid id)
@@ -54,6 +55,12 @@ public static class StudioJobs
                         // nothing to continue from: the comparison runs again into the same folder
                         var request = JsonSerializer.Deserialize<Evaluation.CompareRequest>(requestJson) ?? throw new JsonException("null");
                         return new CompareJob(request) { Id = id };
+                    }
+                case "batch":
+                    {
+                        // the plan is in the batch's folder; run again, finished items are skipped and the rest done
+                        var stored = JsonSerializer.Deserialize<BatchJob.StoredBatch>(requestJson) ?? throw new JsonException("null");
+                        return new BatchJob(stored.PlanPath, stored.Title) { Id = id };
                     }
                 default:
                     throw new ArgumentException($"A {kind} job cannot be resumed; start it again.");
