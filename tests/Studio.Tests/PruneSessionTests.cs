@@ -66,9 +66,9 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
     {
         TinyModel();
         var page = Context.Render<PrunePage>();
-        page.WaitForAssertion(() => Assert.Contains("The quick look adds about", page.Find(".time-estimate").TextContent), WaitTimeout);
-        string text = page.Find(".time-estimate").TextContent;
-        Assert.StartsWith("Estimated time: ", text);
+        page.WaitForAssertion(() => Assert.Contains("quick look", page.Find(".time-estimate b").TextContent), WaitTimeout);
+        Assert.Matches(@"^Estimated time: about [\d\w ]+ \(pruning [\d\w ]+, quick look [\d\w ]+\)\.$", page.Find(".time-estimate b").TextContent);
+        string text = page.Find(".time-details").TextContent;
         Assert.Contains("the method reads weights only, no network pass", text); // magnitude, the default
         Assert.Matches(@"64 images x 10 steps from the pruned model and the original \(\d+\.\d ms per step at batch 64", text);
 
@@ -89,7 +89,7 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         Assert.Equal(1, estimates.Measurements);
         Assert.True(large.Total > small.Total);
         Assert.Null(large.QuickLook);
-        Assert.Contains("400 forward+backward at batch 4", large.Describe());
+        Assert.Contains("400 forward+backward (to the activations) at batch 4", large.Describe());
         Assert.Contains("408 forward passes at batch 4", large.Describe()); // 2 target batches and 100 trajectories of 4 steps
         var withLook = await estimates.EstimateAsync(request, new QuickEvaluation());
         Assert.Equal(2, estimates.Measurements);

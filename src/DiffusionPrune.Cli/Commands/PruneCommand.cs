@@ -138,7 +138,7 @@ public static class PruneCommand
             if (estimateOnly)
             {
                 using var loaded = Families.ModelFamilies.Load(request.ModelPath, device: dev);
-                var time = PruneTime.Estimate(loaded, request, (batch, backward) => PruneTime.Measure(loaded, batch, backward));
+                var time = PruneTime.Estimate(loaded, request, kind => PruneTime.Measure(loaded, kind));
                 var memory = PruneRunner.MemoryNeed(Families.ModelFamilies.EstimateFolder(request.ModelPath), request);
                 console.Result($"{request.Method}: {time.Describe()}. Memory for {memory.Workload}: {memory.Describe()}.");
                 console.Summary(new System.Text.Json.Nodes.JsonObject

@@ -12,9 +12,17 @@ namespace DiffusionPrune.Pruning;
 
 /// <summary>
 /// Network passes of one batch size that a run makes: <see cref="Forwards"/> passes without gradients and
-/// <see cref="Backwards"/> passes with a backward (forward + backward each).
+/// <see cref="Backwards"/> passes with a backward (forward + backward each), whose gradients reach the weights
+/// (<see cref="WeightGradients"/>: Taylor, learnable depth) or only the activations (EcoDiff's gates).
 /// </summary>
-public sealed record NetworkWork(int Batch, long Forwards, long Backwards, string What);
+public sealed record NetworkWork(int Batch, long Forwards, long Backwards, string What, bool WeightGradients = true)
+{
+    /// <summary>The pass to time for this work: its batch, whether it has a backward, and into what.</summary>
+    public PassKind Kind => new(Batch, Backwards > 0, WeightGradients);
+}
+
+/// <summary>A kind of pass to time: a batch size, with or without a backward, into the weights or only the activations.</summary>
+public readonly record struct PassKind(int Batch, bool Backward, bool WeightGradients);
 
 /// <summary>One pass of the network at <see cref="Batch"/>, timed on this machine: without gradients and with a backward.</summary>
 public sealed record PassTimes(int Batch, double ForwardMilliseconds, double BackwardMilliseconds);
@@ -33,7 +41,7 @@ public sealed record PruneTimeEstimate(TimeSpan Total, IReadOnlyList<NetworkWork
             var t = Times.First(p => p.Batch == w.Batch);
             var passes = new List<string>();
             if (w.Forwards > 0) passes.Add(string.Create(inv, $"{w.Forwards:N0} forward passes at batch {w.Batch} ({t.ForwardMilliseconds:F1} ms each)"));
-            if (w.Backwards > 0) passes.Add(string.Create(inv, $"{w.Backwards:N0} forward+backward at batch {w.Batch} ({t.BackwardMilliseconds:F1} ms each)"));
+            if (w.Backwards > 0) passes.Add(string.Create(inv, $"{w.Backwards:N0} forward+backward{(w.WeightGradients ? "" : " (to the activations)")} at batch {w.Batch} ({t.BackwardMilliseconds:F1} ms each)"));
             return $"{w.What}: {string.Join(" and ", passes)}";
         });
         return string.Create(inv, $"about {PruneTime.Format(Total)}: {string.Join("; ", parts)}; passes timed just now on {Cpu}, {Threads} threads");
@@ -50,7 +58,7 @@ public sealed record PruneTimeEstimate(TimeSpan Total, IReadOnlyList<NetworkWork
 public static class PruneTime
 {
     /// <summary>Load, surgery and save, which every method pays once; small beside the passes of a learning method.</summary>
-    public static readonly TimeSpan Overhead = TimeSpan.FromSeconds(2);
+    public static readonly TimeSpan Overhead = TimeSpan.FromSeconds(0.5);
 
     /// <summary>The passes <paramref name="request"/> makes on <paramref name="model"/>, grouped by batch size.</summary>
     public static IReadOnlyList<NetworkWork> Work(DiffusionModel model, PruneRequest request)
@@ -77,7 +85,8 @@ public static class PruneTime
                     work[batch] = (f + steps * (1 + iterations), b + steps * iterations);
                 }
                 string what = string.Create(CultureInfo.InvariantCulture, $"{request.Iterations} iterations x {steps} steps");
-                return work.OrderByDescending(w => w.Key).Select(w => new NetworkWork(w.Key, w.Value.Forwards, w.Value.Backwards, what)).ToList();
+                // the checkpointed backward differentiates the gates through the activations: no weight gradients
+                return work.OrderByDescending(w => w.Key).Select(w => new NetworkWork(w.Key, w.Value.Forwards, w.Value.Backwards, what, WeightGradients: false)).ToList();
             }
             case "taylor":
             {
@@ -121,19 +130,22 @@ public static class PruneTime
     }
 
     /// <summary>
-    /// Times one pass of <paramref name="model"/> at <paramref name="batch"/>: the median of <paramref name="runs"/> after
-    /// one warm-up, without gradients and with a backward into the weights (whose gradients are cleared afterwards).
+    /// Times one pass of <paramref name="model"/> of <paramref name="kind"/>: the median of <paramref name="runs"/> after a
+    /// warm-up, without gradients and, for a backward, with one into the weights or (without weight gradients) only
+    /// into the activations, as EcoDiff's gates take theirs. Gradients are cleared and settings restored afterwards.
     /// </summary>
-    public static PassTimes Measure(DiffusionModel model, int batch, bool backward, int runs = 3, CancellationToken cancel = default)
+    public static PassTimes Measure(DiffusionModel model, PassKind kind, int runs = 7, CancellationToken cancel = default)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(batch, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(kind.Batch, 1);
         bool wasTraining = model.training;
         model.eval();
-        var device = model.parameters().FirstOrDefault()?.device ?? CPU;
+        var parameters = model.parameters().ToList();
+        var requiresGrad = parameters.Select(p => p.requires_grad).ToArray();
+        var device = parameters.FirstOrDefault()?.device ?? CPU;
         var generator = new Generator(0);
-        using var sample = randn([batch, model.InChannels, model.SampleSize[0], model.SampleSize[^1]], generator: generator).to(device);
-        using var timestep = full([batch], 500L, ScalarType.Int64, device: device);
-        using var labels = model.NumClasses is int classes ? randint(0, classes, [batch], ScalarType.Int64, generator: generator).to(device) : null;
+        using var sample = randn([kind.Batch, model.InChannels, model.SampleSize[0], model.SampleSize[^1]], generator: generator).to(device);
+        using var timestep = full([kind.Batch], 500L, ScalarType.Int64, device: device);
+        using var labels = model.NumClasses is int classes ? randint(0, classes, [kind.Batch], ScalarType.Int64, generator: generator).to(device) : null;
         try
         {
             double forward = Median(runs, cancel, () =>
@@ -142,16 +154,20 @@ public static class PruneTime
                 using var noGrad = no_grad();
                 model.Predict(sample, timestep, labels).sum().item<float>();
             });
-            double withBackward = !backward ? double.NaN : Median(runs, cancel, () =>
+            if (!kind.Backward) return new PassTimes(kind.Batch, forward, double.NaN);
+            foreach (var p in parameters) p.requires_grad = kind.WeightGradients;
+            double withBackward = Median(runs, cancel, () =>
             {
                 using var scope = NewDisposeScope();
-                model.Predict(sample, timestep, labels).square().mean().backward();
+                var input = kind.WeightGradients ? sample : sample.detach().requires_grad_(true);
+                model.Predict(input, timestep, labels).square().mean().backward();
                 model.zero_grad();
             });
-            return new PassTimes(batch, forward, withBackward);
+            return new PassTimes(kind.Batch, forward, withBackward);
         }
         finally
         {
+            for (int i = 0; i < parameters.Count; i++) parameters[i].requires_grad = requiresGrad[i];
             model.zero_grad();
             model.train(wasTraining);
             NativeMemory.Trim();
@@ -161,18 +177,19 @@ public static class PruneTime
     private static double Median(int runs, CancellationToken cancel, Action pass)
     {
         // Warm-up: the first passes of a process pay for allocations, kernel choice and the thread pool's start, and
-        // can take several times a steady pass; pass on until the last two agree within 20% (at most 10 passes).
-        double previous = double.PositiveInfinity;
+        // can take twice a steady pass or more: at least three passes, on until the last two agree within 20% (at most 10).
+        double previous = double.PositiveInfinity, last = 0;
         for (int i = 0; i < 10; i++)
         {
             cancel.ThrowIfCancellationRequested();
             var warm = Stopwatch.StartNew();
             pass();
-            double ms = warm.Elapsed.TotalMilliseconds;
-            if (i >= 1 && Math.Abs(ms - previous) <= 0.2 * Math.Min(ms, previous)) break;
-            previous = ms;
+            last = warm.Elapsed.TotalMilliseconds;
+            if (i >= 2 && Math.Abs(last - previous) <= 0.2 * Math.Min(last, previous)) break;
+            previous = last;
         }
-        var times = new double[Math.Max(1, runs)];
+        // a slow pass (a large batch) is timed fewer times: three are enough against a stray slow one
+        var times = new double[last > 200 ? Math.Min(3, Math.Max(1, runs)) : Math.Max(1, runs)];
         for (int i = 0; i < times.Length; i++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -188,10 +205,10 @@ public static class PruneTime
     /// The estimate for <paramref name="request"/>: its <see cref="Work"/> times the pass times <paramref name="times"/>
     /// gives for each batch size (measured with <see cref="Measure"/>, or cached by the caller), plus <see cref="Overhead"/>.
     /// </summary>
-    public static PruneTimeEstimate Estimate(DiffusionModel model, PruneRequest request, Func<int, bool, PassTimes> times)
+    public static PruneTimeEstimate Estimate(DiffusionModel model, PruneRequest request, Func<PassKind, PassTimes> times)
     {
         var work = Work(model, request);
-        var measured = work.Select(w => times(w.Batch, w.Backwards > 0)).ToList();
+        var measured = work.Select(w => times(w.Kind)).ToList();
         double ms = work.Zip(measured).Sum(p => p.First.Forwards * p.Second.ForwardMilliseconds + (p.First.Backwards > 0 ? p.First.Backwards * p.Second.BackwardMilliseconds : 0));
         return new PruneTimeEstimate(Overhead + TimeSpan.FromMilliseconds(ms), work, measured, CpuInfo.Read().Model, torch.get_num_threads());
     }

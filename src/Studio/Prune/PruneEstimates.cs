@@ -14,15 +14,26 @@ public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook,
     /// <summary>The whole job.</summary>
     public TimeSpan Total => Prune.Total + (QuickLook ?? TimeSpan.Zero);
 
-    /// <summary>One paragraph for the Prune page.</summary>
-    public string Describe()
+    /// <summary>The line people read first: "Estimated time: about 1 min 20 s (pruning 1 min 13 s, quick look 7 s)".</summary>
+    public string Headline => QuickLook is { } look
+        ? $"Estimated time: about {PruneTime.Format(Total)} (pruning {PruneTime.Format(Prune.Total)}, quick look {PruneTime.Format(look)})."
+        : $"Estimated time: about {PruneTime.Format(Total)}.";
+
+    /// <summary>Where the figure comes from: the passes counted and their times on this machine.</summary>
+    public string Details
     {
-        string text = $"Estimated time: {PruneTime.Format(Total)}. Pruning {Prune.Describe()}.";
-        if (QuickLook is { } look && QuickLookPass is { } pass && Evaluation is { } eval)
-            text += string.Create(CultureInfo.InvariantCulture,
-                $" The quick look adds about {PruneTime.Format(look)}: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original timed in TorchSharp).");
-        return text;
+        get
+        {
+            string text = $"Pruning: {Prune.Describe()}.";
+            if (QuickLookPass is { } pass && Evaluation is { } eval)
+                text += string.Create(CultureInfo.InvariantCulture,
+                    $" Quick look: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original timed in TorchSharp).");
+            return text;
+        }
     }
+
+    /// <summary>Both, as one paragraph.</summary>
+    public string Describe() => $"{Headline} {Details}";
 }
 
 /// <summary>
@@ -33,7 +44,7 @@ public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook,
 /// </summary>
 public sealed class PruneEstimates : IDisposable
 {
-    private readonly ConcurrentDictionary<(string Model, DateTime Written, int Batch, bool Backward), PassTimes> _times = new();
+    private readonly ConcurrentDictionary<(string Model, DateTime Written, PassKind Kind), PassTimes> _times = new();
     private readonly SemaphoreSlim _one = new(1, 1);
 
     /// <summary>How many passes this service has timed (a test sees measurements reused).</summary>
@@ -49,14 +60,14 @@ public sealed class PruneEstimates : IDisposable
             {
                 using var model = ModelFamilies.Load(request.ModelPath);
                 var written = Directory.EnumerateFiles(request.ModelPath, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
-                PassTimes Times(int batch, bool backward) => _times.GetOrAdd((request.ModelPath, written, batch, backward), _ =>
+                PassTimes Times(PassKind kind) => _times.GetOrAdd((request.ModelPath, written, kind), _ =>
                 {
                     Measurements++;
-                    return PruneTime.Measure(model, batch, backward, cancel: cancel);
+                    return PruneTime.Measure(model, kind, cancel: cancel);
                 });
                 var prune = PruneTime.Estimate(model, request, Times);
                 if (evaluation is null) return new PruneEstimate(prune, null, null, null);
-                var pass = Times(evaluation.Samples, false);
+                var pass = Times(new PassKind(evaluation.Samples, Backward: false, WeightGradients: false));
                 var look = TimeSpan.FromMilliseconds(2 * evaluation.Steps * pass.ForwardMilliseconds);
                 return new PruneEstimate(prune, look, pass, evaluation);
             }, cancel);

@@ -109,21 +109,25 @@ public class PruneTimeTests
         string folder = Fixtures.TinyEvaluableUNet(temp);
         using var model = ModelFamilies.Load(folder);
         model.train();
-        var times = PruneTime.Measure(model, 3, backward: true, runs: 2);
+        var times = PruneTime.Measure(model, new PassKind(3, Backward: true, WeightGradients: true), runs: 2);
         Assert.Equal(3, times.Batch);
         Assert.True(times.ForwardMilliseconds > 0 && double.IsFinite(times.ForwardMilliseconds));
         Assert.True(times.BackwardMilliseconds > 0 && double.IsFinite(times.BackwardMilliseconds));
         Assert.True(model.training);
         Assert.All(model.parameters(), p => Assert.True(p.grad is null || p.grad.abs().sum().item<float>() == 0));
-        Assert.True(double.IsNaN(PruneTime.Measure(model, 2, backward: false, runs: 1).BackwardMilliseconds));
+        Assert.True(double.IsNaN(PruneTime.Measure(model, new PassKind(2, Backward: false, WeightGradients: false), runs: 1).BackwardMilliseconds));
+        var toActivations = PruneTime.Measure(model, new PassKind(3, Backward: true, WeightGradients: false), runs: 2);
+        Assert.True(toActivations.BackwardMilliseconds > 0);
+        Assert.All(model.parameters(), p => Assert.True(p.requires_grad)); // restored
+        Assert.All(model.parameters(), p => Assert.True(p.grad is null || p.grad.abs().sum().item<float>() == 0));
 
         var request = new PruneRequest { ModelPath = folder, Method = "ecodiff", TargetParams = 0.2, Steps = 2, Iterations = 10, Calibration = 4 };
-        var estimate = PruneTime.Estimate(model, request, (batch, backward) => new PassTimes(batch, 10, 30));
+        var estimate = PruneTime.Estimate(model, request, kind => new PassTimes(kind.Batch, 10, 30));
         // 2 x (1 + 10) forwards at 10 ms, 2 x 10 forward+backward at 30 ms, and the fixed overhead
         Assert.Equal(PruneTime.Overhead + TimeSpan.FromMilliseconds(22 * 10 + 20 * 30), estimate.Total);
         Assert.Contains("22 forward passes at batch 4 (10.0 ms each)", estimate.Describe());
-        Assert.Contains("20 forward+backward at batch 4 (30.0 ms each)", estimate.Describe());
-        var weightsOnly = PruneTime.Estimate(model, request with { Method = "magnitude" }, (_, _) => throw new InvalidOperationException("no pass to time"));
+        Assert.Contains("20 forward+backward (to the activations) at batch 4 (30.0 ms each)", estimate.Describe());
+        var weightsOnly = PruneTime.Estimate(model, request with { Method = "magnitude" }, _ => throw new InvalidOperationException("no pass to time"));
         Assert.Equal(PruneTime.Overhead, weightsOnly.Total);
         Assert.Contains("weights only", weightsOnly.Describe());
     }
