@@ -60,6 +60,10 @@ public sealed class BatchApiTests : MudTestContext, IDisposable
         string folder = Path.Combine(batches, name);
         Assert.True(File.Exists(Path.Combine(folder, "summary.md")));
         Assert.True(File.Exists(Path.Combine(folder, "pareto.png")));
+        // evaluated in ONNX Runtime, the Studio's default, from bundles exported into the batch's own cache
+        Assert.Equal("onnx", (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "plan.json")))!["eval"]!["runtime"]);
+        var plan = DiffusionPrune.Batch.BatchPlan.Load(Path.Combine(folder, "plan.json"));
+        Assert.All(plan.Items(), item => Assert.Equal("onnx (CPU)", (string?)DiffusionPrune.Batch.BatchRunner.ReadItem(plan.FolderOf(item))!["eval"]!["runtime"]));
 
         var listed = Assert.Single(JsonNode.Parse(await client.GetStringAsync("/api/batches"))!.AsArray())!;
         Assert.Equal(name, (string?)listed["name"]);

@@ -64,6 +64,12 @@ public sealed record BatchEvalSettings
     public int BatchSize { get; init; } = 100;
     public int BootstrapResamples { get; init; } = 200;
     public string? FeatureNetFolder { get; init; }
+
+    /// <summary>
+    /// What samples the evaluation: torch (TorchSharp, the default) or onnx (ONNX Runtime on the CPU, from each model's
+    /// bundle exported into the output's <c>onnx-cache/</c> and reused while the model is unchanged).
+    /// </summary>
+    public string Runtime { get; init; } = "torch";
 }
 
 /// <summary>The <c>latency</c> section: ONNX Runtime (and optionally TorchSharp) timings of every item's model.onnx.</summary>
@@ -173,6 +179,7 @@ public sealed record BatchPlan
             ["scheduler"] = Eval.Scheduler, ["batch"] = Eval.BatchSize, ["bootstrap"] = Eval.BootstrapResamples,
             ["featurenet"] = Eval.FeatureNetFolder is null ? null : Path.GetFullPath(Eval.FeatureNetFolder),
         };
+        if (Eval.Runtime != "torch") settings["eval"]!["runtime"] = Eval.Runtime; // torch items of earlier plans stay finished
         settings["export"] = new JsonObject { ["formats"] = new JsonArray(ExportFormats.Select(f => (JsonNode)FormatName(f)).ToArray()) };
         settings["latency"] = Latency is null ? null : new JsonObject
         {
@@ -418,7 +425,10 @@ public sealed record BatchPlan
     {
         var defaults = new BatchEvalSettings();
         if (!reader.Section(top, "eval", out var section)) return defaults;
-        reader.Object(section, "\"eval\"", "samples", "steps", "seed", "guidance_scale", "scheduler", "batch", "bootstrap", "featurenet");
+        reader.Object(section, "\"eval\"", "samples", "steps", "seed", "guidance_scale", "scheduler", "batch", "bootstrap", "featurenet", "runtime");
+        string runtime = reader.String(section, "runtime") ?? defaults.Runtime;
+        if (runtime is not ("torch" or "onnx"))
+            throw new BatchPlanException($"{reader.Plan}: \"eval\".\"runtime\" is '{runtime}'; use torch or onnx.");
         string scheduler = reader.String(section, "scheduler") ?? defaults.Scheduler;
         if (scheduler is not ("ddim" or "ddpm" or "dpm++2m"))
             throw new BatchPlanException($"{reader.Plan}: \"eval\".\"scheduler\" is '{scheduler}'; use ddim, ddpm or dpm++2m.");
@@ -437,6 +447,7 @@ public sealed record BatchPlan
             Scheduler = scheduler,
             BatchSize = reader.Int(section, "eval", "batch", defaults.BatchSize, 1),
             BootstrapResamples = reader.Int(section, "eval", "bootstrap", defaults.BootstrapResamples, 1),
+            Runtime = runtime,
             FeatureNetFolder = featureNet,
         };
     }

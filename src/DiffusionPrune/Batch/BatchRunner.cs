@@ -63,6 +63,7 @@ public static class BatchRunner
     public const string ModelFolderName = "model";
     public const string DistilledFolderName = "distilled";
     public const string BundleFolderName = "bundle";
+    public const string OnnxCacheFolderName = "onnx-cache";
 
 
     public static BatchRunResult Run(BatchPlan plan, BatchRunOptions? options = null) => RunAsync(plan, options).GetAwaiter().GetResult();
@@ -273,10 +274,22 @@ public static class BatchRunner
         cancel.ThrowIfCancellationRequested();
 
         // 2. evaluate, with the original as the paired-SSIM reference
-        log($"evaluating: {plan.Eval.Samples} samples x {plan.Eval.Steps} {plan.Eval.Scheduler} steps" + (item.IsOriginal ? "" : ", and the original from the same noise"));
+        log($"evaluating: {plan.Eval.Samples} samples x {plan.Eval.Steps} {plan.Eval.Scheduler} steps" + (item.IsOriginal ? "" : ", and the original from the same noise") +
+            (plan.Eval.Runtime == "onnx" ? ", in ONNX Runtime" : ""));
+        string evalModel = modelFolder;
+        string? evalReference = item.IsOriginal ? null : item.Model.Path;
+        if (plan.Eval.Runtime == "onnx")
+        {
+            // each model's bundle, exported once into the output's cache (keyed by the model's hash) and reused
+            string cache = Path.Combine(plan.Output, OnnxCacheFolderName);
+            evalModel = await Task.Run(() => OnnxBundleCache.Ensure(modelFolder, cache, log, cancel), cancel).ConfigureAwait(false);
+            if (evalReference is { } original)
+                evalReference = await Task.Run(() => OnnxBundleCache.Ensure(original, cache, log, cancel), cancel).ConfigureAwait(false);
+        }
         var eval = await pipeline.EvaluateAsync(new EvalRequest
         {
-            ModelPath = modelFolder,
+            ModelPath = evalModel,
+            Backend = plan.Eval.Runtime,
             SchedulerConfigPath = schedulerConfig,
             SchedulerName = plan.Eval.Scheduler,
             Samples = plan.Eval.Samples,
@@ -284,7 +297,7 @@ public static class BatchRunner
             GuidanceScale = plan.Eval.GuidanceScale,
             Seed = plan.Eval.Seed,
             BatchSize = plan.Eval.BatchSize,
-            ReferenceModelPath = item.IsOriginal ? null : item.Model.Path,
+            ReferenceModelPath = evalReference,
             FeatureNetFolder = plan.Eval.FeatureNetFolder,
             BootstrapResamples = plan.Eval.BootstrapResamples,
         }, progress, cancel).ConfigureAwait(false);

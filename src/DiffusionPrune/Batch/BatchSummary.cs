@@ -173,7 +173,7 @@ public static class BatchSummary
             md.AppendLine(Inv, $"- **Distillation**: every pruned model is distilled from its original before it is measured: {d.Kd.ToString().ToLowerInvariant()} KD, " +
                 $"{d.Steps} steps of {d.BatchSize} images ({(long)d.Steps * d.BatchSize:N0} images), learning rate {d.LearningRate}, data {(d.Data == "mnist" ? "mnist" : Path.GetFileName(d.Data))}, seed {d.Seed}.");
         var e = plan.Eval;
-        md.AppendLine(Inv, $"- **Quality**: {e.Samples} samples x {e.Steps} {e.Scheduler} steps (seed {e.Seed}, guidance {e.GuidanceScale}); FID-proxy with its 95% bootstrap interval " +
+        md.AppendLine(Inv, $"- **Quality**: {e.Samples} samples x {e.Steps} {e.Scheduler} steps (seed {e.Seed}, guidance {e.GuidanceScale}, sampled in {(e.Runtime == "onnx" ? "ONNX Runtime" : "TorchSharp")}); FID-proxy with its 95% bootstrap interval " +
             $"and KID against the MNIST test split in the project's feature space; SSIM of each pruned model's samples to the original's from the same noise.");
         if (plan.Latency is { } l)
         {

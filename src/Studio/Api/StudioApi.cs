@@ -377,6 +377,7 @@ public static class StudioApi
             EvalSamples = f.OptionalInt("eval_samples", 2) ?? d.EvalSamples,
             EvalSteps = f.OptionalInt("eval_steps", 1) ?? d.EvalSteps,
             EvalSeed = f.OptionalLong("eval_seed") ?? d.EvalSeed,
+            EvalRuntime = Runtime(f),
             Formats = formats ?? d.Formats,
             Latency = f.OptionalBool("latency") ?? d.Latency,
             LatencyBatches = f.OptionalInts("latency_batches", 1, 1024) ?? d.LatencyBatches,

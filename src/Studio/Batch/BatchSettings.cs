@@ -39,6 +39,9 @@ public sealed record BatchSettings
     /// <summary>The evaluation seed (the same noise for every item).</summary>
     public long EvalSeed { get; init; }
 
+    /// <summary>What samples the evaluations: onnx (ONNX Runtime, the Studio's default) or torch (TorchSharp).</summary>
+    public string EvalRuntime { get; init; } = "onnx";
+
     /// <summary>What each item's bundle holds; latency needs <see cref="ExportFormat.Onnx"/>.</summary>
     public IReadOnlyList<ExportFormat> Formats { get; init; } = [ExportFormat.Safetensors, ExportFormat.Onnx];
 
@@ -71,7 +74,7 @@ public sealed record BatchSettings
             ["methods"] = new JsonArray(Methods.Select(m => (JsonNode)m).ToArray()),
             ["targets"] = new JsonArray(Targets.Select(t => (JsonNode)t).ToArray()),
             ["prune"] = new JsonObject { ["steps"] = PruneSteps, ["iterations"] = Iterations, ["calibration"] = Calibration, ["seed"] = PruneSeed },
-            ["eval"] = new JsonObject { ["samples"] = EvalSamples, ["steps"] = EvalSteps, ["seed"] = EvalSeed, ["batch"] = Math.Clamp(EvalSamples, 1, 100) },
+            ["eval"] = new JsonObject { ["samples"] = EvalSamples, ["steps"] = EvalSteps, ["seed"] = EvalSeed, ["batch"] = Math.Clamp(EvalSamples, 1, 100), ["runtime"] = EvalRuntime },
             ["export"] = new JsonObject { ["formats"] = new JsonArray(Formats.Select(f => (JsonNode)f.ToString().ToLowerInvariant()).ToArray()) },
             ["latency"] = Latency
                 ? new JsonObject { ["batches"] = new JsonArray(LatencyBatches.Select(b => (JsonNode)b).ToArray()), ["warmup"] = LatencyWarmup, ["runs"] = LatencyRuns }

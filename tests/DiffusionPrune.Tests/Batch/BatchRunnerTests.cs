@@ -71,6 +71,42 @@ public class BatchRunnerTests
     }
 
     [Fact]
+    public void Evaluations_sampled_in_onnx_runtime_give_torchsharps_figures_and_a_runtime_change_reruns_the_items()
+    {
+        using var temp = Fixtures.Temp();
+        var (planPath, _) = TinyPlan(temp.Path);
+        string torchJson = File.ReadAllText(planPath)
+            .Replace("\"methods\": [\"magnitude\", \"random\"]", "\"methods\": [\"magnitude\"]", StringComparison.Ordinal)
+            .Replace("\"latency\": { \"batches\": [1, 2], \"warmup\": 1, \"runs\": 2 }", "\"latency\": null", StringComparison.Ordinal);
+        File.WriteAllText(planPath, torchJson);
+        var torchPlan = BatchPlan.Load(planPath);
+        Assert.Empty(BatchRunner.Run(torchPlan).Failed);
+        var torchRecords = torchPlan.Items().Select(i => BatchRunner.ReadItem(torchPlan.FolderOf(i))!).ToList();
+
+        File.WriteAllText(planPath, torchJson.Replace("\"bootstrap\": 20 }", "\"bootstrap\": 20, \"runtime\": \"onnx\" }", StringComparison.Ordinal));
+        var onnxPlan = BatchPlan.Load(planPath);
+        Assert.Equal("onnx", onnxPlan.Eval.Runtime);
+        var log = new List<string>();
+        var run = BatchRunner.Run(onnxPlan, new BatchRunOptions { Log = log.Add });
+        Assert.Empty(run.Failed);
+        Assert.Equal(2, run.Ran); // another runtime is another measurement: both items again
+        for (int i = 0; i < 2; i++)
+        {
+            var record = BatchRunner.ReadItem(onnxPlan.FolderOf(onnxPlan.Items()[i]))!;
+            Assert.Equal("onnx (CPU)", record["eval"]!["runtime"]!.GetValue<string>());
+            Assert.StartsWith("torch", torchRecords[i]["eval"]!["runtime"]!.GetValue<string>());
+            double torchFid = torchRecords[i]["eval"]!["fid_proxy"]!["value"]!.GetValue<double>(), onnxFid = record["eval"]!["fid_proxy"]!["value"]!.GetValue<double>();
+            Assert.InRange(Math.Abs(onnxFid - torchFid) / torchFid, 0, 1e-4); // the same images within float error (an untrained model: FID-proxy in the 100,000s)
+        }
+        var pruned = BatchRunner.ReadItem(onnxPlan.FolderOf(onnxPlan.Items()[1]))!;
+        Assert.Equal(torchRecords[1]["eval"]!["ssim_to_reference"]!.GetValue<double>(), pruned["eval"]!["ssim_to_reference"]!.GetValue<double>(), 3);
+        Assert.Equal(2, Directory.GetDirectories(Path.Combine(onnxPlan.Output, BatchRunner.OnnxCacheFolderName)).Length); // the original's bundle, exported once
+        Assert.Contains("sampled in ONNX Runtime", File.ReadAllText(Path.Combine(onnxPlan.Output, BatchSummary.MarkdownName)));
+        var refused = Assert.Throws<BatchPlanException>(() => BatchPlan.Parse(torchJson.Replace("\"bootstrap\": 20 }", "\"bootstrap\": 20, \"runtime\": \"tflite\" }", StringComparison.Ordinal), planPath));
+        Assert.Contains("use torch or onnx", refused.Message);
+    }
+
+    [Fact]
     public void A_tiny_sweep_writes_items_and_summaries_then_resumes_without_redoing_finished_items()
     {
         using var temp = Fixtures.Temp();
