@@ -204,8 +204,8 @@ public sealed class EvaluateApiTests : IDisposable
         Assert.True((string?)torch["status"] == "succeeded", torch.ToJsonString());
         var torchReport = torch["result"]!["report"]!;
         Assert.StartsWith("torch", (string?)torchReport["runtime"]);
-        Assert.Equal((double)report["ssim_to_reference"]!, (double)torchReport["ssim_to_reference"]!, 3);
-        Assert.Equal(fid, (double)torchReport["fid_proxy"]!["value"]!, 2);
+        Assert.Equal((double)report["ssim_to_reference"]!, (double)torchReport["ssim_to_reference"]!, 1e-4);
+        Assert.InRange(Math.Abs((double)torchReport["fid_proxy"]!["value"]! - fid) / fid, 0, 1e-4); // an untrained model: FID-proxy in the 10,000s
         var bad = await Post("""{"kind": "evaluate", "model": "tiny", "runtime": "tensorflow"}""");
         Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
     }

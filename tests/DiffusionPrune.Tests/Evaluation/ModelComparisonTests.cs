@@ -84,8 +84,8 @@ public class ModelComparisonTests
         Assert.All(onnx.Models, m => Assert.Equal("onnx (CPU)", m.SampledWith));
         Assert.All(onnx.Models, m => Assert.True(m.MillisecondsPerStep > 0 && m.SampledBatch == 6 && m.SampledSteps == 2));
         Assert.True(File.Exists(Path.Combine(temp.File("onnx"), "bundles", "0-" + Path.GetFileName(original), "model.onnx")));
-        Assert.Equal(magnitude.Ssim!.Value, onnx.Models[1].Ssim!.Value, 3);
-        Assert.Equal(magnitude.Fid, onnx.Models[1].Fid, 2);
+        Assert.Equal(magnitude.Ssim!.Value, onnx.Models[1].Ssim!.Value, 1e-4);
+        Assert.InRange(Math.Abs(onnx.Models[1].Fid - magnitude.Fid) / magnitude.Fid, 0, 1e-4); // relative: an untrained model's FID-proxy is large
         using (var torchGrid = Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(Path.Combine(output, "grid-1.png")))
         using (var onnxGrid = Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(Path.Combine(temp.File("onnx"), "grid-1.png")))
         {
