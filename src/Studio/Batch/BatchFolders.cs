@@ -38,10 +38,7 @@ public sealed partial class BatchFolders(string root)
     /// <summary>The folder batches are written under.</summary>
     public string Root { get; } = Path.GetFullPath(root);
 
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    private static partial Regex PlainName();
-
-    private static bool IsPlain(string? name) => name is not null && PlainName().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal);
+    private static bool IsPlain(string? name) => Hosting.PlainNames.Is(name);
 
     /// <summary>Every finished batch, newest first.</summary>
     public IReadOnlyList<BatchEntry> List()

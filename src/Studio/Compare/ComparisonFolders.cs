@@ -16,10 +16,7 @@ public sealed partial class ComparisonFolders(string root)
     /// <summary>The folder comparisons are written under.</summary>
     public string Root { get; } = Path.GetFullPath(root);
 
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    private static partial Regex PlainName();
-
-    private static bool IsPlain(string? name) => name is not null && PlainName().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal);
+    private static bool IsPlain(string? name) => Hosting.PlainNames.Is(name);
 
     /// <summary>Every readable comparison, newest first.</summary>
     public IReadOnlyList<ComparisonEntry> List()

@@ -16,9 +16,6 @@ public sealed partial class BundleFolders(string root)
     /// <summary>The folder bundles are written under.</summary>
     public string Root { get; } = Path.GetFullPath(root);
 
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    private static partial Regex PlainName();
-
     /// <summary>The zip a bundle folder is downloaded as.</summary>
     public static string ZipOf(string folder) => Path.TrimEndingDirectorySeparator(folder) + ".zip";
 
@@ -39,7 +36,7 @@ public sealed partial class BundleFolders(string root)
     /// <summary>The bundle named <paramref name="name"/> whose zip is written, or null.</summary>
     public BundleEntry? Find(string? name)
     {
-        if (name is null || !PlainName().IsMatch(name) || name.Contains("..", StringComparison.Ordinal)) return null;
+        if (!Hosting.PlainNames.Is(name)) return null;
         string folder = Path.Combine(Root, name), zip = ZipOf(folder);
         if (!Directory.Exists(folder) || !File.Exists(zip)) return null;
         JsonNode? info = null;
