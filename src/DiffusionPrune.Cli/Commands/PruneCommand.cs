@@ -37,7 +37,14 @@ public static class PruneCommand
         var gate = new Option<string>("--gate") { Description = "hard-concrete | sigmoid.", DefaultValueFactory = _ => "hard-concrete" };
         var noCheckpointing = new Option<bool>("--no-checkpointing") { Description = "Keep the whole trajectory's graph (for comparison; memory grows with steps)." };
         var roundTo = new Option<int>("--round-to") { Description = "Width methods: round kept ResNet channels and feed-forward neurons to multiples of this, e.g. 8 (1: any width).", DefaultValueFactory = _ => 1 };
-        var scope = new Option<string>("--scope") { Description = "global | per-layer ranking of scores.", DefaultValueFactory = _ => "global" };
+        var scope = new Option<string>("--scope", "--binarize") { Description = "How scores become a plan: global (one ranking across layers and unit types) | per-layer (every layer loses the same fraction of its units) | per-type (every unit type loses the same fraction of its units, ranked across layers within the type: the official EcoDiff binarisation).", DefaultValueFactory = _ => "global" };
+        var minKeep = new Option<double>("--min-keep") { Description = "Width methods: the fraction of each layer's units that always stays, e.g. 0.1.", DefaultValueFactory = _ => 0.1 };
+        var unitTypes = new Option<string>("--unit-types") { Description = "EcoDiff: the unit kinds that get gates, a comma list of heads, ffn, channels (the official code: heads,ffn).", DefaultValueFactory = _ => "heads,ffn,channels" };
+        var regularizerMean = new Option<string>("--regularizer-mean") { Description = "EcoDiff: units (the regulariser averaged over all gated units, ours) | layers (per layer, then over each unit type's layers, summed over types: the official code).", DefaultValueFactory = _ => "units" };
+        var weightDecay = new Option<double>("--weight-decay") { Description = "EcoDiff: AdamW weight decay of the logits (the official code: 0.01).", DefaultValueFactory = _ => 0.0 };
+        var damping = new Option<double>("--damping") { Description = "EcoDiff: hard-concrete noise damping (the official code: 0.5 for SDXL/SD2).", DefaultValueFactory = _ => HardConcreteGate.DefaultDamping };
+        var initialLogit = new Option<double>("--initial-logit") { Description = "EcoDiff: the logit every gate starts at (3: nearly open).", DefaultValueFactory = _ => 3.0 };
+        var ecoBatch = new Option<int>("--ecodiff-batch") { Description = "EcoDiff: calibration samples per iteration (the calibration set is cycled in batches of this size).", DefaultValueFactory = _ => 4 };
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models; use the scale you will sample with).", DefaultValueFactory = _ => 1.0 };
         var data = new Option<string?>("--data") { Description = "Calibration images for taylor: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size." };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
@@ -52,7 +59,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -99,8 +106,10 @@ public static class PruneCommand
                 {
                     "global" => SelectionScope.Global,
                     "per-layer" => SelectionScope.PerLayer,
-                    var other => throw new ArgumentException($"--scope must be global or per-layer, not '{other}'."),
+                    "per-type" => SelectionScope.PerType,
+                    var other => throw new ArgumentException($"--scope must be global, per-layer or per-type, not '{other}'."),
                 },
+                MinKeepFraction = parse.GetValue(minKeep),
                 SteerBetaToTarget = parse.GetValue(betaControl) switch
                 {
                     "target" => true,
@@ -131,6 +140,17 @@ public static class PruneCommand
                     },
                     Checkpointing = !parse.GetValue(noCheckpointing),
                     GuidanceScale = parse.GetValue(guidance),
+                    UnitTypes = ParseUnitTypes(parse.GetValue(unitTypes)!),
+                    RegularizerMean = parse.GetValue(regularizerMean) switch
+                    {
+                        "units" => RegularizerMean.Units,
+                        "layers" => RegularizerMean.Layers,
+                        var other => throw new ArgumentException($"--regularizer-mean must be units or layers, not '{other}'."),
+                    },
+                    WeightDecay = parse.GetValue(weightDecay),
+                    Damping = parse.GetValue(damping),
+                    InitialLogit = parse.GetValue(initialLogit),
+                    BatchSize = parse.GetValue(ecoBatch),
                 },
             };
             var dev = CliCommon.ResolveDevice(parse.GetValue(device)!);
@@ -176,5 +196,20 @@ public static class PruneCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>"heads,ffn" as <see cref="EcoDiffUnitTypes"/>; an unknown name is refused with the known ones.</summary>
+    public static EcoDiffUnitTypes ParseUnitTypes(string text)
+    {
+        var types = (EcoDiffUnitTypes)0;
+        foreach (var name in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            types |= name.ToLowerInvariant() switch
+            {
+                "heads" => EcoDiffUnitTypes.Heads,
+                "ffn" => EcoDiffUnitTypes.FeedForward,
+                "channels" => EcoDiffUnitTypes.Channels,
+                _ => throw new ArgumentException($"--unit-types takes heads, ffn and/or channels, not '{name}'."),
+            };
+        return types == 0 ? throw new ArgumentException("--unit-types needs at least one of heads, ffn, channels.") : types;
     }
 }

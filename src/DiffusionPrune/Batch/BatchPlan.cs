@@ -162,7 +162,7 @@ public sealed record BatchPlan
             settings["prune"] = new JsonObject
             {
                 ["steps"] = Prune.Steps, ["iterations"] = Prune.Iterations, ["calibration"] = Prune.Calibration, ["seed"] = Prune.Seed,
-                ["scope"] = Prune.Scope == SelectionScope.Global ? "global" : "per-layer",
+                ["scope"] = Prune.Scope switch { SelectionScope.Global => "global", SelectionScope.PerLayer => "per-layer", _ => "per-type" },
                 ["budget"] = Prune.Budget.ToString().ToLowerInvariant(), ["selection"] = Prune.Selection.ToString().ToLowerInvariant(),
             };
         if (!item.IsOriginal && Prune.RoundTo != 1 && Pruning.Importance.ImportanceCriteria.Find(item.Method!) is { RemovesLayers: false })
@@ -371,7 +371,8 @@ public sealed record BatchPlan
             {
                 null or "global" => SelectionScope.Global,
                 "per-layer" => SelectionScope.PerLayer,
-                var other => throw new BatchPlanException($"{reader.Plan}: \"prune\".\"scope\" is '{other}'; use global or per-layer."),
+                "per-type" => SelectionScope.PerType,
+                var other => throw new BatchPlanException($"{reader.Plan}: \"prune\".\"scope\" is '{other}'; use global, per-layer or per-type."),
             },
             Budget = reader.String(section, "budget") switch
             {

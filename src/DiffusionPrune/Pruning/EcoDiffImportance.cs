@@ -10,6 +10,36 @@ using static TorchSharp.torch;
 
 namespace DiffusionPrune.Pruning;
 
+/// <summary>The kinds of units EcoDiff puts gates on.</summary>
+[Flags]
+public enum EcoDiffUnitTypes
+{
+    /// <summary>Inner channels of ResNet blocks (our extension: the official code never masks conv channels).</summary>
+    Channels = 1,
+
+    /// <summary>Attention heads (before <c>to_out</c>).</summary>
+    Heads = 2,
+
+    /// <summary>Feed-forward hidden neurons.</summary>
+    FeedForward = 4,
+
+    /// <summary>Every kind (ours).</summary>
+    All = Channels | Heads | FeedForward,
+}
+
+/// <summary>How the sparsity term averages its per-unit regulariser.</summary>
+public enum RegularizerMean
+{
+    /// <summary>Over all gated units at once, each weighing 1 or its parameters (<see cref="EcoDiffOptions.ParameterWeighted"/>; ours).</summary>
+    Units,
+
+    /// <summary>
+    /// Over each layer's units, then over the layers of each unit type, summed over the types (the official code's
+    /// attention and FFN terms): every layer counts the same, whatever its width; no parameter weighting.
+    /// </summary>
+    Layers,
+}
+
 /// <summary>EcoDiff mask-optimisation settings (arXiv 2412.02852).</summary>
 public sealed record EcoDiffOptions
 {
@@ -23,6 +53,15 @@ public sealed record EcoDiffOptions
     public double Beta { get; init; } = 0.1;
 
     public SparsityRegularizer Regularizer { get; init; } = SparsityRegularizer.L0;
+
+    /// <summary>How the regulariser is averaged: over all units (ours) or per layer and type (the official code). Default units.</summary>
+    public RegularizerMean RegularizerMean { get; init; } = RegularizerMean.Units;
+
+    /// <summary>The unit kinds that get gates; the others stay whole. Default all (the official code: heads and feed-forward).</summary>
+    public EcoDiffUnitTypes UnitTypes { get; init; } = EcoDiffUnitTypes.All;
+
+    /// <summary>Decoupled AdamW weight decay of the logits (the official code: 0.01). Default 0.</summary>
+    public double WeightDecay { get; init; }
 
     /// <summary>
     /// Weight each unit's share of R by the parameters it carries (R = expected kept fraction of the prunable
@@ -84,6 +123,9 @@ public sealed record EcoDiffOptions
             throw new ArgumentException($"The EcoDiff target kept fraction must lie strictly between 0 and 1 (got {kept}).");
         if (!(BetaGain > 0) || !double.IsFinite(BetaGain)) throw new ArgumentException($"The beta gain must be a positive number (got {BetaGain}).");
         if (!double.IsFinite(InitialLogit)) throw new ArgumentException("The initial logit must be finite.");
+        if ((UnitTypes & EcoDiffUnitTypes.All) == 0 || (UnitTypes & ~EcoDiffUnitTypes.All) != 0)
+            throw new ArgumentException("EcoDiff needs at least one unit type to gate: heads, ffn and/or channels.");
+        if (!(WeightDecay >= 0) || !double.IsFinite(WeightDecay)) throw new ArgumentException($"The logits' weight decay must be >= 0 (got {WeightDecay}).");
         if (!(GuidanceScale >= 0) || !double.IsFinite(GuidanceScale)) throw new ArgumentException($"The guidance scale must be >= 0 (got {GuidanceScale}).");
         if (CheckpointEvery < 1) throw new ArgumentException($"--checkpoint-every must be at least 1 (got {CheckpointEvery}).");
         if (Resume && CheckpointFolder is null) throw new ArgumentException("--resume needs a checkpoint folder (give the --output of the run to resume).");
@@ -138,7 +180,7 @@ public sealed class EcoDiffImportance : IImportanceCriterion
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
         long seed = Options.Seed ?? context.Seed;
         using var objective = new EcoDiffObjective(model, groups, scheduler, context.Steps, context.CalibrationSamples, Options, seed);
-        using var optimizer = new Training.AdamW(objective.NamedParameters());
+        using var optimizer = new Training.AdamW(objective.NamedParameters()) { WeightDecay = Options.WeightDecay };
         context.Log?.Invoke($"ecodiff: {objective.Gates.Count} unit groups, {objective.Gates.Sum(g => g.Gate.Units)} units, " +
                             $"{context.CalibrationSamples} calibration samples in {objective.BatchCount} batches, {context.Steps} steps, " +
                             $"checkpointing {(Options.Checkpointing ? "on" : "off")}");
@@ -202,6 +244,16 @@ public sealed class EcoDiffObjective : IDisposable
     private readonly long _totalParameters;
     private double _beta;
     private readonly double _regularizerNorm; // sum over units of their weight (1 or parameters per unit)
+    private readonly Dictionary<EcoDiffUnitTypes, int> _layersPerType; // gated layers of each unit type (the per-layer mean)
+
+    /// <summary>The unit type of a group: ResNet channels, attention heads or feed-forward neurons.</summary>
+    public static EcoDiffUnitTypes UnitType(UnitGroup group) => group switch
+    {
+        ResnetChannelGroup => EcoDiffUnitTypes.Channels,
+        AttentionHeadGroup => EcoDiffUnitTypes.Heads,
+        FeedForwardGroup => EcoDiffUnitTypes.FeedForward,
+        _ => throw new ArgumentException($"Unknown unit group type {group.GetType().Name}.", nameof(group)),
+    };
 
     public EcoDiffObjective(DiffusionModel model, PrunableGroups groups, IDiffusionScheduler scheduler, int steps, int calibrationSamples,
         EcoDiffOptions options, long seed)
@@ -240,8 +292,14 @@ public sealed class EcoDiffObjective : IDisposable
         BatchCount = (calibrationSamples + options.BatchSize - 1) / options.BatchSize;
 
         // 2. one gate per unit group.
-        Gates = groups.Units.Select(g => (g, new HardConcreteGate(g.Units, options.InitialLogit, options.GateMode, options.Damping, device))).ToList();
+        //    Only the unit types asked for; the others stay whole (no gate, no score).
+        var gated = groups.Units.Where(g => (options.UnitTypes & UnitType(g)) != 0).ToList();
+        if (gated.Count == 0)
+            throw new ArgumentException($"{model.ClassName} has no units of the types asked for ({options.UnitTypes}); it has " +
+                $"{string.Join(", ", groups.Units.Select(UnitType).Distinct())}.");
+        Gates = gated.Select(g => (g, new HardConcreteGate(g.Units, options.InitialLogit, options.GateMode, options.Damping, device))).ToList();
         _regularizerNorm = Gates.Sum(g => g.Gate.Units * RegularizerWeight(g.Group));
+        _layersPerType = Gates.GroupBy(g => UnitType(g.Group)).ToDictionary(t => t.Key, t => t.Count());
 
         // 3. freeze the model (restored on Dispose).
         _wasTraining = model.training;
@@ -333,8 +391,7 @@ public sealed class EcoDiffObjective : IDisposable
 
         // 1. gates: one hard-concrete sample per iteration, the same for every step of the trajectory.
         var gates = Gates.Select(g => g.Gate.Sample(_gateNoise)).ToList();
-        var regularizer = Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) * RegularizerWeight(g.Group))
-            .Aggregate((a, b) => a + b) / _regularizerNorm;
+        var regularizer = Regularizer();
         try
         {
             Tensor reconstruction;
@@ -414,6 +471,14 @@ public sealed class EcoDiffObjective : IDisposable
     }
 
     private double RegularizerWeight(UnitGroup group) => _options.ParameterWeighted ? group.ParametersPerUnit : 1.0;
+
+    /// <summary>
+    /// The sparsity term R, with graph: averaged over all gated units (each weighing 1 or its parameters), or per layer
+    /// and then over each unit type's layers, summed over the types (<see cref="RegularizerMean.Layers"/>).
+    /// </summary>
+    public Tensor Regularizer() => _options.RegularizerMean == RegularizerMean.Units
+        ? Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) * RegularizerWeight(g.Group)).Aggregate((a, b) => a + b) / _regularizerNorm
+        : Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) / (g.Gate.Units * (double)_layersPerType[UnitType(g.Group)])).Aggregate((a, b) => a + b);
 
     /// <summary>One sampler step: guided prediction, then the scheduler's (differentiable) step.</summary>
     private Tensor StepOnce(Tensor latents, int index, Tensor? labels, Tensor? varianceNoise)

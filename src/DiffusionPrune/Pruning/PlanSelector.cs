@@ -8,6 +8,12 @@ public enum SelectionScope
 
     /// <summary>Every group loses the same fraction of its units (up to rounding); scores rank units within a group only.</summary>
     PerLayer,
+
+    /// <summary>
+    /// Every unit type (ResNet channels, attention heads, feed-forward neurons) loses the same fraction of its units, and
+    /// within a type the lowest scores go first whichever layer they are in (the official EcoDiff binarisation).
+    /// </summary>
+    PerType,
 }
 
 /// <summary>A selected plan and its exact parameter accounting.</summary>
@@ -75,6 +81,8 @@ public static class PlanSelector
                 $"({reachable:N0}){(roundTo > 1 ? $" with widths rounded to multiples of {roundTo}" : "")}. Lower the target or the per-layer minimum.");
 
         // 2. greedy: take the cheapest next step until the budget is met.
+        var typeUnits = candidates.GroupBy(c => c.Type).ToDictionary(t => t.Key, t => (double)t.Sum(c => c.Group.Units));
+        var typeRemoved = typeUnits.Keys.ToDictionary(t => t, _ => 0.0);
         long removed = 0;
         while (removed < needed)
         {
@@ -82,10 +90,12 @@ public static class PlanSelector
             foreach (var c in candidates)
             {
                 if (!c.CanStep) continue;
-                if (best is null || Compare(c, best, scope) < 0) best = c;
+                if (best is null || Compare(c, best, scope, typeUnits, typeRemoved) < 0) best = c;
             }
             if (best is null) break; // cannot happen: reachable >= needed
+            int before = best.Keep;
             removed += best.Step();
+            typeRemoved[best.Type] += before - best.Keep;
         }
 
         // 3. the plan: the top-scored units of each narrowed group (KeepTop keeps GroupNorm groups even).
@@ -111,11 +121,19 @@ public static class PlanSelector
     }
 
     // Global: the lowest next-step score first. PerLayer: the group whose removed fraction would stay lowest, then score.
-    private static int Compare(Candidate a, Candidate b, SelectionScope scope)
+    // PerType: the unit type whose removed fraction would stay lowest, then score.
+    private static int Compare(Candidate a, Candidate b, SelectionScope scope, Dictionary<EcoDiffUnitTypes, double> typeUnits,
+        Dictionary<EcoDiffUnitTypes, double> typeRemoved)
     {
         if (scope == SelectionScope.PerLayer)
         {
             int byFraction = a.FractionAfterStep.CompareTo(b.FractionAfterStep);
+            if (byFraction != 0) return byFraction;
+        }
+        else if (scope == SelectionScope.PerType && a.Type != b.Type)
+        {
+            double after(Candidate c) => (typeRemoved[c.Type] + c.UnitsInStep) / typeUnits[c.Type];
+            int byFraction = after(a).CompareTo(after(b));
             if (byFraction != 0) return byFraction;
         }
         int byScore = a.NextScore.CompareTo(b.NextScore);
@@ -136,6 +154,7 @@ public static class PlanSelector
         public Candidate(UnitGroup group, float[] scores, int minimumKeep, int roundTo)
         {
             Group = group;
+            Type = EcoDiffObjective.UnitType(group);
             Scores = scores;
             MinimumKeep = minimumKeep;
             int unitsPerStep;
@@ -181,6 +200,12 @@ public static class PlanSelector
         }
 
         public double FractionAfterStep => 1.0 - _keeps[_step + 1] / (double)Group.Units;
+
+        /// <summary>Units the next step removes.</summary>
+        public int UnitsInStep => _keeps[_step] - _keeps[_step + 1];
+
+        /// <summary>The group's unit type (per-type selection ranks within it).</summary>
+        public EcoDiffUnitTypes Type { get; }
         public long MaxRemovableParameters => Group.ParametersPerUnit * (Group.Units - _keeps[^1]);
 
         public long Step()

@@ -149,6 +149,11 @@ public static class PruneRunner
     }
 
 
+    /// <summary>"heads,ffn,channels": the unit kinds EcoDiff gated, as the CLI names them.</summary>
+    public static string UnitTypesName(EcoDiffUnitTypes types) => string.Join(",",
+        new[] { (EcoDiffUnitTypes.Heads, "heads"), (EcoDiffUnitTypes.FeedForward, "ffn"), (EcoDiffUnitTypes.Channels, "channels") }
+            .Where(t => (types & t.Item1) != 0).Select(t => t.Item2));
+
     /// <summary>Loads the model, prunes it and saves the smaller model in <see cref="PruneRequest.OutputPath"/> (written whole, then renamed into place).</summary>
     public static PruneReport Run(PruneRequest request, Device device, Action<string>? log = null, Action<EcoDiffIterationReport>? onIteration = null,
         CancellationToken cancel = default)
@@ -254,7 +259,13 @@ public static class PruneRunner
             settings["learning_rate"] = eco.Options.LearningRate;
             settings["beta"] = eco.Options.Beta;
             settings["regularizer"] = eco.Options.Regularizer.ToString();
+            settings["regularizer_mean"] = eco.Options.RegularizerMean.ToString().ToLowerInvariant();
             settings["parameter_weighted"] = eco.Options.ParameterWeighted;
+            settings["unit_types"] = UnitTypesName(eco.Options.UnitTypes);
+            settings["weight_decay"] = eco.Options.WeightDecay;
+            settings["damping"] = eco.Options.Damping;
+            settings["initial_logit"] = eco.Options.InitialLogit;
+            settings["batch_size"] = eco.Options.BatchSize;
             settings["target_kept_fraction"] = eco.Options.TargetKeptFraction;
             settings["beta_gain"] = eco.Options.BetaGain;
             if (eco.History.Count > 0) settings["final_beta"] = eco.History[^1].Beta;
