@@ -13,5 +13,5 @@ public static partial class PlainNames
     private static partial Regex Pattern();
 
     /// <summary>Whether <paramref name="name"/> is a plain name.</summary>
-    public static bool Is(string? name) => name is not null && Pattern().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal);
+    public static bool Is([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] string? name) => name is not null && Pattern().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal);
 }
