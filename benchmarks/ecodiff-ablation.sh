@@ -33,6 +33,7 @@ declare -A V=(
   [damping-0.5]="--steps 10 --iterations 100 --calibration 16 --damping 0.5"
   [calib-100]="--steps 10 --iterations 100 --calibration 100"
   [steps-50]="--steps 50 --iterations 100 --calibration 16"
+  [beta-0.5+calib-100]="--steps 10 --iterations 100 --calibration 100 --beta 0.5"
 )
 read -r -a variants <<< "${VARIANTS:-ours official heads-ffn l1-layers beta-0.5 weight-decay per-type damping-0.5 calib-100 steps-50}"
 name=$(basename "$model")
