@@ -87,6 +87,7 @@ public sealed class PruneSessionTests : MudTestContext, IDisposable
         Assert.Equal(1, estimates.Measurements); // one batch size, with and without a backward in one measurement
         var large = await estimates.EstimateAsync(request with { Iterations = 100 }, null);
         Assert.Equal(1, estimates.Measurements);
+        Assert.Equal(1, estimates.ModelLoads); // a setting change prices the same loaded model
         Assert.True(large.Total > small.Total);
         Assert.Null(large.QuickLook);
         Assert.Contains("400 forward+backward (to the activations) at batch 4", large.Describe());

@@ -276,20 +276,9 @@ public static class BatchRunner
         // 2. evaluate, with the original as the paired-SSIM reference
         log($"evaluating: {plan.Eval.Samples} samples x {plan.Eval.Steps} {plan.Eval.Scheduler} steps" + (item.IsOriginal ? "" : ", and the original from the same noise") +
             (plan.Eval.Runtime == "onnx" ? ", in ONNX Runtime" : ""));
-        string evalModel = modelFolder;
-        string? evalReference = item.IsOriginal ? null : item.Model.Path;
-        if (plan.Eval.Runtime == "onnx")
+        var request = new EvalRequest
         {
-            // each model's bundle, exported once into the output's cache (keyed by the model's hash) and reused
-            string cache = Path.Combine(plan.Output, OnnxCacheFolderName);
-            evalModel = await Task.Run(() => OnnxBundleCache.Ensure(modelFolder, cache, log, cancel), cancel).ConfigureAwait(false);
-            if (evalReference is { } original)
-                evalReference = await Task.Run(() => OnnxBundleCache.Ensure(original, cache, log, cancel), cancel).ConfigureAwait(false);
-        }
-        var eval = await pipeline.EvaluateAsync(new EvalRequest
-        {
-            ModelPath = evalModel,
-            Backend = plan.Eval.Runtime,
+            ModelPath = modelFolder,
             SchedulerConfigPath = schedulerConfig,
             SchedulerName = plan.Eval.Scheduler,
             Samples = plan.Eval.Samples,
@@ -297,10 +286,14 @@ public static class BatchRunner
             GuidanceScale = plan.Eval.GuidanceScale,
             Seed = plan.Eval.Seed,
             BatchSize = plan.Eval.BatchSize,
-            ReferenceModelPath = evalReference,
+            ReferenceModelPath = item.IsOriginal ? null : item.Model.Path,
             FeatureNetFolder = plan.Eval.FeatureNetFolder,
             BootstrapResamples = plan.Eval.BootstrapResamples,
-        }, progress, cancel).ConfigureAwait(false);
+        };
+        // in ONNX Runtime: each model's bundle, exported once into the output's cache (keyed by the model's hash) and reused
+        if (plan.Eval.Runtime == "onnx")
+            request = await OnnxBundleCache.ForOnnxAsync(request, Path.Combine(plan.Output, OnnxCacheFolderName), log, cancel).ConfigureAwait(false);
+        var eval = await pipeline.EvaluateAsync(request, progress, cancel).ConfigureAwait(false);
         // beside the pruned model, so the bundle's model card lists it (the original's folder is the user's: left alone)
         if (!item.IsOriginal) eval.Save(Path.Combine(modelFolder, ModelFolder.EvalReport));
         string ssim = eval.Ssim is double value ? string.Create(CultureInfo.InvariantCulture, $", SSIM to the original {value:F4}") : "";

@@ -53,6 +53,18 @@ public static class OnnxBundleCache
         }
     }
 
+    /// <summary>
+    /// <paramref name="request"/> to run in ONNX Runtime: its model and reference (when there is one) replaced by their
+    /// bundles under <paramref name="cacheRoot"/>, exported on first use (off the caller's thread).
+    /// </summary>
+    public static async Task<Evaluation.EvalRequest> ForOnnxAsync(Evaluation.EvalRequest request, string cacheRoot, Action<string>? log = null,
+        CancellationToken cancel = default)
+    {
+        string model = await Task.Run(() => Ensure(request.ModelPath, cacheRoot, log, cancel), cancel).ConfigureAwait(false);
+        string? reference = request.ReferenceModelPath is { } r ? await Task.Run(() => Ensure(r, cacheRoot, log, cancel), cancel).ConfigureAwait(false) : null;
+        return request with { ModelPath = model, ReferenceModelPath = reference, Backend = "onnx", Provider = "auto" };
+    }
+
     private static bool IsComplete(string bundle) =>
         File.Exists(Path.Combine(bundle, ModelFolder.OnnxInfo)) && File.Exists(Path.Combine(bundle, ModelFolder.OnnxModel));
 

@@ -296,7 +296,7 @@ public sealed class EcoDiffObjective : IDisposable
         var gated = groups.Units.Where(g => (options.UnitTypes & UnitType(g)) != 0).ToList();
         if (gated.Count == 0)
             throw new ArgumentException($"{model.ClassName} has no units of the types asked for ({options.UnitTypes}); it has " +
-                $"{string.Join(", ", groups.Units.Select(UnitType).Distinct())}.");
+                $"{string.Join(", ", groups.Units.Select(UnitType).Distinct())}; choose among those (--unit-types heads, ffn, channels).");
         Gates = gated.Select(g => (g, new HardConcreteGate(g.Units, options.InitialLogit, options.GateMode, options.Damping, device))).ToList();
         _regularizerNorm = Gates.Sum(g => g.Gate.Units * RegularizerWeight(g.Group));
         _layersPerType = Gates.GroupBy(g => UnitType(g.Group)).ToDictionary(t => t.Key, t => t.Count());

@@ -52,13 +52,8 @@ public sealed class EvaluateJob(EvalRequest request, string reportPath, string? 
     {
         var request = Request;
         if (OnnxCache is { } cache)
-        {
-            string Bundle(string model) => OnnxBundleCache.Ensure(model, cache,
+            request = await OnnxBundleCache.ForOnnxAsync(Request, cache,
                 line => progress.Report(new JobProgress(0, line, Note: true, Stage: "export")), cancellationToken);
-            string bundle = await Task.Run(() => Bundle(Request.ModelPath), cancellationToken);
-            string? reference = Request.ReferenceModelPath is { } r ? await Task.Run(() => Bundle(r), cancellationToken) : null;
-            request = Request with { ModelPath = bundle, ReferenceModelPath = reference, Backend = "onnx", Provider = "auto" };
-        }
         using var pipeline = new DiffusionPipeline();
         var report = await pipeline.EvaluateAsync(request, PruneJob.Forward(progress, 0, 1), cancellationToken);
         Directory.CreateDirectory(Path.GetDirectoryName(ReportPath)!);

@@ -32,17 +32,8 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? O
             BootstrapResamples = 100,
         };
         if (OnnxCache is { } cache)
-        {
-            string Bundle(string folder) => DiffusionPrune.Export.OnnxBundleCache.Ensure(folder, cache,
+            request = await DiffusionPrune.Export.OnnxBundleCache.ForOnnxAsync(request, cache,
                 line => progress.Report(StageProgress.Note(PipelineStage.Export, line)), cancellationToken);
-            request = request with
-            {
-                ModelPath = await Task.Run(() => Bundle(model), cancellationToken),
-                ReferenceModelPath = await Task.Run(() => Bundle(reference), cancellationToken),
-                Backend = "onnx",
-                Provider = "auto",
-            };
-        }
         var eval = await pipeline.EvaluateAsync(request, progress, cancellationToken);
         eval.Save(Path.Combine(model, Formats.ModelFolder.EvalReport));
         string text = string.Create(CultureInfo.InvariantCulture,

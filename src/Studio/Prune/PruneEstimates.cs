@@ -46,9 +46,13 @@ public sealed class PruneEstimates : IDisposable
 {
     private readonly ConcurrentDictionary<(string Model, DateTime Written, PassKind Kind), PassTimes> _times = new();
     private readonly SemaphoreSlim _one = new(1, 1);
+    private (string Path, DateTime Written, DiffusionPrune.Models.DiffusionModel Model)? _loaded; // the last model priced: a setting change does not reload it
 
     /// <summary>How many passes this service has timed (a test sees measurements reused).</summary>
     public int Measurements { get; private set; }
+
+    /// <summary>How many times this service has loaded a model (a test sees a setting change reuse it).</summary>
+    public int ModelLoads { get; private set; }
 
     /// <summary>The estimate for <paramref name="request"/>, with the quick look <paramref name="evaluation"/> when given.</summary>
     public async Task<PruneEstimate> EstimateAsync(PruneRequest request, QuickEvaluation? evaluation, CancellationToken cancel = default)
@@ -58,8 +62,15 @@ public sealed class PruneEstimates : IDisposable
         {
             return await Task.Run(() =>
             {
-                using var model = ModelFamilies.Load(request.ModelPath);
                 var written = Directory.EnumerateFiles(request.ModelPath, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
+                if (_loaded is not { } held || held.Path != request.ModelPath || held.Written != written)
+                {
+                    _loaded?.Model.Dispose();
+                    _loaded = null;
+                    _loaded = (request.ModelPath, written, ModelFamilies.Load(request.ModelPath));
+                    ModelLoads++;
+                }
+                var model = _loaded.Value.Model;
                 PassTimes Times(PassKind kind) => _times.GetOrAdd((request.ModelPath, written, kind), _ =>
                 {
                     Measurements++;
@@ -79,5 +90,9 @@ public sealed class PruneEstimates : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose() => _one.Dispose();
+    public void Dispose()
+    {
+        _loaded?.Model.Dispose();
+        _one.Dispose();
+    }
 }
