@@ -46,6 +46,7 @@ public sealed class PruneEstimates : IDisposable
 {
     private readonly ConcurrentDictionary<(string Model, DateTime Written, PassKind Kind), PassTimes> _times = new();
     private readonly SemaphoreSlim _one = new(1, 1);
+    private bool _disposed;
     private (string Path, DateTime Written, DiffusionPrune.Models.DiffusionModel Model)? _loaded; // the last model priced: a setting change does not reload it
 
     /// <summary>How many passes this service has timed (a test sees measurements reused).</summary>
@@ -60,6 +61,7 @@ public sealed class PruneEstimates : IDisposable
         await _one.WaitAsync(cancel);
         try
         {
+            if (_disposed) throw new OperationCanceledException("The Studio is shutting down.");
             return await Task.Run(() =>
             {
                 var written = Directory.EnumerateFiles(request.ModelPath, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
@@ -90,9 +92,15 @@ public sealed class PruneEstimates : IDisposable
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// Waits for an estimate in flight: the held model must not be freed while a pass runs on it on another thread.
+    /// </remarks>
     public void Dispose()
     {
+        _one.Wait();
+        _disposed = true;
         _loaded?.Model.Dispose();
-        _one.Dispose();
+        _loaded = null;
+        _one.Release(); // a waiting estimate then sees _disposed and stops; the semaphore itself is left to the GC
     }
 }
