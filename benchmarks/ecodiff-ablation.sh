@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # EcoDiff ablation toward the official code (issue 17): ours, the official form, and each difference switched alone
-# on top of ours, at the same targets, seeds and N, without retraining. Prints a markdown table with FID-proxy [95%],
+# on top of ours, and the baselines, at the same targets, seeds and N, without retraining. Prints a markdown table with FID-proxy [95%],
 # SSIM to the original, the prune's wall time and the process's peak RSS (GNU time), and the CPU.
 # Usage: benchmarks/ecodiff-ablation.sh [model] [N] [eval steps] [targets...]
 #   e.g. GUIDANCE=3 benchmarks/ecodiff-ablation.sh samples/models/mnist-dit 2000 10 0.2
@@ -21,19 +21,25 @@ if [ -z "${DPRUNE:-}" ]; then
 else
   dprune=$DPRUNE
 fi
-# each variant: the prune arguments beyond --method ecodiff --target-params T --seed 0
+# each variant: the prune arguments beyond --target-params T --seed 0. "ours" is the default before this ablation
+# (beta 0.1), which every single switch is applied to; "beta-0.5" is the default it chose. taylor, magnitude and random
+# are the baselines the goals compare with, at the calibration of the other rows.
+base="--method ecodiff --steps 10 --iterations 100 --calibration 16 --beta 0.1"
 declare -A V=(
-  [ours]="--steps 10 --iterations 100 --calibration 16"
-  [official]="--steps 50 --iterations 100 --calibration 100 --ecodiff-batch 4 --unit-types heads,ffn --regularizer l1 --regularizer-mean layers --regularizer-weighting units --beta 0.5 --weight-decay 0.01 --binarize per-type --damping 0.5"
-  [heads-ffn]="--steps 10 --iterations 100 --calibration 16 --unit-types heads,ffn"
-  [l1-layers]="--steps 10 --iterations 100 --calibration 16 --regularizer l1 --regularizer-mean layers --regularizer-weighting units"
-  [beta-0.5]="--steps 10 --iterations 100 --calibration 16 --beta 0.5"
-  [weight-decay]="--steps 10 --iterations 100 --calibration 16 --weight-decay 0.01"
-  [per-type]="--steps 10 --iterations 100 --calibration 16 --binarize per-type"
-  [damping-0.5]="--steps 10 --iterations 100 --calibration 16 --damping 0.5"
-  [calib-100]="--steps 10 --iterations 100 --calibration 100"
-  [steps-50]="--steps 50 --iterations 100 --calibration 16"
-  [beta-0.5+calib-100]="--steps 10 --iterations 100 --calibration 100 --beta 0.5"
+  [ours]="$base"
+  [official]="--method ecodiff --steps 50 --iterations 100 --calibration 100 --ecodiff-batch 4 --unit-types heads,ffn --regularizer l1 --regularizer-mean layers --regularizer-weighting units --beta 0.5 --weight-decay 0.01 --binarize per-type --damping 0.5"
+  [heads-ffn]="$base --unit-types heads,ffn"
+  [l1-layers]="$base --regularizer l1 --regularizer-mean layers --regularizer-weighting units"
+  [beta-0.5]="--method ecodiff --steps 10 --iterations 100 --calibration 16 --beta 0.5"
+  [weight-decay]="$base --weight-decay 0.01"
+  [per-type]="$base --binarize per-type"
+  [damping-0.5]="$base --damping 0.5"
+  [calib-100]="--method ecodiff --steps 10 --iterations 100 --calibration 100 --beta 0.1"
+  [steps-50]="--method ecodiff --steps 50 --iterations 100 --calibration 16 --beta 0.1"
+  [beta-0.5+calib-100]="--method ecodiff --steps 10 --iterations 100 --calibration 100 --beta 0.5"
+  [taylor]="--method taylor --steps 10 --calibration 16"
+  [magnitude]="--method magnitude"
+  [random]="--method random"
 )
 read -r -a variants <<< "${VARIANTS:-ours official heads-ffn l1-layers beta-0.5 weight-decay per-type damping-0.5 calib-100 steps-50}"
 name=$(basename "$model")
@@ -52,8 +58,9 @@ for target in "${targets[@]}"; do
     dir="$out/$v-$target"
     if [ ! -f "$dir/prune_report.json" ]; then
       # shellcheck disable=SC2086
-      if ! /usr/bin/time -f %M -o "$out/$v-$target.rss" "$dprune" prune --model "$model" --method ecodiff --target-params "$target" --seed 0 \
-          --guidance-scale "$g" ${V[$v]} --output "$dir" > "$out/$v-$target.log" 2>&1; then
+      guidance=(); [[ "${V[$v]}" == "--method ecodiff"* ]] && guidance=(--guidance-scale "$g")
+      if ! /usr/bin/time -f %M -o "$out/$v-$target.rss" "$dprune" prune --model "$model" --target-params "$target" --seed 0 \
+          "${guidance[@]}" ${V[$v]} --output "$dir" > "$out/$v-$target.log" 2>&1; then
         echo "| $target | $v | refused: $(grep -v '^\s*$' "$out/$v-$target.log" | tail -1 | cut -c1-160) | | | | |"
         continue
       fi

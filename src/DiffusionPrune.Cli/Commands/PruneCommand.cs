@@ -8,7 +8,7 @@ using DiffusionPrune.Pruning.Importance;
 namespace DiffusionPrune.Cli.Commands;
 
 /// <summary>
-/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|random-layer --target-params 0.2 [--budget params|macs|latency]
+/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|ecodiff-layer|random-layer --target-params 0.2 [--budget params|macs|latency]
 /// --steps 10 --iterations N --calibration K --output DIR</c>
 /// </summary>
 public static class PruneCommand
@@ -29,7 +29,7 @@ public static class PruneCommand
         var steps = new Option<int>("--steps") { Description = "Sampling steps of the calibration trajectories (EcoDiff).", DefaultValueFactory = _ => 10 };
         var iterations = new Option<int>("--iterations") { Description = "EcoDiff mask-optimisation iterations; learnable-depth joint mask and weight updates.", DefaultValueFactory = _ => 100 };
         var calibration = new Option<int>("--calibration") { Description = "Calibration samples (noise seeds / images).", DefaultValueFactory = _ => 16 };
-        var beta = new Option<double>("--beta") { Description = "EcoDiff sparsity weight.", DefaultValueFactory = _ => 0.1 };
+        var beta = new Option<double>("--beta") { Description = "EcoDiff sparsity weight (0.5, chosen from the ablation in docs/BENCHMARKS.md; the official code uses 0.5-1).", DefaultValueFactory = _ => new EcoDiffOptions().Beta };
         var lr = new Option<double>("--lr") { Description = "EcoDiff logit learning rate.", DefaultValueFactory = _ => 0.1 };
         var regularizer = new Option<string>("--regularizer") { Description = "l0 | l1.", DefaultValueFactory = _ => "l0" };
         var weighting = new Option<string>("--regularizer-weighting") { Description = "parameters (each unit weighs its parameter count) | units (as the paper).", DefaultValueFactory = _ => "parameters" };

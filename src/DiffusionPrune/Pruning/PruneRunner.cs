@@ -206,21 +206,11 @@ public static class PruneRunner
         if (request.Resume && !ecodiff)
             throw new ArgumentException($"--resume continues an EcoDiff run; {request.Method} runs in one go (start it again).");
         if (ImportanceCriteria.Find(request.Method) is { RemovesLayers: true } layerMethod)
-            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, cancel, watch, groups, before);
+            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, onIteration, cancel, watch, groups, before);
         if (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack)
             throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
                 $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
-        IImportanceCriterion criterion = ecodiff
-            ? new EcoDiffImportance(request.EcoDiff with
-            {
-                Iterations = request.Iterations,
-                CheckpointFolder = request.OutputPath is null ? null : EcoDiffCheckpoint.FolderFor(request.OutputPath),
-                CheckpointEvery = request.CheckpointEvery,
-                Resume = request.Resume,
-                GuidanceScale = request.GuidanceIfConditional is double g && model.NullClass is not null ? g : request.EcoDiff.GuidanceScale,
-                TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
-            }, onIteration)
-            : ImportanceCriteria.Create(request.Method);
+        IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration) : ImportanceCriteria.Create(request.Method);
         var data = OpenCalibrationData(request, model, log);
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
@@ -253,35 +243,52 @@ public static class PruneRunner
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
         if (data is not null) settings["data"] = DescribeData(data);
-        if (criterion is EcoDiffImportance eco)
-        {
-            settings["iterations"] = eco.Options.Iterations;
-            settings["learning_rate"] = eco.Options.LearningRate;
-            settings["beta"] = eco.Options.Beta;
-            settings["regularizer"] = eco.Options.Regularizer.ToString();
-            settings["regularizer_mean"] = eco.Options.RegularizerMean.ToString().ToLowerInvariant();
-            settings["parameter_weighted"] = eco.Options.ParameterWeighted;
-            settings["unit_types"] = UnitTypesName(eco.Options.UnitTypes);
-            settings["weight_decay"] = eco.Options.WeightDecay;
-            settings["damping"] = eco.Options.Damping;
-            settings["initial_logit"] = eco.Options.InitialLogit;
-            settings["batch_size"] = eco.Options.BatchSize;
-            settings["target_kept_fraction"] = eco.Options.TargetKeptFraction;
-            settings["beta_gain"] = eco.Options.BetaGain;
-            if (eco.History.Count > 0) settings["final_beta"] = eco.History[^1].Beta;
-            settings["gate"] = eco.Options.GateMode.ToString();
-            settings["checkpointing"] = eco.Options.Checkpointing;
-            settings["guidance_scale"] = eco.Options.GuidanceScale;
-            settings["batch_size"] = eco.Options.BatchSize;
-        }
+        if (criterion is EcoDiffImportance eco) AddEcoDiffSettings(settings, eco);
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null);
         return new PrunedModel(pruned, report, selection.Plan, schedulerPath);
     }
 
+    /// <summary>
+    /// The EcoDiff mask learning a request asks for: its options with the run's iterations, guidance and (the width
+    /// form, which can resume) checkpoints.
+    /// </summary>
+    private static EcoDiffImportance NewEcoDiff(DiffusionModel model, PruneRequest request, Action<EcoDiffIterationReport>? onIteration, bool checkpoints = true) =>
+        new(request.EcoDiff with
+        {
+            Iterations = request.Iterations,
+            CheckpointFolder = request.OutputPath is null || !checkpoints ? null : EcoDiffCheckpoint.FolderFor(request.OutputPath),
+            CheckpointEvery = request.CheckpointEvery,
+            Resume = request.Resume,
+            GuidanceScale = request.GuidanceIfConditional is double g && model.NullClass is not null ? g : request.EcoDiff.GuidanceScale,
+            TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
+        }, onIteration);
+
+    /// <summary>Records every EcoDiff setting of a run in its report's settings.</summary>
+    private static void AddEcoDiffSettings(JsonObject settings, EcoDiffImportance eco)
+    {
+        settings["iterations"] = eco.Options.Iterations;
+        settings["learning_rate"] = eco.Options.LearningRate;
+        settings["beta"] = eco.Options.Beta;
+        settings["regularizer"] = eco.Options.Regularizer.ToString();
+        settings["regularizer_mean"] = eco.Options.RegularizerMean.ToString().ToLowerInvariant();
+        settings["parameter_weighted"] = eco.Options.ParameterWeighted;
+        settings["unit_types"] = UnitTypesName(eco.Options.UnitTypes);
+        settings["weight_decay"] = eco.Options.WeightDecay;
+        settings["damping"] = eco.Options.Damping;
+        settings["initial_logit"] = eco.Options.InitialLogit;
+        settings["batch_size"] = eco.Options.BatchSize;
+        settings["target_kept_fraction"] = eco.Options.TargetKeptFraction;
+        settings["beta_gain"] = eco.Options.BetaGain;
+        if (eco.History.Count > 0) settings["final_beta"] = eco.History[^1].Beta;
+        settings["gate"] = eco.Options.GateMode.ToString();
+        settings["checkpointing"] = eco.Options.Checkpointing;
+        settings["guidance_scale"] = eco.Options.GuidanceScale;
+    }
+
     /// <summary>Depth pruning: score whole layers, choose the cheapest set that meets the budget, remove them.</summary>
     private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
-        Action<string>? log, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
+        Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
     {
         var data = OpenCalibrationData(request, model, log);
         if (request.RoundTo != 1)
@@ -291,6 +298,7 @@ public static class PruneRunner
         {
             "laptop" => new LaptopCriterion(request.AdditivitySubsets),
             "learnable-depth" => new LearnableDepthCriterion(new LearnableDepthOptions { Iterations = request.Iterations }),
+            "ecodiff-layer" => new EcoDiffLayerCriterion(NewEcoDiff(model, request, onIteration, checkpoints: false)),
             _ => ImportanceCriteria.CreateLayers(method.Name),
         };
         var costs = request.Budget switch
@@ -351,6 +359,7 @@ public static class PruneRunner
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
         if (criterion is LaptopCriterion laptopCriterion) settings["additivity_subsets"] = laptopCriterion.AdditivitySubsets;
+        if (criterion is EcoDiffLayerCriterion ecoLayers) AddEcoDiffSettings(settings, ecoLayers.EcoDiff);
         if (criterion is LearnableDepthCriterion learnable)
         {
             settings["iterations"] = learnable.Options.Iterations;

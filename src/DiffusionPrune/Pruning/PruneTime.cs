@@ -69,6 +69,7 @@ public static class PruneTime
         switch (entry.Name)
         {
             case "ecodiff":
+            case "ecodiff-layer": // the same mask learning; the layer form only aggregates its logits
             {
                 var eco = request.EcoDiff;
                 bool guided = (request.GuidanceIfConditional is double g ? g : eco.GuidanceScale) > 1 && model.NullClass is not null;

@@ -86,7 +86,7 @@ public class BatchPlanTests
     }
 
     [Theory]
-    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, laptop, ldpruner, learnable-depth, magnitude, random, random-layer, taylor")]
+    [InlineData("methods", "[\"prunify\"]", "'prunify', which is not a pruning method; use ecodiff, ecodiff-layer, laptop, ldpruner, learnable-depth, magnitude, random, random-layer, taylor")]
     [InlineData("methods", "[]", "\"methods\" is empty")]
     [InlineData("methods", "[\"random\", \"Random\"]", "lists 'random' twice")]
     [InlineData("targets", "[0]", "strictly between 0 and 1")]

@@ -266,7 +266,7 @@ public class BaselineImportanceTests(ITestOutputHelper output)
         Assert.All(ImportanceCriteria.All, e => Assert.Equal(e.Name, e.RemovesLayers ? ImportanceCriteria.CreateLayers(e.Name).Name : ImportanceCriteria.Create(e.Name).Name));
         var error = Assert.Throws<ArgumentException>(() => ImportanceCriteria.Create("l2"));
         Assert.Contains("'l2'", error.Message);
-        Assert.Contains("ecodiff, laptop, ldpruner, learnable-depth, magnitude, random, random-layer, taylor", error.Message);
+        Assert.Contains("ecodiff, ecodiff-layer, laptop, ldpruner, learnable-depth, magnitude, random, random-layer, taylor", error.Message);
     }
 
     [Fact]

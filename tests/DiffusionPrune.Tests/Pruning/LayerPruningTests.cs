@@ -292,6 +292,81 @@ public class LayerPruningTests
         Assert.Equal(report.ParametersAfter, pruned.ParameterCount());
     }
 
+    // ---- EcoDiff's logits as layer scores ----
+
+    [Fact]
+    public void EcoDiff_logits_become_layer_scores_the_removable_parameters_times_the_weighted_keep_probability()
+    {
+        using var model = SixBlockDiT(3);
+        var groups = PrunableGroups.Of(model);
+        var logits = new UnitScores();
+        foreach (var group in groups.Units) logits[group.Path] = Enumerable.Repeat(10f, group.Units).ToArray();
+        // block 0: every unit closed; block 1: heads open, FFN neurons half closed; block 2: no logits (not gated)
+        foreach (var group in groups.Units.Where(g => g.IsWithin("transformer_blocks.0"))) logits[group.Path] = Enumerable.Repeat(-10f, group.Units).ToArray();
+        var ffn1 = Assert.Single(groups.Units, g => g.IsWithin("transformer_blocks.1") && g is FeedForwardGroup);
+        logits[ffn1.Path] = Enumerable.Range(0, ffn1.Units).Select(i => i % 2 == 0 ? -10f : 10f).ToArray();
+        foreach (var group in groups.Units.Where(g => g.IsWithin("transformer_blocks.2"))) logits.ByGroup.Remove(group.Path);
+
+        var scores = EcoDiffLayerCriterion.Aggregate(groups, logits);
+        double open = HardConcreteGate.KeepProbability(10), closed = HardConcreteGate.KeepProbability(-10);
+        LayerGroup Layer(int i) => groups.Layers.Single(l => l.Path == $"transformer_blocks.{i}");
+        Assert.Equal(Layer(0).RemovedParameters * closed, scores["transformer_blocks.0"], 6);
+        var units1 = groups.Units.Where(g => g.IsWithin("transformer_blocks.1")).ToArray();
+        double total = units1.Sum(g => (double)g.ParametersPerUnit * g.Units);
+        double kept = units1.Sum(g => g == ffn1
+            ? g.ParametersPerUnit * (g.Units / 2 * closed + (g.Units - g.Units / 2) * open)
+            : g.ParametersPerUnit * g.Units * open);
+        Assert.Equal(Layer(1).RemovedParameters * kept / total, scores["transformer_blocks.1"], 6);
+        Assert.Equal(Layer(2).RemovedParameters, scores["transformer_blocks.2"], 9);
+        Assert.Equal(Layer(3).RemovedParameters * open, scores["transformer_blocks.3"], 6);
+        Assert.True(scores["transformer_blocks.0"] < 1e-3 * Layer(0).RemovedParameters);
+
+        // A logit count that does not match its group, or a NaN logit, is refused rather than scored.
+        logits[ffn1.Path] = [1f];
+        Assert.Throws<ArgumentException>(() => EcoDiffLayerCriterion.Aggregate(groups, logits));
+        logits[ffn1.Path] = Enumerable.Repeat(float.NaN, ffn1.Units).ToArray();
+        Assert.Throws<ArgumentException>(() => EcoDiffLayerCriterion.Aggregate(groups, logits));
+    }
+
+    [Fact]
+    public void An_ecodiff_layer_prune_learns_masks_and_removes_the_layers_of_least_expected_kept_parameters()
+    {
+        using var temp = Fixtures.Temp();
+        using var source = SixBlockDiT(8);
+        string folder = SaveModel(temp, source, "dit");
+        var iterations = new List<EcoDiffIterationReport>();
+        var report = PruneRunner.Run(new PruneRequest
+        {
+            ModelPath = folder, Method = "ecodiff-layer", TargetParams = 0.3, OutputPath = temp.File("out"), Steps = 2, Calibration = 2, Iterations = 3,
+            EcoDiff = new EcoDiffOptions { Beta = 0.5, BatchSize = 2 },
+        }, CPU, onIteration: iterations.Add);
+        Assert.Equal("ecodiff-layer", report.Method);
+        Assert.Equal(3, iterations.Count);
+        Assert.All(iterations, i => Assert.True(double.IsFinite(i.Loss)));
+        Assert.True(report.AchievedParams >= 0.3);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(temp.File("out"), ModelFolder.PruneReport)))!.AsObject();
+        Assert.Equal(0.5, json["settings"]!["beta"]!.GetValue<double>());
+        Assert.Equal(3, json["settings"]!["iterations"]!.GetValue<int>());
+        Assert.Equal("heads,ffn,channels", json["settings"]!["unit_types"]!.GetValue<string>());
+        var removed = json["removed_layers"]!.AsArray().Select(n => n!.GetValue<string>()).ToArray();
+        Assert.Equal(2, removed.Length);
+
+        // Every score lies between 0 and the layer's size, and the knapsack removed the pair of least total score among
+        // the pairs that meet the budget (block 0 saves less: it keeps the embedding the output layer reads).
+        var groups = PrunableGroups.Of(source);
+        var layers = json["layer_selection"]!["layers"]!.AsObject();
+        var scores = layers.ToDictionary(kv => kv.Key, kv => kv.Value!["score"]!.GetValue<double>());
+        var savings = layers.ToDictionary(kv => kv.Key, kv => kv.Value!["saving"]!.GetValue<double>());
+        double needed = 0.3 * json["layer_selection"]!["total"]!.GetValue<double>();
+        foreach (var layer in groups.Layers) Assert.InRange(scores[layer.Path], 0, layer.RemovedParameters);
+        double best = scores.Keys.SelectMany(a => scores.Keys.Where(b => string.CompareOrdinal(a, b) < 0 && savings[a] + savings[b] >= needed)
+            .Select(b => scores[a] + scores[b])).Min();
+        Assert.Equal(best, removed.Sum(p => scores[p]), 9);
+        Assert.False(Directory.Exists(EcoDiffCheckpoint.FolderFor(temp.File("out")))); // no checkpoints left beside the model
+        using var pruned = ModelFamilies.Load(temp.File("out"));
+        Assert.Equal(report.ParametersAfter, pruned.ParameterCount());
+    }
+
     [Fact]
     public void Layer_targets_beyond_the_removable_layers_and_layer_options_on_width_methods_are_refused()
     {
@@ -325,6 +400,8 @@ public class LayerPruningTests
         Assert.True(ImportanceCriteria.Find("LDPRUNER")!.RemovesLayers);
         Assert.False(ImportanceCriteria.Find("taylor")!.RemovesLayers);
         Assert.IsType<RandomLayerCriterion>(ImportanceCriteria.CreateLayers("random-layer"));
+        Assert.IsType<EcoDiffLayerCriterion>(ImportanceCriteria.CreateLayers("ecodiff-layer"));
+        Assert.Equal(PruneWorkload.MaskLearning, ImportanceCriteria.Find("ecodiff-layer")!.Workload);
         Assert.Throws<ArgumentException>(() => ImportanceCriteria.Create("laptop"));
         Assert.Contains("random-layer", BatchPlan.KnownMethods);
     }

@@ -43,6 +43,7 @@ public class PruneTimeTests
 
     [Theory]
     [InlineData("ecodiff")]
+    [InlineData("ecodiff-layer")]
     [InlineData("laptop")]
     [InlineData("ldpruner")]
     [InlineData("learnable-depth")]

@@ -49,6 +49,8 @@ public static class ImportanceCriteria
             UsesImages: true, CreateLayers: () => new LearnableDepthCriterion(), Workload: PruneWorkload.Training),
         new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion(),
             Workload: PruneWorkload.WeightsOnly),
+        new("ecodiff-layer", "EcoDiff's learned unit masks aggregated per layer: remove the whole layers whose units EcoDiff keeps least", null,
+            CreateLayers: () => new EcoDiffLayerCriterion(), Workload: PruneWorkload.MaskLearning),
         new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffImportance(), Workload: PruneWorkload.MaskLearning),
         new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance(), Workload: PruneWorkload.WeightsOnly),
         new("random", "baseline: seeded random scores", () => new RandomImportance(), Workload: PruneWorkload.WeightsOnly),
