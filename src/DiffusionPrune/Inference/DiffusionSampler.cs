@@ -18,6 +18,11 @@ public sealed record SampleResult(Tensor Final, Tensor? Trajectory, long[] Times
 /// <summary>
 /// The denoising loop shared by every backend and feature: for each scheduler timestep, predict with the
 /// model (classifier-free guidance for models with a null class) and step the scheduler.
+/// <para>
+/// In diffusers' pipelines' order: after <c>set_timesteps</c> the noise is scaled by the scheduler's
+/// <c>init_noise_sigma</c>, and each step feeds the model <c>scale_model_input(latents, t)</c> while the scheduler
+/// steps the unscaled latents. Both are identities for DDPM/DDIM/DPM-Solver/PNDM; the Euler schedulers need them.
+/// </para>
 /// </summary>
 public static class DiffusionSampler
 {
@@ -41,18 +46,24 @@ public static class DiffusionSampler
             throw new ArgumentException("Classifier-free guidance needs a class-conditional model with a null class (e.g. a DiT) and class labels.");
         scheduler.SetTimesteps(options.Steps);
         var timesteps = scheduler.Timesteps;
-        var latents = noise;
+        var modelTimesteps = scheduler.ModelTimesteps;
+        // latents = latents * scheduler.init_noise_sigma (after set_timesteps: the Euler sigmas depend on the steps)
+        double initNoiseSigma = scheduler.InitNoiseSigma;
+        var latents = initNoiseSigma == 1.0 ? noise : noise * initNoiseSigma;
         var trajectory = options.KeepTrajectory ? new List<Tensor>(timesteps.Length) : null;
         for (int i = 0; i < timesteps.Length; i++)
         {
             var current = latents;
             long timestep = timesteps[i];
+            double modelTimestep = modelTimesteps[i];
             // Paused: TorchSharp's implicit scalars must outlive the native calls that read them (see GcPause).
             var next = GcPause.Run(() =>
             {
                 using var scope = NewDisposeScope();
-                var t = tensor(timestep, device: current.device);
-                var prediction = Guided(denoise, current, t, classLabels, nullClass, options.GuidanceScale);
+                // diffusers feeds the scheduler's own timestep value: an integer, or Euler's fractional linspace one (float32).
+                var t = modelTimestep == timestep ? tensor(timestep, device: current.device) : tensor((float)modelTimestep, device: current.device);
+                var modelInput = scheduler.ScaleModelInput(current, timestep);
+                var prediction = Guided(denoise, modelInput, t, classLabels, nullClass, options.GuidanceScale);
                 return scheduler.Step(prediction, timestep, current, generator: generator).PrevSample.MoveToOuterDisposeScope();
             });
             if (trajectory is not null) trajectory.Add(next);

@@ -34,6 +34,29 @@ public interface IDiffusionScheduler : IDisposable
     void SetTimesteps(int numInferenceSteps);
 
     /// <summary>
+    /// The timestep values to condition the model on, one per entry of <see cref="Timesteps"/> (diffusers'
+    /// <c>scheduler.timesteps</c>). They equal <see cref="Timesteps"/> except where diffusers' schedule is fractional:
+    /// Euler with linspace spacing feeds the model e.g. 978.6122 while <see cref="Timesteps"/> holds it rounded.
+    /// </summary>
+    double[] ModelTimesteps => Timesteps.Select(t => (double)t).ToArray();
+
+    /// <summary>
+    /// The standard deviation of the initial noise (diffusers' <c>init_noise_sigma</c>): a sampler multiplies unit
+    /// Gaussian noise by it before the first step. 1 for the variance-preserving schedulers (DDPM, DDIM, DPM-Solver,
+    /// PNDM); the largest sigma for the Euler schedulers, whose latents are x0 + σ·ε rather than a unit-variance mix.
+    /// Read it after <see cref="SetTimesteps"/>: it may depend on the inference schedule.
+    /// </summary>
+    double InitNoiseSigma => 1.0;
+
+    /// <summary>
+    /// The model's input at <paramref name="timestep"/> (diffusers' <c>scale_model_input</c>), called once per step
+    /// before the model and before <see cref="Step"/>. The Euler schedulers divide by sqrt(σ² + 1) so the model sees the
+    /// variance-preserving x_t it was trained on; the others return the sample unchanged. The result is a new handle
+    /// (created in the caller's dispose scope, if any), so the caller may dispose it whatever the scheduler.
+    /// </summary>
+    Tensor ScaleModelInput(Tensor sample, long timestep) => sample.alias();
+
+    /// <summary>
     /// x_t -> x_{t-1}. <paramref name="varianceNoise"/> is the standard normal noise for the stochastic part, used as
     /// given; when it is null and the step needs noise it is drawn from <paramref name="generator"/> (or the global one).
     /// </summary>

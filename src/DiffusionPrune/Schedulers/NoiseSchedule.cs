@@ -120,6 +120,23 @@ public static class NoiseSchedule
         }
     }
 
+    /// <summary>
+    /// The Euler schedulers' <c>set_timesteps</c> spacing, descending and in float32 as diffusers keeps it: leading and
+    /// trailing are DDIM's integers (<see cref="SpacedTimesteps"/>), but linspace is NOT rounded —
+    /// <c>np.linspace(0, T − 1, n)</c> cast to float32, so 50 steps give 999, 978.6122, 958.2245, ...
+    /// </summary>
+    public static float[] SigmaTimesteps(SchedulerConfig config, int numInferenceSteps) =>
+        config.TimestepSpacing == "linspace"
+            ? NumpyLinspace(0, config.NumTrainTimesteps - 1, numInferenceSteps).Reverse().Select(t => (float)t).ToArray()
+            : SpacedTimesteps(config, numInferenceSteps).Select(t => (float)t).ToArray();
+
+    /// <summary>
+    /// The training sigmas σ_t = sqrt((1 − ᾱ_t) / ᾱ_t) in float32 (diffusers' <c>((1 - acp) / acp) ** 0.5</c>), the
+    /// noise scale of the variance-exploding view x_t / sqrt(ᾱ_t) = x0 + σ_t·ε the Euler and DPM-Solver schedulers use.
+    /// </summary>
+    public static float[] TrainSigmas(float[] alphasCumprod) =>
+        alphasCumprod.Select(a => MathF.Sqrt((1f - a) / a)).ToArray();
+
     /// <summary><c>torch.cumprod(1.0 - betas, dim=0)</c>, float32.</summary>
     public static Tensor AlphasCumprod(Tensor betas)
     {
@@ -227,6 +244,22 @@ public static class NoiseSchedule
         double delta = y[1] - y[0];
         for (int i = 2; i < y.Length; i++) y[i] = start + i * delta;
         return y;
+    }
+
+    /// <summary>
+    /// <c>np.interp(x, arange(len(fp)), fp)</c> in float64: on the segment [j, j + 1] holding x,
+    /// <c>(fp[j+1] − fp[j]) · (x − j) + fp[j]</c>; fp[0] left of the range, fp[^1] at and right of its end.
+    /// </summary>
+    public static double NumpyInterpAtIndex(double x, float[] fp)
+    {
+        if (fp.Length == 0) throw new ArgumentException("np.interp needs at least one point.", nameof(fp));
+        if (double.IsNaN(x)) return double.NaN;
+        int last = fp.Length - 1;
+        if (x <= 0) return fp[0];
+        if (x >= last) return fp[last];
+        int j = (int)Math.Floor(x);
+        double slope = (double)fp[j + 1] - fp[j]; // divided by xp[j + 1] − xp[j] = 1
+        return slope * (x - j) + fp[j];
     }
 
     /// <summary><c>np.round(x).astype(np.int64)</c>: round half to even, then truncate.</summary>

@@ -9,10 +9,16 @@ public static class Scheduler
         ["ddpm"] = SchedulerConfig.DDPMClassName,
         ["ddim"] = SchedulerConfig.DDIMClassName,
         ["dpm++2m"] = SchedulerConfig.DPMSolverMultistepClassName,
+        ["pndm"] = SchedulerConfig.PNDMClassName,
+        ["euler"] = SchedulerConfig.EulerDiscreteClassName,
+        ["euler-a"] = SchedulerConfig.EulerAncestralDiscreteClassName,
     };
 
     private static readonly string[] SupportedClasses =
-        [SchedulerConfig.DDPMClassName, SchedulerConfig.DDIMClassName, SchedulerConfig.DPMSolverMultistepClassName];
+        [
+            SchedulerConfig.DDPMClassName, SchedulerConfig.DDIMClassName, SchedulerConfig.DPMSolverMultistepClassName,
+            SchedulerConfig.PNDMClassName, SchedulerConfig.EulerDiscreteClassName, SchedulerConfig.EulerAncestralDiscreteClassName,
+        ];
 
     /// <summary>Reads a scheduler_config.json and builds its scheduler (see <see cref="Create"/>).</summary>
     public static IDiffusionScheduler FromFile(string path, string? schedulerName = null, double ddimEta = 0.0) =>
@@ -20,10 +26,10 @@ public static class Scheduler
 
     /// <summary>
     /// The scheduler for <paramref name="config"/>: the class in its <c>_class_name</c>, or <paramref name="schedulerName"/>
-    /// when given ("ddpm" | "ddim" | "dpm++2m", or a diffusers class name). With an override the noise schedule
+    /// when given ("ddpm" | "ddim" | "dpm++2m" | "pndm" | "euler" | "euler-a", or a diffusers class name). With an override the noise schedule
     /// (betas, prediction_type, spacing, ...) still comes from the file, and keys the file does not set take the
     /// override class's defaults, as diffusers' <c>NewScheduler.from_config(old.config)</c> does. "dpm++2m" also
-    /// pins algorithm_type dpmsolver++ and solver_order 2. <paramref name="ddimEta"/> is used by DDIM only.
+    /// pins algorithm_type dpmsolver++ and solver_order 2; "pndm" pins skip_prk_steps true (PLMS). <paramref name="ddimEta"/> is used by DDIM only.
     /// </summary>
     public static IDiffusionScheduler Create(SchedulerConfig config, string? schedulerName = null, double ddimEta = 0.0)
     {
@@ -35,6 +41,9 @@ public static class Scheduler
             config = config.ForClass(className);
             if (ShortNames.ContainsKey(schedulerName.Trim()) && className == SchedulerConfig.DPMSolverMultistepClassName)
                 config = config with { AlgorithmType = "dpmsolver++", SolverOrder = 2 };
+            // "pndm" means PLMS, the only PNDM path implemented (diffusers' default skip_prk_steps false is the Runge-Kutta one).
+            if (ShortNames.ContainsKey(schedulerName.Trim()) && className == SchedulerConfig.PNDMClassName)
+                config = config with { SkipPrkSteps = true };
         }
         else
         {
@@ -50,6 +59,9 @@ public static class Scheduler
         {
             SchedulerConfig.DDPMClassName => new DDPMScheduler(config),
             SchedulerConfig.DDIMClassName => new DDIMScheduler(config, ddimEta),
+            SchedulerConfig.PNDMClassName => new PNDMScheduler(config),
+            SchedulerConfig.EulerDiscreteClassName => new EulerDiscreteScheduler(config),
+            SchedulerConfig.EulerAncestralDiscreteClassName => new EulerAncestralDiscreteScheduler(config),
             _ => new DPMSolverMultistepScheduler(config),
         };
     }

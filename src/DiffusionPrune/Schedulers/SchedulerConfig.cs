@@ -9,8 +9,9 @@ namespace DiffusionPrune.Schedulers;
 public sealed class SchedulerConfigException(string message, Exception? inner = null) : Exception(Formats.Messages.OneLine(message), inner);
 
 /// <summary>
-/// diffusers' <c>scheduler_config.json</c>: the constructor arguments of DDPMScheduler, DDIMScheduler and
-/// DPMSolverMultistepScheduler under their diffusers names. Keys a class does not take are simply unused by it
+/// diffusers' <c>scheduler_config.json</c>: the constructor arguments of DDPMScheduler, DDIMScheduler,
+/// DPMSolverMultistepScheduler, PNDMScheduler, EulerDiscreteScheduler and EulerAncestralDiscreteScheduler under their
+/// diffusers names. Keys a class does not take are simply unused by it
 /// (diffusers ignores them too); unknown keys are ignored. A key absent from the file takes the default of the
 /// class named in <c>_class_name</c> (<see cref="Defaults"/>), as diffusers' <c>from_config</c> does.
 /// <para>
@@ -25,6 +26,9 @@ public sealed record SchedulerConfig
     public const string DDPMClassName = "DDPMScheduler";
     public const string DDIMClassName = "DDIMScheduler";
     public const string DPMSolverMultistepClassName = "DPMSolverMultistepScheduler";
+    public const string PNDMClassName = "PNDMScheduler";
+    public const string EulerDiscreteClassName = "EulerDiscreteScheduler";
+    public const string EulerAncestralDiscreteClassName = "EulerAncestralDiscreteScheduler";
 
     /// <summary>The diffusers class the file was written for; null when the file does not say.</summary>
     [JsonPropertyName("_class_name")] public string? ClassName { get; init; }
@@ -50,18 +54,31 @@ public sealed record SchedulerConfig
     [JsonPropertyName("sample_max_value")] public double SampleMaxValue { get; init; } = 1.0;
 
     // Inference timesteps.
-    /// <summary>leading | trailing | linspace. Default leading, but linspace for DPMSolverMultistepScheduler.</summary>
+    /// <summary>leading | trailing | linspace. Default leading, but linspace for DPM-Solver and the Euler schedulers.</summary>
     [JsonPropertyName("timestep_spacing")] public string TimestepSpacing { get; init; } = "leading";
     /// <summary>Added to leading timesteps only (diffusers ignores it for trailing and linspace).</summary>
     [JsonPropertyName("steps_offset")] public int StepsOffset { get; init; }
 
-    // DDIM.
+    // DDIM and PNDM: the ᾱ after the last step, 1 or ᾱ_0. Default true for DDIM, false for PNDM.
     [JsonPropertyName("set_alpha_to_one")] public bool SetAlphaToOne { get; init; } = true;
+
+    // PNDM.
+    /// <summary>
+    /// true: PLMS only (Stable Diffusion 1.x's setting). false (diffusers' default) starts with Runge-Kutta steps,
+    /// which are not implemented: PNDMScheduler rejects it.
+    /// </summary>
+    [JsonPropertyName("skip_prk_steps")] public bool SkipPrkSteps { get; init; }
+
+    // Euler.
+    /// <summary>How Euler interpolates the training sigmas at fractional timesteps: linear (the only one implemented) | log_linear.</summary>
+    [JsonPropertyName("interpolation_type")] public string InterpolationType { get; init; } = "linear";
+    /// <summary>discrete (the only one implemented) | continuous (v-prediction models fed 0.25·log σ as the timestep).</summary>
+    [JsonPropertyName("timestep_type")] public string TimestepType { get; init; } = "discrete";
 
     // DDPM (fixed_small by default) and DPM-Solver (null by default).
     [JsonPropertyName("variance_type")] public string? VarianceType { get; init; }
 
-    // DPM-Solver multistep.
+    // DPM-Solver multistep; final_sigmas_type and the use_*_sigmas flags are Euler's too.
     [JsonPropertyName("solver_order")] public int SolverOrder { get; init; } = 2;
     [JsonPropertyName("algorithm_type")] public string AlgorithmType { get; init; } = "dpmsolver++";
     [JsonPropertyName("solver_type")] public string SolverType { get; init; } = "midpoint";
@@ -88,6 +105,8 @@ public sealed record SchedulerConfig
     {
         DDPMClassName => new SchedulerConfig { ClassName = className, VarianceType = "fixed_small" },
         DPMSolverMultistepClassName => new SchedulerConfig { ClassName = className, TimestepSpacing = "linspace" },
+        PNDMClassName => new SchedulerConfig { ClassName = className, SetAlphaToOne = false },
+        EulerDiscreteClassName or EulerAncestralDiscreteClassName => new SchedulerConfig { ClassName = className, TimestepSpacing = "linspace" },
         _ => new SchedulerConfig { ClassName = className },
     };
 

@@ -26,6 +26,9 @@ public sealed class SchedulerConfigTests
     [InlineData(SchedulerConfig.DDPMClassName, "leading", "fixed_small")]
     [InlineData(SchedulerConfig.DDIMClassName, "leading", null)]
     [InlineData(SchedulerConfig.DPMSolverMultistepClassName, "linspace", null)]
+    [InlineData(SchedulerConfig.PNDMClassName, "leading", null)]
+    [InlineData(SchedulerConfig.EulerDiscreteClassName, "linspace", null)]
+    [InlineData(SchedulerConfig.EulerAncestralDiscreteClassName, "linspace", null)]
     public void AbsentKeysTakeTheDefaultsOfTheNamedClass(string className, string spacing, string? varianceType)
     {
         var config = SchedulerConfig.Parse($$"""{"_class_name": "{{className}}"}""");
@@ -90,7 +93,7 @@ public sealed class SchedulerConfigTests
     {
         var config = SchedulerConfig.Parse("""
             {"_class_name": "DDIMScheduler", "_diffusers_version": "0.40.0", "_use_default_values": ["beta_end"],
-             "skip_prk_steps": true, "some_future_option": {"nested": [1, 2]}, "num_train_timesteps": 500}
+             "sigma_min": 0.002, "some_future_option": {"nested": [1, 2]}, "num_train_timesteps": 500}
             """);
 
         Assert.Equal(500, config.NumTrainTimesteps);
@@ -149,5 +152,27 @@ public sealed class SchedulerConfigTests
         Assert.Equal("fixed_large", dpm.VarianceType);
         Assert.Equal("linspace", dpm.TimestepSpacing); // DPM-Solver's default: the DDPM file did not set it
         Assert.Equal("leading", ddpm.TimestepSpacing);
+    }
+
+    [Fact]
+    public void PndmAndEulerKeysAndDefaultsAreDiffusers()
+    {
+        var pndm = SchedulerConfig.Parse("""{"_class_name": "PNDMScheduler"}""");
+        Assert.False(pndm.SetAlphaToOne); // unlike DDIM's true
+        Assert.False(pndm.SkipPrkSteps);
+
+        var euler = SchedulerConfig.Parse("""
+            {"_class_name": "EulerDiscreteScheduler", "skip_prk_steps": true, "interpolation_type": "log_linear",
+             "timestep_type": "continuous", "use_karras_sigmas": true}
+            """);
+        Assert.True(euler.SkipPrkSteps);
+        Assert.Equal("log_linear", euler.InterpolationType);
+        Assert.Equal("continuous", euler.TimestepType);
+        Assert.True(euler.UseKarrasSigmas);
+        Assert.Equal("linear", SchedulerConfig.Defaults(SchedulerConfig.EulerDiscreteClassName).InterpolationType);
+        Assert.Equal("discrete", SchedulerConfig.Defaults(SchedulerConfig.EulerDiscreteClassName).TimestepType);
+
+        var error = Assert.Throws<SchedulerConfigException>(() => SchedulerConfig.Parse("""{"skip_prk_steps": "yes"}"""));
+        Assert.Contains("skip_prk_steps", error.Message);
     }
 }

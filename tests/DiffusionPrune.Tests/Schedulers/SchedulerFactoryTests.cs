@@ -8,6 +8,8 @@ public sealed class SchedulerFactoryTests
     [InlineData(SchedulerConfig.DDPMClassName, typeof(DDPMScheduler))]
     [InlineData(SchedulerConfig.DDIMClassName, typeof(DDIMScheduler))]
     [InlineData(SchedulerConfig.DPMSolverMultistepClassName, typeof(DPMSolverMultistepScheduler))]
+    [InlineData(SchedulerConfig.EulerDiscreteClassName, typeof(EulerDiscreteScheduler))]
+    [InlineData(SchedulerConfig.EulerAncestralDiscreteClassName, typeof(EulerAncestralDiscreteScheduler))]
     public void CreatesTheClassNamedInTheConfig(string className, Type expected)
     {
         using var scheduler = Scheduler.Create(SchedulerConfig.Parse($$"""{"_class_name": "{{className}}"}"""));
@@ -67,11 +69,14 @@ public sealed class SchedulerFactoryTests
     [Fact]
     public void UnsupportedClassNamesTheSupportedOnes()
     {
-        var config = SchedulerConfig.Parse("""{"_class_name": "PNDMScheduler", "skip_prk_steps": true}""");
+        var config = SchedulerConfig.Parse("""{"_class_name": "LMSDiscreteScheduler"}""");
 
         var error = Assert.Throws<NotSupportedException>(() => Scheduler.Create(config));
 
-        Assert.Contains("PNDMScheduler", error.Message);
+        Assert.Contains("LMSDiscreteScheduler", error.Message);
+        Assert.Contains("pndm (PNDMScheduler)", error.Message);
+        Assert.Contains("euler (EulerDiscreteScheduler)", error.Message);
+        Assert.Contains("euler-a (EulerAncestralDiscreteScheduler)", error.Message);
         Assert.Contains("ddim (DDIMScheduler)", error.Message);
         Assert.Contains("dpm++2m (DPMSolverMultistepScheduler)", error.Message);
         Assert.Contains("ddpm (DDPMScheduler)", error.Message);
@@ -83,8 +88,8 @@ public sealed class SchedulerFactoryTests
     [Fact]
     public void UnknownOverrideAndMissingClassNameAreClearErrors()
     {
-        var error = Assert.Throws<NotSupportedException>(() => Scheduler.Create(new SchedulerConfig(), "euler"));
-        Assert.Contains("euler", error.Message);
+        var error = Assert.Throws<NotSupportedException>(() => Scheduler.Create(new SchedulerConfig(), "heun"));
+        Assert.Contains("heun", error.Message);
         Assert.Contains("dpm++2m", error.Message);
 
         var missing = Assert.Throws<ArgumentException>(() => Scheduler.Create(new SchedulerConfig()));
