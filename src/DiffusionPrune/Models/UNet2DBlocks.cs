@@ -17,9 +17,12 @@ public sealed class RemovedAttention() : nn.Module<Tensor, Tensor>(nameof(Remove
     public override Tensor forward(Tensor x) => x;
 }
 
-/// <summary>Everything a U-Net block needs to build its layers; paths key the pruned widths.</summary>
+/// <summary>
+/// Everything a U-Net block needs to build its layers; paths key the pruned widths. <c>TembChannels</c> is null for
+/// blocks without a time embedding (AutoencoderKL's encoder and decoder), whose ResNet blocks then have no time_emb_proj.
+/// </summary>
 public sealed record UNetBlockSettings(
-    int TembChannels, double Eps, string Act, int Groups, string TimeScaleShift, double Dropout, int AttentionHeadDim,
+    int? TembChannels, double Eps, string Act, int Groups, string TimeScaleShift, double Dropout, int AttentionHeadDim,
     ModelStructure Structure, string Path)
 {
     public nn.Module<Tensor, Tensor?, Tensor> Resnet(string path, int inChannels, int outChannels, double outputScaleFactor = 1.0, bool up = false, bool down = false)
@@ -187,7 +190,8 @@ public sealed class UNetMidBlock2D : nn.Module
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
     public IList<nn.Module<Tensor, Tensor>>? Attentions => attentions;
 
-    public Tensor Forward(Tensor hiddenStates, Tensor temb)
+    /// <param name="temb">The time embedding; null in AutoencoderKL, whose mid block has none.</param>
+    public Tensor Forward(Tensor hiddenStates, Tensor? temb)
     {
         hiddenStates = resnets[0].call(hiddenStates, temb);
         for (int i = 1; i < resnets.Count; i++)
