@@ -5,10 +5,11 @@ using static TorchSharp.torch;
 namespace DiffusionPrune.Models.Layers;
 
 /// <summary>
-/// diffusers' <c>Attention</c> with <c>AttnProcessor2_0</c>, self-attention only: optional GroupNorm on
-/// the input (U-Net attention blocks), q/k/v projections of <c>heads * dimHead</c>, scaled dot-product
-/// attention, <c>to_out.0</c>, optional residual connection and output rescaling. Accepts
-/// [B, C, H, W] (U-Net) or [B, N, C] (transformer) inputs.
+/// diffusers' <c>Attention</c> with <c>AttnProcessor2_0</c>: optional GroupNorm on the input (U-Net attention
+/// blocks), q/k/v projections of <c>heads * dimHead</c>, scaled dot-product attention, <c>to_out.0</c>, optional
+/// residual connection and output rescaling. Accepts [B, C, H, W] (U-Net) or [B, N, C] (transformer) inputs.
+/// With a <c>crossAttentionDim</c>, keys and values are projected from encoder states of that width
+/// (<see cref="Forward(Tensor, Tensor?, Tensor?)"/>), as Stable Diffusion's attn2 attends to the text.
 /// </summary>
 public sealed class Attention : nn.Module<Tensor, Tensor>
 {
@@ -26,6 +27,12 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     public int DimHead { get; }
     public int? NormGroups { get; }
 
+    /// <summary>Width of the states keys and values are projected from: <see cref="QueryDim"/> for self-attention.</summary>
+    public int CrossAttentionDim { get; }
+
+    /// <summary>Whether to_k / to_v read encoder states of their own width (diffusers' <c>is_cross_attention</c>).</summary>
+    public bool IsCrossAttention { get; }
+
     /// <summary>Optional gate per head (shape [heads]) multiplying each head's output before to_out.</summary>
     public Tensor? HeadGate { get; set; }
 
@@ -42,9 +49,12 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     public double RescaleOutputFactor => _rescaleOutputFactor;
 
     public Attention(int queryDim, int heads, int dimHead, bool bias = true, bool outBias = true, int? normNumGroups = null,
-        double eps = 1e-5, bool residualConnection = false, double rescaleOutputFactor = 1.0, double dropout = 0.0) : base(nameof(Attention))
+        double eps = 1e-5, bool residualConnection = false, double rescaleOutputFactor = 1.0, double dropout = 0.0,
+        int? crossAttentionDim = null) : base(nameof(Attention))
     {
         QueryDim = queryDim;
+        CrossAttentionDim = crossAttentionDim ?? queryDim;
+        IsCrossAttention = crossAttentionDim is not null;
         Heads = heads;
         DimHead = dimHead;
         NormGroups = normNumGroups;
@@ -52,15 +62,23 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         if (normNumGroups is int groups)
             group_norm = LayerFactory.GroupNorm(groups, queryDim, eps);
         to_q = nn.Linear(queryDim, inner, bias);
-        to_k = nn.Linear(queryDim, inner, bias);
-        to_v = nn.Linear(queryDim, inner, bias);
+        to_k = nn.Linear(CrossAttentionDim, inner, bias);
+        to_v = nn.Linear(CrossAttentionDim, inner, bias);
         to_out = new ModuleList<nn.Module<Tensor, Tensor>>(nn.Linear(inner, queryDim, outBias), nn.Dropout(dropout));
         _residualConnection = residualConnection;
         _rescaleOutputFactor = rescaleOutputFactor;
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor hiddenStates)
+    public override Tensor forward(Tensor hiddenStates) => Forward(hiddenStates, null, null);
+
+    /// <param name="hiddenStates">The queries' source: [B, C, H, W] or [B, N, C].</param>
+    /// <param name="encoderHiddenStates">[B, T, CrossAttentionDim] to attend to; null attends to <paramref name="hiddenStates"/> itself.</param>
+    /// <param name="attentionBias">
+    /// Added to the attention scores, broadcast as [B, 1, 1, T] (diffusers turns a 0/1 mask into 0 / -10000 and gives it
+    /// a singleton query axis, [B, 1, T]); null for none.
+    /// </param>
+    public Tensor Forward(Tensor hiddenStates, Tensor? encoderHiddenStates, Tensor? attentionBias)
     {
         var blockInput = hiddenStates;
         var residual = hiddenStates;
@@ -77,11 +95,15 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         if (group_norm is not null)
             hiddenStates = group_norm.call(hiddenStates.transpose(1, 2)).transpose(1, 2);
 
-        // [B, N, heads * dimHead] -> [B, heads, N, dimHead]
+        var keySource = encoderHiddenStates ?? hiddenStates;
+
+        // [B, N, heads * dimHead] -> [B, heads, N, dimHead]; keys and values [B, heads, T, dimHead]
         var query = to_q.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
-        var key = to_k.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
-        var value = to_v.call(hiddenStates).view(batch, -1, Heads, DimHead).transpose(1, 2);
-        var attended = nn.functional.scaled_dot_product_attention(query, key, value);
+        var key = to_k.call(keySource).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var value = to_v.call(keySource).view(batch, -1, Heads, DimHead).transpose(1, 2);
+        var attended = attentionBias is null
+            ? nn.functional.scaled_dot_product_attention(query, key, value)
+            : nn.functional.scaled_dot_product_attention(query, key, value, attentionBias.view(batch, 1, -1, attentionBias.shape[^1]));
         if (HeadGate is not null)
             attended = attended * HeadGate.view(1, -1, 1, 1);
         hiddenStates = attended.transpose(1, 2).reshape(batch, -1, Heads * DimHead);

@@ -34,26 +34,34 @@ public static class TimestepFeatures
     }
 }
 
-/// <summary>diffusers' <c>TimestepEmbedding</c>: linear_1, activation, linear_2.</summary>
+/// <summary>diffusers' <c>TimestepEmbedding</c>: linear_1, activation, linear_2, and an optional activation after it (post_act_fn).</summary>
 public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>
 {
     private readonly Linear linear_1;
     private readonly Linear linear_2;
     private readonly string _act;
+    private readonly string? _postAct;
 
-    public TimestepEmbedding(int inChannels, int timeEmbedDim, string act = "silu") : base(nameof(TimestepEmbedding))
+    /// <param name="postAct">diffusers' <c>post_act_fn</c> (UNet2DConditionModel's <c>timestep_post_act</c>); null for none.</param>
+    public TimestepEmbedding(int inChannels, int timeEmbedDim, string act = "silu", string? postAct = null) : base(nameof(TimestepEmbedding))
     {
         linear_1 = nn.Linear(inChannels, timeEmbedDim);
         linear_2 = nn.Linear(timeEmbedDim, timeEmbedDim);
         _act = act;
+        _postAct = postAct;
         RegisterComponents();
     }
 
     public Linear Linear1 => linear_1;
     public Linear Linear2 => linear_2;
     public string Act => _act;
+    public string? PostAct => _postAct;
 
-    public override Tensor forward(Tensor sample) => linear_2.call(Activations.Apply(_act, linear_1.call(sample)));
+    public override Tensor forward(Tensor sample)
+    {
+        var embedded = linear_2.call(Activations.Apply(_act, linear_1.call(sample)));
+        return _postAct is null ? embedded : Activations.Apply(_postAct, embedded);
+    }
 }
 
 /// <summary>diffusers' <c>GaussianFourierProjection</c> as UNet2DModel builds it (log=True, flip_sin_to_cos=False).</summary>
