@@ -22,6 +22,10 @@ public sealed record SampleRequest
     public int Count { get; init; } = 16;
     public int[]? Labels { get; init; }
     public double GuidanceScale { get; init; } = 1.0;
+    /// <summary>The text to draw, for a Stable Diffusion pipeline folder (which needs one); refused for every other model.</summary>
+    public string? Prompt { get; init; }
+    /// <summary>What to steer away from under classifier-free guidance (Stable Diffusion only); null or empty means "", as in diffusers.</summary>
+    public string? NegativePrompt { get; init; }
     public required string OutputPath { get; init; }
     /// <summary>torch (a diffusers folder) | onnx (an exported bundle: model.onnx + onnx_model.json).</summary>
     public string Backend { get; init; } = "torch";
@@ -46,6 +50,7 @@ public static class SampleRunner
     /// </summary>
     public static SampleResult Run(SampleRequest request, InferenceModel model, Action<int, int>? progress = null, CancellationToken cancel = default)
     {
+        RefusePrompt(request);
         var device = model.Device;
         string schedulerPath = request.SchedulerConfigPath ?? model.FindSchedulerConfig()
             ?? throw new FileNotFoundException($"'{request.ModelPath}' has no scheduler_config.json beside it; pass --scheduler-config FILE.");
@@ -88,6 +93,17 @@ public static class SampleRunner
                 ["timesteps"] = tensor(result.Timesteps),
             }));
         return result;
+    }
+
+    /// <summary>
+    /// Refuses a prompt for a model that is not text-conditioned, rather than sampling it unconditioned. Stable Diffusion
+    /// pipeline folders go to <see cref="Pipeline.StableDiffusion.StableDiffusionSampleRunner"/> instead.
+    /// </summary>
+    public static void RefusePrompt(SampleRequest request)
+    {
+        if (request.Prompt is not null || request.NegativePrompt is not null)
+            throw new ArgumentException($"'{request.ModelPath}' is not a Stable Diffusion pipeline folder (model_index.json naming StableDiffusionPipeline), " +
+                "so it cannot follow a text prompt: its models are unconditional or class-conditional (--labels). Drop --prompt / --negative-prompt.");
     }
 
     private static Tensor LoadOrDrawNoise(SampleRequest request, InferenceModel model, Device device)

@@ -5,6 +5,7 @@ using DiffusionPrune.Export;
 using DiffusionPrune.Families;
 using DiffusionPrune.Imaging;
 using DiffusionPrune.Inference;
+using DiffusionPrune.Pipeline.StableDiffusion;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Runtime;
 using DiffusionPrune.Training;
@@ -54,10 +55,17 @@ public sealed class DiffusionPipeline : IDisposable
         IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() => Load(path, backend, provider, progress), cancel);
 
-    /// <summary>Samples images (PNG grid) or a trajectory (safetensors) and sends the final images as a preview.</summary>
+    /// <summary>
+    /// Samples images (PNG grid) or a trajectory (safetensors) and sends the final images as a preview. A Stable Diffusion
+    /// pipeline folder is sampled from <see cref="SampleRequest.Prompt"/> and decoded through its VAE
+    /// (<see cref="StableDiffusionSampleRunner"/>); it is loaded for the request and not held.
+    /// </summary>
     public Task<SampleResult> SampleAsync(SampleRequest request, IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
         RunAsync(() =>
         {
+            if (StableDiffusionPipeline.IsStableDiffusionFolder(request.ModelPath))
+                return SampleStableDiffusion(request, progress, cancel);
+            SampleRunner.RefusePrompt(request);
             EnsureFits(request.ModelPath, request.Backend, e => e.Inference(request.Count * (request.GuidanceScale > 1 ? 2 : 1)));
             var model = Load(request.ModelPath, request.Backend, request.Provider, progress);
             var result = SampleRunner.Run(request, model.Inference,
@@ -66,6 +74,17 @@ public sealed class DiffusionPipeline : IDisposable
             progress?.Report(new StageProgress(PipelineStage.Sample, 1, $"wrote {request.OutputPath}", Preview: preview));
             return result;
         }, cancel);
+
+    private SampleResult SampleStableDiffusion(SampleRequest request, IProgress<StageProgress>? progress, CancellationToken cancel)
+    {
+        using var output = StableDiffusionSampleRunner.Run(request, Device,
+            line => progress?.Report(StageProgress.Note(PipelineStage.Load, line)),
+            (done, total) => progress?.Report(StageProgress.Step(PipelineStage.Sample, done, total, $"step {done}/{total}")), cancel);
+        var preview = Preview(output.Image, string.Create(CultureInfo.InvariantCulture,
+            $"{output.Image.shape[0]} images, {request.Steps} steps, guidance {request.GuidanceScale}, seed {request.Seed}"));
+        progress?.Report(new StageProgress(PipelineStage.Sample, 1, $"wrote {request.OutputPath}", Preview: preview));
+        return new SampleResult(output.Latents.clone(), output.Trajectory?.clone(), output.Timesteps);
+    }
 
     /// <summary>
     /// Prunes the model at <see cref="PruneRequest.ModelPath"/> (held or loaded) and, when <see cref="PruneRequest.OutputPath"/>
