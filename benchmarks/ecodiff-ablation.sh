@@ -44,6 +44,7 @@ declare -A V=(
 read -r -a variants <<< "${VARIANTS:-ours official heads-ffn l1-layers beta-0.5 weight-decay per-type damping-0.5 calib-100 steps-50}"
 name=$(basename "$model")
 out=out/ecodiff-ablation/$name
+[ "$n" = 2000 ] || out=$out-n$n # results at another N are kept apart
 mkdir -p "$out"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(grep -o -w -E 'avx512[a-z_]*|avx2|fma' /proc/cpuinfo | sort -u | xargs)), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "evaluation: dprune eval --samples $n --steps $steps --seed 0 --guidance-scale $g (--reference-model $model)"
