@@ -255,7 +255,7 @@ public sealed class EcoDiffObjective : IDisposable
     {
         ResnetChannelGroup => EcoDiffUnitTypes.Channels,
         AttentionHeadGroup => EcoDiffUnitTypes.Heads,
-        FeedForwardGroup => EcoDiffUnitTypes.FeedForward,
+        FeedForwardGroup or GegluFeedForwardGroup => EcoDiffUnitTypes.FeedForward,
         _ => throw new ArgumentException($"Unknown unit group type {group.GetType().Name}.", nameof(group)),
     };
 
