@@ -57,9 +57,9 @@ public sealed class UNet2DConditionFamily : ModelFamily<UNet2DConditionModel>
         throw new NotSupportedException($"ONNX export of {ClassName} (text-conditioned U-Nets) is not supported yet; export works for UNet2DModel and DiTTransformer2DModel.");
 
     /// <summary>
-    /// Every residual ResNet block with in == out channels (the SD U-Net's ResNets never resample). Transformer2DModel
-    /// blocks and their attentions are listed as not removable: their attentions and feed-forwards have no residual of
-    /// their own, and whole Transformer2DModel removal is not implemented.
+    /// Every residual ResNet block with in == out channels (the SD U-Net's ResNets never resample) and every whole
+    /// Transformer2DModel (residual: removed, it is the identity). The attentions and feed-forwards inside a transformer
+    /// are not removable on their own: they have no residual of their own.
     /// </summary>
     protected override LayerCandidates LayerCandidatesOf(UNet2DConditionModel model)
     {
@@ -78,8 +78,8 @@ public sealed class UNet2DConditionFamily : ModelFamily<UNet2DConditionModel>
                 case ResnetBlock2D resnet:
                     layers.Add(new LayerGroup(path, LayerKind.ResnetBlock, resnet, LayerGroup.ParametersOf(resnet), g => resnet.LayerGate = g));
                     break;
-                case Transformer2DModel:
-                    notRemovable[path] = "removing whole Transformer2DModel blocks of a text-conditioned U-Net is not supported yet";
+                case Transformer2DModel transformer:
+                    layers.Add(new LayerGroup(path, LayerKind.TransformerBlock, transformer, LayerGroup.ParametersOf(transformer), g => transformer.LayerGate = g));
                     break;
                 case Attention or GegluFeedForward:
                     notRemovable[path] = "it has no residual connection of its own (it lives inside a transformer block)";

@@ -137,6 +137,7 @@ internal static class UNet2DConditionResources
     private static void Transformer(CostTally t, UNet2DConditionConfig c, string path, long channels, int block, bool onlyCrossAttention,
         long h, long w, long textTokens)
     {
+        if (c.Structure.IsRemoved(path)) return;
         long tokens = h * w;
         int heads = c.NumAttentionHeads(block);
         long headDim = channels / heads, inner = heads * headDim, crossDim = c.CrossAttentionDim[block];

@@ -223,6 +223,29 @@ public static class PruneRunner
             ? Pipeline.StableDiffusion.PipelineIndex.Load(request.ModelPath).Folder
             : null;
 
+    /// <summary>
+    /// The prompts a text-conditioned U-Net calibrates on (the request's, else <see cref="DefaultCalibrationPrompts"/>),
+    /// encoded by its pipeline's tokenizer and text encoder; with <paramref name="negative"/> the empty prompt's states too.
+    /// </summary>
+    private static TextCalibration EncodeCalibrationText(DiffusionModel model, PruneRequest request, string? pipelineFolder, bool negative, Device device,
+        Action<string>? log)
+    {
+        if (pipelineFolder is null)
+            throw new ArgumentException($"{request.Method} on a {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable " +
+                "Diffusion pipeline folder (model_index.json) rather than its unet/ alone.");
+        var prompts = request.Prompts ?? DefaultCalibrationPrompts;
+        log?.Invoke($"encoding {prompts.Count} calibration prompts{(request.Prompts is null ? " (built-in)" : "")} with the pipeline's text encoder");
+        return new TextCalibration(prompts, Pipeline.StableDiffusion.StableDiffusionPipeline.EncodePromptsOf(pipelineFolder, prompts, negative, device));
+    }
+
+    /// <summary>The report's record of the prompts a run calibrated on.</summary>
+    private static void AddPromptSettings(JsonObject settings, TextCalibration? text, PruneRequest request)
+    {
+        if (text is null) return;
+        settings["prompts"] = new JsonArray(text.Prompts.Select(p => (JsonNode?)p).ToArray());
+        settings["prompt_source"] = request.Prompts is null ? "built-in" : "request";
+    }
+
     private static string PromptsNeedPipeline(string modelPath, string what) =>
         $"--prompts calibrates the U-Net of a Stable Diffusion pipeline folder (model_index.json with a text encoder); '{modelPath}' is {what}. Leave --prompts out.";
 
@@ -238,18 +261,18 @@ public static class PruneRunner
         {
             if (!text || pipelineFolder is null)
                 throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, $"a {model.ClassName}{(text ? " folder without its pipeline's text encoder" : "")}"));
-            if (entry?.Name != "ecodiff")
-                throw new ArgumentException($"--prompts is for ecodiff, which calibrates on prompts; {entry?.Name ?? request.Method} does not read them. Leave --prompts out.");
+            if (entry is null || entry.Workload == PruneWorkload.WeightsOnly)
+                throw new ArgumentException($"--prompts is for the methods that run the model on prompts (" +
+                    $"{string.Join(", ", ImportanceCriteria.All.Where(e => e.Workload != PruneWorkload.WeightsOnly && !e.UsesImages).Select(e => e.Name))}); " +
+                    $"{entry?.Name ?? request.Method} does not read them. Leave --prompts out.");
             if (request.Prompts.Count == 0 || request.Prompts.Any(string.IsNullOrWhiteSpace))
                 throw new ArgumentException("--prompts holds no prompts (or an empty one): give one prompt per line.");
         }
         if (!text) return false;
         if (entry is { UsesImages: true })
             throw new ArgumentException($"{entry.Name} needs training images with their captions to compute denoising-loss gradients, which a " +
-                $"Stable Diffusion pipeline folder does not carry; prune a {model.ClassName} with ecodiff, magnitude or random.");
-        if (entry is { RemovesLayers: true })
-            throw new ArgumentException($"{entry.Name} removes whole layers; layer pruning of text-conditioned U-Nets ({model.ClassName}) is not supported yet. " +
-                "Use a width method: ecodiff, magnitude or random.");
+                $"Stable Diffusion pipeline folder does not carry; prune a {model.ClassName} with ecodiff, magnitude or random (width) or " +
+                "laptop, ldpruner, ecodiff-layer or random-layer (whole layers).");
         return true;
     }
 
@@ -273,23 +296,15 @@ public static class PruneRunner
         if (request.Resume && !ecodiff)
             throw new ArgumentException($"--resume continues an EcoDiff run; {request.Method} runs in one go (start it again).");
         if (ImportanceCriteria.Find(request.Method) is { RemovesLayers: true } layerMethod)
-            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, onIteration, cancel, watch, groups, before);
+            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, onIteration, cancel, watch, groups, before, pipelineFolder);
         if (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack)
             throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
                 $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
         IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration) : ImportanceCriteria.Create(request.Method);
         var data = OpenCalibrationData(request, model, log);
-        TextCalibration? text = null;
-        if (textConditioned && ecodiff)
-        {
-            if (pipelineFolder is null)
-                throw new ArgumentException($"EcoDiff on a {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable Diffusion " +
-                    "pipeline folder (model_index.json) rather than its unet/ alone.");
-            var prompts = request.Prompts ?? DefaultCalibrationPrompts;
-            double guidance = ((EcoDiffImportance)criterion).Options.GuidanceScale;
-            log?.Invoke($"encoding {prompts.Count} calibration prompts{(request.Prompts is null ? " (built-in)" : "")} with the pipeline's text encoder");
-            text = new TextCalibration(prompts, Pipeline.StableDiffusion.StableDiffusionPipeline.EncodePromptsOf(pipelineFolder, prompts, guidance > 1.0, device));
-        }
+        var text = textConditioned && ecodiff
+            ? EncodeCalibrationText(model, request, pipelineFolder, ((EcoDiffImportance)criterion).Options.GuidanceScale > 1.0, device, log)
+            : null;
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
         UnitScores scores;
@@ -323,11 +338,7 @@ public static class PruneRunner
         };
         if (data is not null) settings["data"] = DescribeData(data);
         if (criterion is EcoDiffImportance eco) AddEcoDiffSettings(settings, eco);
-        if (text is not null)
-        {
-            settings["prompts"] = new JsonArray(text.Prompts.Select(p => (JsonNode?)p).ToArray());
-            settings["prompt_source"] = request.Prompts is null ? "built-in" : "request";
-        }
+        AddPromptSettings(settings, text, request);
         if (pipelineFolder is not null) settings["pipeline_component"] = "unet";
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null);
@@ -374,7 +385,8 @@ public static class PruneRunner
 
     /// <summary>Depth pruning: score whole layers, choose the cheapest set that meets the budget, remove them.</summary>
     private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
-        Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
+        Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before,
+        string? pipelineFolder)
     {
         var data = OpenCalibrationData(request, model, log);
         if (request.RoundTo != 1)
@@ -397,7 +409,10 @@ public static class PruneRunner
         if (reachable < request.TargetParams)
             throw new ArgumentException($"Removing all {groups.Layers.Count} removable layers of this {model.ClassName} saves {reachable:P1} of its {costs.Unit}, " +
                 $"less than the {request.TargetParams:P0} asked; lower the target, or use a width method (ecodiff, taylor) to reach it.");
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
+        var text = pipelineFolder is not null && method.Workload != PruneWorkload.WeightsOnly
+            ? EncodeCalibrationText(model, request, pipelineFolder, criterion is EcoDiffLayerCriterion eco && eco.EcoDiff.Options.GuidanceScale > 1.0, device, log)
+            : null;
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         var target = new LayerTarget(costs, request.TargetParams * costs.Total);
         log?.Invoke($"scoring {groups.Layers.Count} removable layers with {criterion.Name}");
         LayerScores scores;
@@ -417,6 +432,7 @@ public static class PruneRunner
         finally
         {
             groups.ClearMasks();
+            text?.Embeddings.Dispose();
         }
         cancel.ThrowIfCancellationRequested();
         var items = groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], scores[l.Path])).ToList();
@@ -457,6 +473,8 @@ public static class PruneRunner
             if (learnable.LossHistory.Count > 0) settings["final_loss"] = Math.Round(learnable.LossHistory.TakeLast(10).Average(), 6);
         }
         if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;
+        AddPromptSettings(settings, text, request);
+        if (pipelineFolder is not null) settings["pipeline_component"] = "unet";
         var summary = new LayerPruneSummary(request.Budget, request.Selection, costs.Unit, costs.Total, request.TargetParams, choice.Saving / costs.Total,
             choice.Removed, scores.ByLayer, costs.Saving, scores.Additivity, costs.Source)
         {
@@ -466,7 +484,7 @@ public static class PruneRunner
         double achievedParams = (before.Parameters - after.Parameters) / (double)before.Parameters;
         var report = new PruneReport(criterion.Name, request.TargetParams, achievedParams, before.Parameters, after.Parameters, before.Macs, after.Macs,
             kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null, summary);
-        return new PrunedModel(pruned, report, plan, schedulerPath);
+        return new PrunedModel(pruned, report, plan, schedulerPath, pipelineFolder);
     }
 
     /// <summary>The request's calibration images (<c>--data</c>), or null; refused for methods that do not calibrate on images.</summary>

@@ -69,7 +69,8 @@ public class TextUNetPruningTests(ITestOutputHelper output)
         {
             "pruned" => """
                 , "dprune_structure": {"attention_heads": {"down_blocks.0.attentions.0.transformer_blocks.0.attn2": 1},
-                   "feed_forward_inner": {"up_blocks.0.attentions.1.transformer_blocks.1.ff": 20}, "resnet_inner_channels": {"up_blocks.1.resnets.0": 8}}}
+                   "feed_forward_inner": {"up_blocks.0.attentions.1.transformer_blocks.1.ff": 20}, "resnet_inner_channels": {"up_blocks.1.resnets.0": 8},
+                   "removed_layers": ["down_blocks.1.attentions.0", "mid_block.resnets.1"]}}
                 """,
             "sdxl text_time" => """
                 , "resnet_time_scale_shift": "scale_shift", "mid_block_type": "UNetMidBlock2D", "addition_embed_type": "text_time",
@@ -115,20 +116,24 @@ public class TextUNetPruningTests(ITestOutputHelper output)
         // One neuron: its value row and gate row of net.0.proj (32 inputs + a bias each) and its column of net.2 (32 outputs).
         Assert.Equal(2 * (32 + 1) + 32, ff.ParametersPerUnit);
         Assert.Equal(new long[] { 3, 131 }, ff.Coupled.Single(c => c.Key.EndsWith("net.0.proj.weight", StringComparison.Ordinal)).Indices([3]));
-        // Transformer2DModel blocks are not removable layers yet; the ResNets in == out are.
-        Assert.Contains(groups.NotRemovable.Keys, k => k == "down_blocks.0.attentions.0");
-        Assert.All(groups.Layers, l => Assert.Equal(LayerKind.ResnetBlock, l.Kind));
+        // Whole Transformer2DModels and the ResNets with in == out are removable layers; a transformer's attentions are not.
+        Assert.Contains(groups.Layers, l => l.Kind == LayerKind.TransformerBlock && l.Path == "down_blocks.0.attentions.0");
+        Assert.Contains(groups.Layers, l => l.Kind == LayerKind.ResnetBlock && l.Path == "mid_block.resnets.1");
+        Assert.Contains("no residual connection of its own", groups.NotRemovable["down_blocks.0.attentions.0.transformer_blocks.0.attn1"]);
+        Assert.DoesNotContain(groups.Layers, l => l.Path == "down_blocks.1.resnets.0"); // 32 -> 64 channels
     }
 
     [Theory]
-    [InlineData("fixture")]
-    [InlineData("tiny")]
-    public void The_surgically_pruned_unet_equals_the_masked_original_on_text_conditioned_inputs(string which)
+    [InlineData("fixture", false)]
+    [InlineData("tiny", false)]
+    [InlineData("fixture", true)]
+    public void The_surgically_pruned_unet_equals_the_masked_original_on_text_conditioned_inputs(string which, bool removeLayers)
     {
         manual_seed(5);
         using var model = (UNet2DConditionModel)(which == "fixture" ? ModelFamilies.Load(UNetConditionFixture) : ModelFamilies.Create(ConfigJson.Parse(TinyConfig + "}")));
         var groups = PrunableGroups.Of(model);
-        var plan = RandomPlan(groups, seed: 7);
+        string[] removals = removeLayers ? ["up_blocks.1.attentions.0", "mid_block.resnets.1"] : [];
+        var plan = RandomPlan(groups, seed: 7, removals);
         Assert.Contains(plan.Keep.Keys, k => groups.Unit(k) is GegluFeedForwardGroup);
         var conditioning = TextInputs(model, seed: 3, out var sample);
 
