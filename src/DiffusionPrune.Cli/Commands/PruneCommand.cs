@@ -9,7 +9,7 @@ namespace DiffusionPrune.Cli.Commands;
 
 /// <summary>
 /// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|ecodiff-layer|random-layer --target-params 0.2 [--budget params|macs|latency]
-/// --steps 10 --iterations N --calibration K --output DIR</c>
+/// --steps 10 --iterations N --calibration K [--prompts FILE for a Stable Diffusion pipeline] --output DIR</c>
 /// </summary>
 public static class PruneCommand
 {
@@ -45,7 +45,8 @@ public static class PruneCommand
         var damping = new Option<double>("--damping") { Description = "EcoDiff: hard-concrete noise damping (the official code: 0.5 for SDXL/SD2).", DefaultValueFactory = _ => HardConcreteGate.DefaultDamping };
         var initialLogit = new Option<double>("--initial-logit") { Description = "EcoDiff: the logit every gate starts at (3: nearly open).", DefaultValueFactory = _ => 3.0 };
         var ecoBatch = new Option<int>("--ecodiff-batch") { Description = "EcoDiff: calibration samples per iteration (the calibration set is cycled in batches of this size).", DefaultValueFactory = _ => 4 };
-        var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models; use the scale you will sample with).", DefaultValueFactory = _ => 1.0 };
+        var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models, or a Stable Diffusion pipeline against the empty prompt; use the scale you will sample with, e.g. 7.5).", DefaultValueFactory = _ => 1.0 };
+        var prompts = new Option<string?>("--prompts") { Description = "EcoDiff on a Stable Diffusion pipeline folder: a text file of calibration prompts, one per line (blank lines skipped; default: eight built-in generic prompts)." };
         var data = new Option<string?>("--data") { Description = "Calibration images for taylor: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size." };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
@@ -59,7 +60,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, prompts, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -80,6 +81,7 @@ public static class PruneCommand
                 OutputPath = outputPath,
                 SchedulerConfigPath = parse.GetValue(schedulerConfig),
                 Data = parse.GetValue(data),
+                Prompts = parse.GetValue(prompts) is { } promptFile ? ReadPrompts(promptFile) : null,
                 Steps = parse.GetValue(steps),
                 Iterations = parse.GetValue(iterations),
                 Calibration = parse.GetValue(calibration),
@@ -211,5 +213,16 @@ public static class PruneCommand
                 _ => throw new ArgumentException($"--unit-types takes heads, ffn and/or channels, not '{name}'."),
             };
         return types == 0 ? throw new ArgumentException("--unit-types needs at least one of heads, ffn, channels.") : types;
+    }
+
+    /// <summary>The prompts of a --prompts file: one per line, trimmed, blank lines skipped; a missing or empty file is refused.</summary>
+    private static IReadOnlyList<string> ReadPrompts(string file)
+    {
+        if (!File.Exists(file))
+            throw new FileNotFoundException($"--prompts '{file}' does not exist; give a text file with one calibration prompt per line.", file);
+        var lines = File.ReadAllLines(file).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
+        if (lines.Length == 0)
+            throw new ArgumentException($"--prompts '{file}' holds no prompts; give one calibration prompt per line.");
+        return lines;
     }
 }

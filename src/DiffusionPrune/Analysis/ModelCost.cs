@@ -15,7 +15,7 @@ public sealed record ModelCostReport(long Parameters, long Macs, int[] SampleSiz
 
 /// <summary>
 /// Counts parameters and MACs. MACs come from forward hooks on every convolution and linear layer
-/// (output elements x inputs per output) plus the two attention matmuls (2 x heads x N^2 x head width),
+/// (output elements x inputs per output) plus the two attention matmuls (2 x heads x queries x keys x head width),
 /// for one sample at the model's native size. Norms and activations are not counted (as thop/fvcore do).
 /// </summary>
 public static class ModelCost
@@ -26,6 +26,11 @@ public static class ModelCost
         var macsByModule = new Dictionary<nn.Module, long>(ReferenceEqualityComparer.Instance);
         var removers = new List<Action>();
         var names = new Dictionary<nn.Module, string>(ReferenceEqualityComparer.Instance);
+        // The attention matmuls are counted from the token counts its to_q and to_k saw (queries x keys), not from a hook
+        // on the attention module: a transformer block calls its attentions' three-argument Forward directly (cross-
+        // attention to text states), which no forward hook sees.
+        var tokensByLinear = new Dictionary<nn.Module, List<long>>(ReferenceEqualityComparer.Instance);
+        var attentions = new List<(string name, Attention attention)>();
         foreach (var (name, module) in model.named_modules())
         {
             names[module] = name;
@@ -46,18 +51,14 @@ public static class ModelCost
                     {
                         long batch = output.shape[0];
                         macsByModule[m] = macsByModule.GetValueOrDefault(m) + output.numel() / batch * linear.weight!.shape[1];
+                        if (!tokensByLinear.TryGetValue(m, out var calls)) tokensByLinear[m] = calls = [];
+                        calls.Add(output.numel() / batch / linear.weight!.shape[0]);
                         return output;
                     }));
                     removers.Add(() => remover_linear.remove());
                     break;
                 case Attention attention:
-                    var remover_attention = (attention.register_forward_hook((m, input, output) =>
-                    {
-                        long tokens = input.dim() == 4 ? input.shape[2] * input.shape[3] : input.shape[1];
-                        macsByModule[m] = macsByModule.GetValueOrDefault(m) + 2L * attention.Heads * tokens * tokens * attention.DimHead;
-                        return output;
-                    }));
-                    removers.Add(() => remover_attention.remove());
+                    attentions.Add((name, attention));
                     break;
             }
         }
@@ -74,6 +75,12 @@ public static class ModelCost
         finally
         {
             foreach (var remove in removers) remove();
+        }
+        foreach (var (_, attention) in attentions)
+        {
+            if (!tokensByLinear.TryGetValue(attention.ToQ, out var queries) || !tokensByLinear.TryGetValue(attention.ToK, out var keys)) continue;
+            for (int call = 0; call < Math.Min(queries.Count, keys.Count); call++)
+                macsByModule[attention] = macsByModule.GetValueOrDefault(attention) + 2L * attention.Heads * queries[call] * keys[call] * attention.DimHead;
         }
 
         // Group by the first two path components (e.g. "down_blocks.1", "transformer_blocks.3", "conv_in").

@@ -21,6 +21,9 @@ public static class TorchLatency
         model.eval();
         var device = model.parameters().FirstOrDefault()?.device ?? CPU;
         var conditioning = ModelFamilies.ConditioningOf(model);
+        if (conditioning.Kind == ConditioningKind.TextStates)
+            throw new NotSupportedException($"Latency of text-conditioned models ({model.ClassName}) is not measured yet: the latency inputs have no text states. " +
+                "Use a parameter or MAC budget.");
         var (classInput, embeddingDim) = conditioning.Kind switch
         {
             ConditioningKind.ClassEmbedding => (ClassInputKind.Embedding, conditioning.EmbeddingDim),

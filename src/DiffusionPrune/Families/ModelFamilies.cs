@@ -13,7 +13,7 @@ namespace DiffusionPrune.Families;
 public static class ModelFamilies
 {
     /// <summary>Every supported family, in the order help texts list them.</summary>
-    public static IReadOnlyList<ModelFamily> All { get; } = [new UNet2DFamily(), new DiTFamily()];
+    public static IReadOnlyList<ModelFamily> All { get; } = [new UNet2DFamily(), new DiTFamily(), new UNet2DConditionFamily()];
 
     /// <summary>The family of a diffusers <c>_class_name</c>, or null.</summary>
     public static ModelFamily? ForClass(string? className) => All.FirstOrDefault(f => f.ClassName == className);

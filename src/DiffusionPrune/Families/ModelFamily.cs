@@ -16,20 +16,38 @@ public enum ConditioningKind
 
     /// <summary>Ready-made class embeddings [B, <see cref="ConditioningInput.EmbeddingDim"/>] (float32), diffusers' class_embed_type "identity".</summary>
     ClassEmbedding,
+
+    /// <summary>
+    /// Text-encoder states [B, <see cref="ConditioningInput.TextTokens"/>, <see cref="ConditioningInput.EmbeddingDim"/>] for
+    /// cross-attention (a Stable Diffusion U-Net), plus SDXL's added conditions when <see cref="ConditioningInput.TextEmbedsDim"/> is set.
+    /// </summary>
+    TextStates,
 }
 
-/// <summary>The conditioning input a loaded model needs: its kind and, for embeddings, their width.</summary>
-public sealed record ConditioningInput(ConditioningKind Kind, int EmbeddingDim = 0)
+/// <summary>
+/// The conditioning input a loaded model needs: its kind and, for embeddings and text states, their width; for text
+/// states also the token count fed (CLIP's 77 for Stable Diffusion) and SDXL's text_embeds width and number of time ids.
+/// </summary>
+public sealed record ConditioningInput(ConditioningKind Kind, int EmbeddingDim = 0, int TextTokens = 0, int TextEmbedsDim = 0, int TimeIds = 0)
 {
     public static ConditioningInput None { get; } = new(ConditioningKind.None);
 
-    /// <summary>A zero conditioning for a batch (class 0, or a zero embedding): what cost counting and probes feed.</summary>
-    public Conditioning Zero(Tensor timestep, long batch, Device device) => new(timestep, Kind switch
+    /// <summary>
+    /// A zero conditioning for a batch (class 0, a zero embedding, or zero text states and added conditions): what cost
+    /// counting and probes feed.
+    /// </summary>
+    public Conditioning Zero(Tensor timestep, long batch, Device device) => Kind switch
     {
-        ConditioningKind.ClassLabels => zeros([batch], ScalarType.Int64, device),
-        ConditioningKind.ClassEmbedding => zeros([batch, EmbeddingDim], device: device),
-        _ => null,
-    });
+        ConditioningKind.ClassLabels => new(timestep, zeros([batch], ScalarType.Int64, device)),
+        ConditioningKind.ClassEmbedding => new(timestep, zeros([batch, EmbeddingDim], device: device)),
+        ConditioningKind.TextStates => new(timestep, EncoderHiddenStates: zeros([batch, TextTokens, EmbeddingDim], device: device),
+            AddedConditions: TextEmbedsDim == 0 ? null : new Dictionary<string, Tensor>
+            {
+                [UNet2DConditionModel.TextEmbedsKey] = zeros([batch, TextEmbedsDim], device: device),
+                [UNet2DConditionModel.TimeIdsKey] = zeros([batch, TimeIds], device: device),
+            }),
+        _ => new(timestep),
+    };
 }
 
 /// <summary>

@@ -113,6 +113,16 @@ public sealed class CostTally
     }
 
     /// <summary>
+    /// Attention of <paramref name="queryTokens"/> queries over <paramref name="keyTokens"/> keys (cross-attention to text
+    /// states); <see cref="AttentionCore"/> is the self-attention case.
+    /// </summary>
+    public void CrossAttentionCore(long queryTokens, long keyTokens, long heads, long headDim)
+    {
+        Macs = checked(Macs + 2 * heads * queryTokens * keyTokens * headDim);
+        Tensor(checked(queryTokens * heads * headDim + queryTokens * heads));
+    }
+
+    /// <summary>
     /// Temporaries the walk does not name (broadcast products, copies made by reshapes, allocator slack): measured peak
     /// RSS was 1.27-1.64x the named intermediates when sampling the defaults (docs/BENCHMARKS.md, "Resource estimate").
     /// </summary>

@@ -13,9 +13,13 @@ namespace DiffusionPrune.Models;
 /// </summary>
 public sealed record CrossAttentionSettings(int Heads, int CrossAttentionDim, int TransformerLayers, bool UseLinearProjection, bool OnlyCrossAttention, double Dropout)
 {
-    /// <summary>diffusers' <c>Transformer2DModel(heads, channels // heads, in_channels=channels, norm_num_groups=groups, ...)</c>.</summary>
-    public Transformer2DModel Build(string path, int channels, int groups, ModelStructure structure)
+    /// <summary>
+    /// diffusers' <c>Transformer2DModel(heads, channels // heads, in_channels=channels, norm_num_groups=groups, ...)</c>, or a
+    /// weightless <see cref="RemovedTransformer2D"/> when layer pruning removed it.
+    /// </summary>
+    public nn.Module Build(string path, int channels, int groups, ModelStructure structure)
     {
+        if (structure.IsRemoved(path)) return new RemovedTransformer2D();
         int headDim = channels / Heads;
         var blocks = Enumerable.Range(0, TransformerLayers).Select(j =>
         {
@@ -35,14 +39,14 @@ public sealed record CrossAttentionSettings(int Heads, int CrossAttentionDim, in
 public sealed class CrossAttnDownBlock2D : nn.Module
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor?, Tensor>> resnets;
-    private readonly ModuleList<Transformer2DModel> attentions;
+    private readonly ModuleList<nn.Module> attentions;
     private readonly ModuleList<Downsample2D>? downsamplers;
 
     public CrossAttnDownBlock2D(UNetBlockSettings s, CrossAttentionSettings a, int numLayers, int inChannels, int outChannels,
         bool addDownsample, int downsamplePadding) : base(nameof(CrossAttnDownBlock2D))
     {
         resnets = new ModuleList<nn.Module<Tensor, Tensor?, Tensor>>();
-        attentions = new ModuleList<Transformer2DModel>();
+        attentions = new ModuleList<nn.Module>();
         for (int i = 0; i < numLayers; i++)
         {
             resnets.Add(s.Resnet($"{s.Path}.resnets.{i}", i == 0 ? inChannels : outChannels, outChannels));
@@ -54,7 +58,8 @@ public sealed class CrossAttnDownBlock2D : nn.Module
     }
 
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
-    public IList<Transformer2DModel> Attentions => attentions;
+    /// <summary>Each layer's <see cref="Transformer2DModel"/>, or a <see cref="RemovedTransformer2D"/> where layer pruning removed it.</summary>
+    public IList<nn.Module> Attentions => attentions;
     public Downsample2D? Downsampler => downsamplers?[0];
 
     /// <param name="outputStates">Receives each layer's output and the downsampled one: the skips the up blocks consume.</param>
@@ -63,7 +68,7 @@ public sealed class CrossAttnDownBlock2D : nn.Module
         for (int i = 0; i < resnets.Count; i++)
         {
             hiddenStates = resnets[i].call(hiddenStates, temb);
-            hiddenStates = attentions[i].Forward(hiddenStates, encoderHiddenStates, encoderAttentionBias);
+            hiddenStates = CrossAttentionSlot.Forward(attentions[i], hiddenStates, encoderHiddenStates, encoderAttentionBias);
             outputStates.Add(hiddenStates);
         }
         if (downsamplers is not null)
@@ -83,14 +88,14 @@ public sealed class CrossAttnDownBlock2D : nn.Module
 public sealed class CrossAttnUpBlock2D : nn.Module
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor?, Tensor>> resnets;
-    private readonly ModuleList<Transformer2DModel> attentions;
+    private readonly ModuleList<nn.Module> attentions;
     private readonly ModuleList<Upsample2D>? upsamplers;
 
     public CrossAttnUpBlock2D(UNetBlockSettings s, CrossAttentionSettings a, int numLayers, int inChannels, int prevOutputChannel, int outChannels,
         bool addUpsample) : base(nameof(CrossAttnUpBlock2D))
     {
         resnets = new ModuleList<nn.Module<Tensor, Tensor?, Tensor>>();
-        attentions = new ModuleList<Transformer2DModel>();
+        attentions = new ModuleList<nn.Module>();
         for (int i = 0; i < numLayers; i++)
         {
             int resSkipChannels = i == numLayers - 1 ? inChannels : outChannels;
@@ -104,7 +109,8 @@ public sealed class CrossAttnUpBlock2D : nn.Module
     }
 
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
-    public IList<Transformer2DModel> Attentions => attentions;
+    /// <summary>Each layer's <see cref="Transformer2DModel"/>, or a <see cref="RemovedTransformer2D"/> where layer pruning removed it.</summary>
+    public IList<nn.Module> Attentions => attentions;
     public Upsample2D? Upsampler => upsamplers?[0];
 
     /// <summary>Consumes skip tensors from the end of <paramref name="resSamples"/>.</summary>
@@ -116,7 +122,7 @@ public sealed class CrossAttnUpBlock2D : nn.Module
             resSamples.RemoveAt(resSamples.Count - 1);
             hiddenStates = cat([hiddenStates, resHiddenStates], 1);
             hiddenStates = resnets[i].call(hiddenStates, temb);
-            hiddenStates = attentions[i].Forward(hiddenStates, encoderHiddenStates, encoderAttentionBias);
+            hiddenStates = CrossAttentionSlot.Forward(attentions[i], hiddenStates, encoderHiddenStates, encoderAttentionBias);
         }
         return upsamplers is null ? hiddenStates : upsamplers[0].call(hiddenStates);
     }
@@ -130,13 +136,13 @@ public sealed class CrossAttnUpBlock2D : nn.Module
 public sealed class UNetMidBlock2DCrossAttn : nn.Module
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor?, Tensor>> resnets;
-    private readonly ModuleList<Transformer2DModel> attentions;
+    private readonly ModuleList<nn.Module> attentions;
 
     public UNetMidBlock2DCrossAttn(UNetBlockSettings s, CrossAttentionSettings a, int inChannels, double outputScaleFactor, int numLayers = 1)
         : base(nameof(UNetMidBlock2DCrossAttn))
     {
         resnets = new ModuleList<nn.Module<Tensor, Tensor?, Tensor>>(s.Resnet($"{s.Path}.resnets.0", inChannels, inChannels, outputScaleFactor));
-        attentions = new ModuleList<Transformer2DModel>();
+        attentions = new ModuleList<nn.Module>();
         for (int i = 0; i < numLayers; i++)
         {
             attentions.Add(a.Build($"{s.Path}.attentions.{i}", inChannels, s.Groups, s.Structure));
@@ -146,14 +152,15 @@ public sealed class UNetMidBlock2DCrossAttn : nn.Module
     }
 
     public IList<nn.Module<Tensor, Tensor?, Tensor>> Resnets => resnets;
-    public IList<Transformer2DModel> Attentions => attentions;
+    /// <summary>Each layer's <see cref="Transformer2DModel"/>, or a <see cref="RemovedTransformer2D"/> where layer pruning removed it.</summary>
+    public IList<nn.Module> Attentions => attentions;
 
     public Tensor Forward(Tensor hiddenStates, Tensor temb, Tensor encoderHiddenStates, Tensor? encoderAttentionBias)
     {
         hiddenStates = resnets[0].call(hiddenStates, temb);
         for (int i = 0; i < attentions.Count; i++)
         {
-            hiddenStates = attentions[i].Forward(hiddenStates, encoderHiddenStates, encoderAttentionBias);
+            hiddenStates = CrossAttentionSlot.Forward(attentions[i], hiddenStates, encoderHiddenStates, encoderAttentionBias);
             hiddenStates = resnets[i + 1].call(hiddenStates, temb);
         }
         return hiddenStates;

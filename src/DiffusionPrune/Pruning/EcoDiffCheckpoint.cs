@@ -38,7 +38,8 @@ public static class EcoDiffCheckpoint
         // JSON, not the record's ToString: that formats numbers in the current culture, and a resume must not depend on it
         return string.Join("|", System.Text.Json.JsonSerializer.Serialize(o), context.Steps.ToString(CultureInfo.InvariantCulture),
             context.CalibrationSamples.ToString(CultureInfo.InvariantCulture), seed.ToString(CultureInfo.InvariantCulture),
-            SourceIdentity.DescribeFile(context.SchedulerConfigPath), context.SchedulerName ?? "");
+            SourceIdentity.DescribeFile(context.SchedulerConfigPath), context.SchedulerName ?? "",
+            context.CalibrationText is { } text ? System.Text.Json.JsonSerializer.Serialize(text.Prompts) : "");
     }
 
     public static void Save(string folder, string fingerprint, int iteration, EcoDiffObjective objective, Training.AdamW optimizer,

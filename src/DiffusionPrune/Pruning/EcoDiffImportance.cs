@@ -183,7 +183,7 @@ public sealed class EcoDiffImportance : IImportanceCriterion
         _history.Clear();
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
         long seed = Options.Seed ?? context.Seed;
-        using var objective = new EcoDiffObjective(model, groups, scheduler, context.Steps, context.CalibrationSamples, Options, seed);
+        using var objective = new EcoDiffObjective(model, groups, scheduler, context.Steps, context.CalibrationSamples, Options, seed, context.CalibrationText);
         using var optimizer = new Training.AdamW(objective.NamedParameters()) { WeightDecay = Options.WeightDecay };
         context.Log?.Invoke($"ecodiff: {objective.Gates.Count} unit groups, {objective.Gates.Sum(g => g.Gate.Units)} units, " +
                             $"{context.CalibrationSamples} calibration samples in {objective.BatchCount} batches, {context.Steps} steps, " +
@@ -240,6 +240,8 @@ public sealed class EcoDiffObjective : IDisposable
     private readonly long[] _timesteps;
     private readonly Tensor _noise;
     private readonly Tensor? _labels;
+    private readonly Tensor? _promptStates;   // [K, tokens, D]: sample k's prompt (text-conditioned models)
+    private readonly Tensor? _negativeStates; // [K, tokens, D]: the empty negative prompt's, with guidance above 1
     private readonly Tensor? _varianceNoise; // [steps, K, C, H, W] for stochastic samplers, shared by both trajectories
     private readonly Dictionary<int, Tensor> _targets = [];
     private readonly Generator _gateNoise;
@@ -255,12 +257,17 @@ public sealed class EcoDiffObjective : IDisposable
     {
         ResnetChannelGroup => EcoDiffUnitTypes.Channels,
         AttentionHeadGroup => EcoDiffUnitTypes.Heads,
-        FeedForwardGroup => EcoDiffUnitTypes.FeedForward,
+        FeedForwardGroup or GegluFeedForwardGroup => EcoDiffUnitTypes.FeedForward,
         _ => throw new ArgumentException($"Unknown unit group type {group.GetType().Name}.", nameof(group)),
     };
 
+    /// <param name="text">
+    /// For a text-conditioned model (a Stable Diffusion U-Net): the calibration prompts' states; sample k follows prompt
+    /// k mod P, guided by <see cref="EcoDiffOptions.GuidanceScale"/> against the negative states (classifier-free, as the
+    /// pipeline samples). Required for such a model, refused for the others.
+    /// </param>
     public EcoDiffObjective(DiffusionModel model, PrunableGroups groups, IDiffusionScheduler scheduler, int steps, int calibrationSamples,
-        EcoDiffOptions options, long seed)
+        EcoDiffOptions options, long seed, TextCalibration? text = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(groups);
@@ -271,7 +278,15 @@ public sealed class EcoDiffObjective : IDisposable
         if (calibrationSamples < 1) throw new ArgumentException($"EcoDiff needs at least one calibration sample (got {calibrationSamples}).", nameof(calibrationSamples));
         if (groups.Units.Count == 0) throw new ArgumentException($"{model.ClassName} has no prunable unit groups.", nameof(groups));
         CheckScheduler(scheduler);
-        if (options.GuidanceScale != 1.0 && model.NullClass is null)
+        bool textConditioned = Families.ModelFamilies.ConditioningOf(model).Kind == Families.ConditioningKind.TextStates;
+        if (textConditioned && text is null)
+            throw new ArgumentException($"EcoDiff on a {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable Diffusion " +
+                "pipeline folder (model_index.json) rather than its unet/ alone.");
+        if (!textConditioned && text is not null)
+            throw new ArgumentException($"Calibration prompts are for text-conditioned models; {model.ClassName} takes none.");
+        if (text is not null && options.GuidanceScale > 1.0 && text.Embeddings.NegativePromptEmbeds is null)
+            throw new ArgumentException($"Guidance scale {options.GuidanceScale} needs the negative prompt's states beside the prompts'.");
+        if (options.GuidanceScale != 1.0 && model.NullClass is null && text is null)
             throw new ArgumentException($"Classifier-free guidance (scale {options.GuidanceScale}) needs a class-conditional model with a null class; {model.ClassName} has none. Use guidance 1.");
 
         _model = model;
@@ -289,6 +304,13 @@ public sealed class EcoDiffObjective : IDisposable
         _noise = randn([calibrationSamples, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator).to(device).DetachFromDisposeScope();
         if (model.NumClasses is int classes)
             _labels = randint(0, classes, [calibrationSamples], ScalarType.Int64, generator: generator).to(device).DetachFromDisposeScope();
+        if (text is not null)
+        {
+            using var promptOfSample = arange(calibrationSamples, ScalarType.Int64) % text.Prompts.Count;
+            _promptStates = text.Embeddings.PromptEmbeds.index_select(0, promptOfSample.to(text.Embeddings.PromptEmbeds.device)).to(device).DetachFromDisposeScope();
+            if (options.GuidanceScale > 1.0)
+                _negativeStates = text.Embeddings.NegativePromptEmbeds!.index_select(0, promptOfSample.to(text.Embeddings.PromptEmbeds.device)).to(device).DetachFromDisposeScope();
+        }
         if (NeedsVarianceNoise(scheduler))
             _varianceNoise = randn([_timesteps.Length, calibrationSamples, model.InChannels, model.SampleSize[0], model.SampleSize[1]], generator: generator)
                 .to(device).DetachFromDisposeScope();
@@ -391,6 +413,7 @@ public sealed class EcoDiffObjective : IDisposable
         var (start, count) = BatchRange(batch);
         var noise = _noise.narrow(0, start, count);
         var labels = _labels?.narrow(0, start, count);
+        var text = TextOf(start, count);
         var varianceNoise = _varianceNoise?.narrow(1, start, count);
 
         // 1. gates: one hard-concrete sample per iteration, the same for every step of the trajectory.
@@ -400,12 +423,12 @@ public sealed class EcoDiffObjective : IDisposable
         {
             Tensor reconstruction;
             if (_options.Checkpointing)
-                reconstruction = BackwardCheckpointed(gates, noise, labels, varianceNoise, target, regularizer);
+                reconstruction = BackwardCheckpointed(gates, noise, labels, text, varianceNoise, target, regularizer);
             else
             {
                 for (int i = 0; i < gates.Count; i++) Gates[i].Group.ApplyMask(gates[i]);
                 var latents = noise;
-                for (int i = 0; i < _timesteps.Length; i++) latents = StepOnce(latents, i, labels, varianceNoise);
+                for (int i = 0; i < _timesteps.Length; i++) latents = StepOnce(latents, i, labels, text, varianceNoise);
                 reconstruction = nn.functional.mse_loss(latents, target);
                 (reconstruction + regularizer * _beta).backward();
             }
@@ -424,7 +447,7 @@ public sealed class EcoDiffObjective : IDisposable
     /// take the vector-Jacobian products with g: dL/dgate accumulates, g becomes dL/dx_t. Finally the gate
     /// gradient is chained into the logits together with the regulariser. Activation memory is one step's graph.
     /// </summary>
-    private Tensor BackwardCheckpointed(List<Tensor> gates, Tensor noise, Tensor? labels, Tensor? varianceNoise, Tensor target, Tensor regularizer)
+    private Tensor BackwardCheckpointed(List<Tensor> gates, Tensor noise, Tensor? labels, Inference.PromptEmbeddings? text, Tensor? varianceNoise, Tensor target, Tensor regularizer)
     {
         // The model sees detached copies of the sampled gates; their gradients are summed over steps and chained
         // through the (small) gate graph once at the end: d(step)/d(lambda)·g = (d gate/d lambda)ᵀ (d(step)/d gate · g).
@@ -439,7 +462,7 @@ public sealed class EcoDiffObjective : IDisposable
             for (int i = 0; i < steps; i++)
             {
                 using var stepScope = NewDisposeScope();
-                latents[i + 1] = StepOnce(latents[i], i, labels, varianceNoise).MoveToOuterDisposeScope();
+                latents[i + 1] = StepOnce(latents[i], i, labels, text, varianceNoise).MoveToOuterDisposeScope();
             }
 
         // 2. dL/dx0 of the mean squared error.
@@ -453,7 +476,7 @@ public sealed class EcoDiffObjective : IDisposable
             using var stepScope = NewDisposeScope();
             bool chain = i > 0; // dL/d(noise) is not needed
             var x = chain ? latents[i].detach().requires_grad_(true) : latents[i];
-            var output = StepOnce(x, i, labels, varianceNoise);
+            var output = StepOnce(x, i, labels, text, varianceNoise);
             var inputs = chain ? new List<Tensor>(leaves.Count + 1) { x } : new List<Tensor>(leaves.Count);
             inputs.AddRange(leaves);
             var grads = autograd.grad([output], inputs, [g]);
@@ -484,12 +507,20 @@ public sealed class EcoDiffObjective : IDisposable
         ? Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) * RegularizerWeight(g.Group)).Aggregate((a, b) => a + b) / _regularizerNorm
         : Gates.Select(g => g.Gate.Regularizer(_options.Regularizer) / (g.Gate.Units * (double)_layersPerType[UnitType(g.Group)])).Aggregate((a, b) => a + b);
 
-    /// <summary>One sampler step: guided prediction, then the scheduler's (differentiable) step.</summary>
-    private Tensor StepOnce(Tensor latents, int index, Tensor? labels, Tensor? varianceNoise)
+    /// <summary>The text states of calibration samples [start, start + count), borrowed views; null for models without text.</summary>
+    private PromptEmbeddings? TextOf(int start, int count) => _promptStates is null
+        ? null
+        : new PromptEmbeddings(_promptStates.narrow(0, start, count), _negativeStates?.narrow(0, start, count));
+
+    /// <summary>One sampler step: guided prediction (class or text guidance), then the scheduler's (differentiable) step.</summary>
+    private Tensor StepOnce(Tensor latents, int index, Tensor? labels, PromptEmbeddings? text, Tensor? varianceNoise)
     {
         long timestep = _timesteps[index];
         var t = tensor(timestep, device: latents.device);
-        var prediction = DiffusionSampler.Guided(_model.Predict, latents, t, labels, _model.NullClass, _options.GuidanceScale);
+        var prediction = text is null
+            ? DiffusionSampler.Guided(_model.Predict, latents, t, labels, _model.NullClass, _options.GuidanceScale)
+            : DiffusionSampler.TextGuided((sample, ts, states) => _model.Predict(sample, new Conditioning(ts, EncoderHiddenStates: states)),
+                latents, t, text, _options.GuidanceScale);
         return _scheduler.Step(prediction, timestep, latents, varianceNoise?[index]).PrevSample;
     }
 
@@ -503,11 +534,12 @@ public sealed class EcoDiffObjective : IDisposable
         using var noGrad = no_grad();
         var latents = _noise.narrow(0, start, count);
         var labels = _labels?.narrow(0, start, count);
+        var text = TextOf(start, count);
         var varianceNoise = _varianceNoise?.narrow(1, start, count);
         for (int i = 0; i < _timesteps.Length; i++)
         {
             using var stepScope = NewDisposeScope();
-            latents = StepOnce(latents, i, labels, varianceNoise).MoveToOuterDisposeScope();
+            latents = StepOnce(latents, i, labels, text, varianceNoise).MoveToOuterDisposeScope();
         }
         var target = latents.clone().DetachFromDisposeScope();
         _targets[batch] = target;
@@ -556,6 +588,8 @@ public sealed class EcoDiffObjective : IDisposable
         _targets.Clear();
         _noise.Dispose();
         _labels?.Dispose();
+        _promptStates?.Dispose();
+        _negativeStates?.Dispose();
         _varianceNoise?.Dispose();
         _gateNoise.Dispose();
     }

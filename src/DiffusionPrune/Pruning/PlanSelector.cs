@@ -181,7 +181,7 @@ public static class PlanSelector
         }
 
         /// <summary>Widths of heads are already multiples of the head size; rounding applies to channels and neurons.</summary>
-        private static bool RoundsWidth(UnitGroup group) => group is ResnetChannelGroup or FeedForwardGroup;
+        private static bool RoundsWidth(UnitGroup group) => group is ResnetChannelGroup or FeedForwardGroup or GegluFeedForwardGroup;
 
         private int UnitsPerAtomicStep { get; }
         public UnitGroup Group { get; }

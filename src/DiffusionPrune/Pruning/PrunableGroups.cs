@@ -239,6 +239,38 @@ public sealed class FeedForwardGroup : UnitGroup
     public override void ClearMask() => FeedForward.NeuronGate = null;
 }
 
+/// <summary>
+/// Hidden neurons of a Stable Diffusion GEGLU feed-forward (<see cref="GegluFeedForward"/>): neuron i is row i (its value)
+/// AND row inner + i (its gate) of net.0.proj, with their biases, and column i of net.2. Cutting only the first half, as
+/// <see cref="FeedForwardGroup"/> would, pairs each value with another neuron's gate.
+/// </summary>
+public sealed class GegluFeedForwardGroup : UnitGroup
+{
+    private readonly List<CoupledTensor> _coupled = [];
+
+    public GegluFeedForwardGroup(string path, GegluFeedForward feedForward) : base(path)
+    {
+        FeedForward = feedForward;
+        int inner = feedForward.InnerDim;
+        Func<int[], long[]> valueAndGate = kept => kept.Select(i => (long)i).Concat(kept.Select(i => (long)i + inner)).ToArray();
+        _coupled.Add(new($"{path}.net.0.proj.weight", feedForward.In.Proj.weight!, 0, valueAndGate));
+        if (feedForward.In.Proj.bias is { } b) _coupled.Add(new($"{path}.net.0.proj.bias", b, 0, valueAndGate));
+        _coupled.Add(new($"{path}.net.2.weight", feedForward.Out.weight!, 1, Identity));
+    }
+
+    public GegluFeedForward FeedForward { get; }
+    public override int Units => FeedForward.InnerDim;
+    public override IReadOnlyList<CoupledTensor> Coupled => _coupled;
+
+    public override void ApplyMask(Tensor mask)
+    {
+        CheckMask(mask);
+        FeedForward.NeuronGate = mask.view(-1);
+    }
+
+    public override void ClearMask() => FeedForward.NeuronGate = null;
+}
+
 public enum LayerKind { ResnetBlock, AttentionBlock, TransformerBlock }
 
 /// <summary>
@@ -331,6 +363,9 @@ public sealed class PrunableGroups
                     break;
                 case FeedForward ff:
                     units.Add(new FeedForwardGroup(path, ff));
+                    break;
+                case GegluFeedForward geglu:
+                    units.Add(new GegluFeedForwardGroup(path, geglu));
                     break;
             }
         }

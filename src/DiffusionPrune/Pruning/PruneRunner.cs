@@ -73,7 +73,16 @@ public sealed record PruneRequest
     public string? Data { get; init; }
 
     /// <summary>
-    /// EcoDiff: classifier-free guidance for the calibration trajectories of a model with a null class (a DiT),
+    /// EcoDiff on a Stable Diffusion pipeline folder: the prompts of the calibration trajectories (CLI <c>--prompts FILE</c>,
+    /// one per line), encoded by the pipeline's tokenizer and text encoder; calibration sample k follows prompt k mod the
+    /// count. Null takes <see cref="PruneRunner.DefaultCalibrationPrompts"/>. Refused for models without text conditioning
+    /// and for methods that do not calibrate on prompts.
+    /// </summary>
+    public IReadOnlyList<string>? Prompts { get; init; }
+
+    /// <summary>
+    /// EcoDiff: classifier-free guidance for the calibration trajectories of a model with a null class (a DiT) or of a
+    /// Stable Diffusion pipeline's U-Net (against the empty negative prompt),
     /// ignored for other models. For runs over mixed models (batch plans); a single run sets
     /// <see cref="EcoDiffOptions.GuidanceScale"/>, which is an error on a model without a null class.
     /// </summary>
@@ -125,6 +134,23 @@ public sealed record PruneReport(
 public static class PruneRunner
 {
     /// <summary>
+    /// The prompts EcoDiff calibrates a Stable Diffusion pipeline's U-Net on when the request gives none: eight generic
+    /// captions in the style of the COCO captions the paper calibrates on (people, animals, objects, indoor and outdoor
+    /// scenes, a painting), so no subject dominates the masks. For a real run give your own, ideally ~100 (the paper's count).
+    /// </summary>
+    public static IReadOnlyList<string> DefaultCalibrationPrompts { get; } =
+    [
+        "a photograph of a dog sitting on a wooden porch",
+        "a city street at night with cars and neon lights",
+        "a bowl of fresh fruit on a kitchen table",
+        "a portrait of a smiling woman in a red coat",
+        "a mountain lake surrounded by pine trees at sunrise",
+        "a red bicycle leaning against a brick wall",
+        "an oil painting of a sailing ship in a storm",
+        "a cozy living room with a sofa and a fireplace",
+    ];
+
+    /// <summary>
     /// What pruning <paramref name="request"/> holds in memory, from the model's estimate: its method's scoring
     /// (<see cref="ImportanceCriteria.Entry.Workload"/>) at its batch, plus the pruned copy it builds.
     /// </summary>
@@ -160,6 +186,8 @@ public static class PruneRunner
     {
         string output = request.OutputPath ?? throw new ArgumentException("--output is required: the folder for the pruned model.");
         CheckOutput(request.ModelPath, output);
+        if (request.Prompts is not null && PipelineFolderOf(request) is null) // before loading: nothing else is needed to tell
+            throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, "not one"));
         var watch = Stopwatch.StartNew();
         using var model = ModelFamilies.Load(request.ModelPath, device: device);
         string schedulerPath = SchedulerConfigOf(request);
@@ -184,9 +212,69 @@ public static class PruneRunner
         AtomicFolder.Check(outputPath, "the pruned model", IsModelOutput);
     }
 
-    /// <summary>An existing folder a prune may replace: a model folder (an earlier output).</summary>
+    /// <summary>An existing folder a prune may replace: a model or pipeline folder (an earlier output).</summary>
     private static bool IsModelOutput(string folder) =>
-        File.Exists(Path.Combine(folder, ModelFolder.Config)) || File.Exists(Path.Combine(folder, ModelFolder.PruneReport));
+        File.Exists(Path.Combine(folder, ModelFolder.Config)) || File.Exists(Path.Combine(folder, ModelFolder.PruneReport))
+        || File.Exists(Path.Combine(folder, ModelFolder.PipelineIndex));
+
+    /// <summary>The Stable Diffusion pipeline folder a request prunes the U-Net of, or null when it names a model folder.</summary>
+    public static string? PipelineFolderOf(PruneRequest request) =>
+        Pipeline.StableDiffusion.StableDiffusionPipeline.IsStableDiffusionFolder(request.ModelPath)
+            ? Pipeline.StableDiffusion.PipelineIndex.Load(request.ModelPath).Folder
+            : null;
+
+    /// <summary>
+    /// The prompts a text-conditioned U-Net calibrates on (the request's, else <see cref="DefaultCalibrationPrompts"/>),
+    /// encoded by its pipeline's tokenizer and text encoder; with <paramref name="negative"/> the empty prompt's states too.
+    /// </summary>
+    private static TextCalibration EncodeCalibrationText(DiffusionModel model, PruneRequest request, string? pipelineFolder, bool negative, Device device,
+        Action<string>? log)
+    {
+        if (pipelineFolder is null)
+            throw new ArgumentException($"{request.Method} on a {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable " +
+                "Diffusion pipeline folder (model_index.json) rather than its unet/ alone.");
+        var prompts = request.Prompts ?? DefaultCalibrationPrompts;
+        log?.Invoke($"encoding {prompts.Count} calibration prompts{(request.Prompts is null ? " (built-in)" : "")} with the pipeline's text encoder");
+        return new TextCalibration(prompts, Pipeline.StableDiffusion.StableDiffusionPipeline.EncodePromptsOf(pipelineFolder, prompts, negative, device));
+    }
+
+    /// <summary>The report's record of the prompts a run calibrated on.</summary>
+    private static void AddPromptSettings(JsonObject settings, TextCalibration? text, PruneRequest request)
+    {
+        if (text is null) return;
+        settings["prompts"] = new JsonArray(text.Prompts.Select(p => (JsonNode?)p).ToArray());
+        settings["prompt_source"] = request.Prompts is null ? "built-in" : "request";
+    }
+
+    private static string PromptsNeedPipeline(string modelPath, string what) =>
+        $"--prompts calibrates the U-Net of a Stable Diffusion pipeline folder (model_index.json with a text encoder); '{modelPath}' is {what}. Leave --prompts out.";
+
+    /// <summary>
+    /// Refuses, before any work, what a text-conditioned U-Net cannot be pruned with, and prompts given where nothing
+    /// reads them. Returns whether the model is text-conditioned.
+    /// </summary>
+    private static bool CheckTextConditioning(DiffusionModel model, PruneRequest request, string? pipelineFolder)
+    {
+        bool text = ModelFamilies.ConditioningOf(model).Kind == ConditioningKind.TextStates;
+        var entry = ImportanceCriteria.Find(request.Method);
+        if (request.Prompts is not null)
+        {
+            if (!text || pipelineFolder is null)
+                throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, $"a {model.ClassName}{(text ? " folder without its pipeline's text encoder" : "")}"));
+            if (entry is null || entry.Workload == PruneWorkload.WeightsOnly)
+                throw new ArgumentException($"--prompts is for the methods that run the model on prompts (" +
+                    $"{string.Join(", ", ImportanceCriteria.All.Where(e => e.Workload != PruneWorkload.WeightsOnly && !e.UsesImages).Select(e => e.Name))}); " +
+                    $"{entry?.Name ?? request.Method} does not read them. Leave --prompts out.");
+            if (request.Prompts.Count == 0 || request.Prompts.Any(string.IsNullOrWhiteSpace))
+                throw new ArgumentException("--prompts holds no prompts (or an empty one): give one prompt per line.");
+        }
+        if (!text) return false;
+        if (entry is { UsesImages: true })
+            throw new ArgumentException($"{entry.Name} needs training images with their captions to compute denoising-loss gradients, which a " +
+                $"Stable Diffusion pipeline folder does not carry; prune a {model.ClassName} with ecodiff, magnitude or random (width) or " +
+                "laptop, ldpruner, ecodiff-layer or random-layer (whole layers).");
+        return true;
+    }
 
     /// <summary>
     /// Scores <paramref name="model"/>'s units, selects the plan for the target and builds the smaller model, in memory;
@@ -199,6 +287,8 @@ public static class PruneRunner
         if (double.IsNaN(request.TargetParams) || request.TargetParams <= 0 || request.TargetParams >= 1)
             throw new ArgumentException($"--target-params must be strictly between 0 and 1 (got {request.TargetParams}); 0.2 removes 20% of the parameters.");
         var watch = Stopwatch.StartNew();
+        string? pipelineFolder = PipelineFolderOf(request);
+        bool textConditioned = CheckTextConditioning(model, request, pipelineFolder);
         var groups = PrunableGroups.Of(model);
         var before = ModelCost.Measure(model);
 
@@ -206,13 +296,16 @@ public static class PruneRunner
         if (request.Resume && !ecodiff)
             throw new ArgumentException($"--resume continues an EcoDiff run; {request.Method} runs in one go (start it again).");
         if (ImportanceCriteria.Find(request.Method) is { RemovesLayers: true } layerMethod)
-            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, onIteration, cancel, watch, groups, before);
+            return PruneLayers(model, request, layerMethod, schedulerPath, device, log, onIteration, cancel, watch, groups, before, pipelineFolder);
         if (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack)
             throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
                 $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
         IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration) : ImportanceCriteria.Create(request.Method);
         var data = OpenCalibrationData(request, model, log);
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
+        var text = textConditioned && ecodiff
+            ? EncodeCalibrationText(model, request, pipelineFolder, ((EcoDiffImportance)criterion).Options.GuidanceScale > 1.0, device, log)
+            : null;
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
         UnitScores scores;
         try
@@ -222,6 +315,7 @@ public static class PruneRunner
         finally
         {
             groups.ClearMasks();
+            text?.Embeddings.Dispose();
         }
         cancel.ThrowIfCancellationRequested();
         var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction, request.RoundTo);
@@ -244,9 +338,11 @@ public static class PruneRunner
         };
         if (data is not null) settings["data"] = DescribeData(data);
         if (criterion is EcoDiffImportance eco) AddEcoDiffSettings(settings, eco);
+        AddPromptSettings(settings, text, request);
+        if (pipelineFolder is not null) settings["pipeline_component"] = "unet";
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
             before.Macs, after.Macs, kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null);
-        return new PrunedModel(pruned, report, selection.Plan, schedulerPath);
+        return new PrunedModel(pruned, report, selection.Plan, schedulerPath, pipelineFolder);
     }
 
     /// <summary>
@@ -260,7 +356,8 @@ public static class PruneRunner
             CheckpointFolder = request.OutputPath is null || !checkpoints ? null : EcoDiffCheckpoint.FolderFor(request.OutputPath),
             CheckpointEvery = request.CheckpointEvery,
             Resume = request.Resume,
-            GuidanceScale = request.GuidanceIfConditional is double g && model.NullClass is not null ? g : request.EcoDiff.GuidanceScale,
+            GuidanceScale = request.GuidanceIfConditional is double g
+                && (model.NullClass is not null || ModelFamilies.ConditioningOf(model).Kind == ConditioningKind.TextStates) ? g : request.EcoDiff.GuidanceScale,
             TargetKeptFraction = request.SteerBetaToTarget ? 1 - request.TargetParams : request.EcoDiff.TargetKeptFraction,
         }, onIteration);
 
@@ -288,7 +385,8 @@ public static class PruneRunner
 
     /// <summary>Depth pruning: score whole layers, choose the cheapest set that meets the budget, remove them.</summary>
     private static PrunedModel PruneLayers(DiffusionModel model, PruneRequest request, ImportanceCriteria.Entry method, string schedulerPath, Device device,
-        Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before)
+        Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before,
+        string? pipelineFolder)
     {
         var data = OpenCalibrationData(request, model, log);
         if (request.RoundTo != 1)
@@ -311,7 +409,10 @@ public static class PruneRunner
         if (reachable < request.TargetParams)
             throw new ArgumentException($"Removing all {groups.Layers.Count} removable layers of this {model.ClassName} saves {reachable:P1} of its {costs.Unit}, " +
                 $"less than the {request.TargetParams:P0} asked; lower the target, or use a width method (ecodiff, taylor) to reach it.");
-        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel);
+        var text = pipelineFolder is not null && method.Workload != PruneWorkload.WeightsOnly
+            ? EncodeCalibrationText(model, request, pipelineFolder, criterion is EcoDiffLayerCriterion eco && eco.EcoDiff.Options.GuidanceScale > 1.0, device, log)
+            : null;
+        var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         var target = new LayerTarget(costs, request.TargetParams * costs.Total);
         log?.Invoke($"scoring {groups.Layers.Count} removable layers with {criterion.Name}");
         LayerScores scores;
@@ -331,6 +432,7 @@ public static class PruneRunner
         finally
         {
             groups.ClearMasks();
+            text?.Embeddings.Dispose();
         }
         cancel.ThrowIfCancellationRequested();
         var items = groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], scores[l.Path])).ToList();
@@ -371,6 +473,8 @@ public static class PruneRunner
             if (learnable.LossHistory.Count > 0) settings["final_loss"] = Math.Round(learnable.LossHistory.TakeLast(10).Average(), 6);
         }
         if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;
+        AddPromptSettings(settings, text, request);
+        if (pipelineFolder is not null) settings["pipeline_component"] = "unet";
         var summary = new LayerPruneSummary(request.Budget, request.Selection, costs.Unit, costs.Total, request.TargetParams, choice.Saving / costs.Total,
             choice.Removed, scores.ByLayer, costs.Saving, scores.Additivity, costs.Source)
         {
@@ -380,7 +484,7 @@ public static class PruneRunner
         double achievedParams = (before.Parameters - after.Parameters) / (double)before.Parameters;
         var report = new PruneReport(criterion.Name, request.TargetParams, achievedParams, before.Parameters, after.Parameters, before.Macs, after.Macs,
             kept, watch.Elapsed.TotalSeconds, NativeMemory.PeakResidentBytes(), settings, null, summary);
-        return new PrunedModel(pruned, report, plan, schedulerPath);
+        return new PrunedModel(pruned, report, plan, schedulerPath, pipelineFolder);
     }
 
     /// <summary>The request's calibration images (<c>--data</c>), or null; refused for methods that do not calibrate on images.</summary>
@@ -408,16 +512,22 @@ public static class PruneRunner
     /// Writes the pruned model (diffusers layout), its plan, its report and the scheduler config it was calibrated with
     /// into <paramref name="outputPath"/>: into a sibling first, renamed into place when whole. An existing folder is
     /// replaced only if it is a model folder (an earlier output). Returns the report as written.
+    /// A pipeline's pruned U-Net is written as a copy of the whole pipeline instead (<see cref="WritePipeline"/>).
     /// </summary>
     /// <param name="seconds">The whole run's time for the report (load, score, surgery, save); null keeps the prune's own.</param>
     public static PruneReport Save(PrunedModel pruned, string outputPath, double? seconds = null, CancellationToken cancel = default)
     {
         PruneReport report = pruned.Report with { OutputPath = outputPath };
-        AtomicFolder.Write(outputPath, "the pruned model", IsModelOutput,
+        AtomicFolder.Write(outputPath, pruned.SourcePipeline is null ? "the pruned model" : "the pruned pipeline", IsModelOutput,
             folder =>
             {
-                DiffusersModelLoader.Save(pruned.Model, folder, new Dictionary<string, string> { ["dprune_method"] = pruned.Report.Method });
-                File.Copy(pruned.SchedulerConfigPath, Path.Combine(folder, ModelFolder.SchedulerConfig), overwrite: true);
+                if (pruned.SourcePipeline is { } source)
+                    WritePipeline(pruned, source, folder);
+                else
+                {
+                    DiffusersModelLoader.Save(pruned.Model, folder, new Dictionary<string, string> { ["dprune_method"] = pruned.Report.Method });
+                    File.Copy(pruned.SchedulerConfigPath, Path.Combine(folder, ModelFolder.SchedulerConfig), overwrite: true);
+                }
                 pruned.Plan.Save(Path.Combine(folder, ModelFolder.PrunePlan));
                 report = report with { Seconds = seconds ?? report.Seconds, PeakResidentBytes = NativeMemory.PeakResidentBytes() };
                 Formats.ReportJson.Write(Path.Combine(folder, ModelFolder.PruneReport), report.ToJson());
@@ -426,10 +536,34 @@ public static class PruneRunner
         if (Directory.Exists(checkpoint)) Directory.Delete(checkpoint, recursive: true); // the run is done: nothing left to resume
         return report;
     }
+
+    /// <summary>
+    /// A pruned Stable Diffusion pipeline: every entry of the source folder but <c>unet/</c> hard-linked where the file
+    /// system allows (else copied), so tokenizer, text encoder, VAE, scheduler and model_index.json cost no disk; then
+    /// <c>unet/</c> written from the pruned U-Net (config.json with its kept structure + safetensors). The plan and report
+    /// go at the pipeline root (by <see cref="Save"/>), not in unet/: the report describes the whole run (its prompts and
+    /// guidance, the pipeline it came from), every tool looks for prune_report.json in the --output folder, and unet/ stays
+    /// exactly a diffusers component folder. A source that was itself a pruned pipeline does not pass its plan and report on.
+    /// </summary>
+    private static void WritePipeline(PrunedModel pruned, string source, string folder)
+    {
+        foreach (var entry in Directory.EnumerateFileSystemEntries(source))
+        {
+            string name = Path.GetFileName(entry);
+            if (name is "unet" or ModelFolder.PruneReport or ModelFolder.PrunePlan || name.StartsWith('.')) continue;
+            if (Directory.Exists(entry)) FileLinks.LinkOrCopyFolder(entry, Path.Combine(folder, name));
+            else FileLinks.LinkOrCopy(entry, Path.Combine(folder, name));
+        }
+        DiffusersModelLoader.Save(pruned.Model, Path.Combine(folder, "unet"), new Dictionary<string, string> { ["dprune_method"] = pruned.Report.Method });
+    }
 }
 
-/// <summary>A pruned model in memory: the smaller model (owned: disposing this disposes it), its report and plan, and the scheduler config it was calibrated with.</summary>
-public sealed record PrunedModel(DiffusionModel Model, PruneReport Report, PruningPlan Plan, string SchedulerConfigPath) : IDisposable
+/// <summary>
+/// A pruned model in memory: the smaller model (owned: disposing this disposes it), its report and plan, the scheduler
+/// config it was calibrated with, and, when it is a Stable Diffusion pipeline's U-Net, the pipeline folder it came from
+/// (<see cref="PruneRunner.Save"/> then writes a copy of the whole pipeline around it).
+/// </summary>
+public sealed record PrunedModel(DiffusionModel Model, PruneReport Report, PruningPlan Plan, string SchedulerConfigPath, string? SourcePipeline = null) : IDisposable
 {
     public void Dispose() => Model.Dispose();
 }

@@ -27,7 +27,7 @@ public static class StructuralSurgery
             {
                 case ResnetChannelGroup: structure.ResnetInnerChannels[path] = kept.Length; break;
                 case AttentionHeadGroup: structure.AttentionHeads[path] = kept.Length; break;
-                case FeedForwardGroup: structure.FeedForwardInner[path] = kept.Length; break;
+                case FeedForwardGroup or GegluFeedForwardGroup: structure.FeedForwardInner[path] = kept.Length; break;
                 default: throw new InvalidOperationException($"No structure entry for group '{path}'.");
             }
         }

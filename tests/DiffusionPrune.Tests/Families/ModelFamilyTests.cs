@@ -25,12 +25,13 @@ public class ModelFamilyTests
 
     private static string UNetFixture => Fixtures.Diffusers("unet2d-small", "model");
     private static string DiTFixture => Fixtures.Diffusers("dit-small", "model");
+    private static string UNetConditionFixture => Fixtures.Diffusers("unet2d-condition-small", "model");
 
     [Fact]
     public void Every_family_is_found_by_its_class_name_and_short_name_and_builds_its_own_class()
     {
-        Assert.Equal(["UNet2DModel", "DiTTransformer2DModel"], ModelFamilies.All.Select(f => f.ClassName));
-        foreach (var (family, fixture) in new[] { (ModelFamilies.All[0], UNetFixture), (ModelFamilies.All[1], DiTFixture) })
+        Assert.Equal(["UNet2DModel", "DiTTransformer2DModel", "UNet2DConditionModel"], ModelFamilies.All.Select(f => f.ClassName));
+        foreach (var (family, fixture) in new[] { (ModelFamilies.All[0], UNetFixture), (ModelFamilies.All[1], DiTFixture), (ModelFamilies.All[2], UNetConditionFixture) })
         {
             Assert.Same(family, ModelFamilies.ForClass(family.ClassName));
             Assert.Same(family, ModelFamilies.ForShortName(family.ShortName.ToUpperInvariant()));
@@ -39,7 +40,7 @@ public class ModelFamilyTests
             Assert.True(family.Owns(model));
             Assert.Same(family, ModelFamilies.Of(model));
         }
-        Assert.Null(ModelFamilies.ForClass("UNet2DConditionModel"));
+        Assert.Null(ModelFamilies.ForClass("UNet3DConditionModel"));
     }
 
     [Fact]
@@ -48,7 +49,7 @@ public class ModelFamilyTests
         using var temp = Fixtures.Temp();
         File.WriteAllText(temp.File("config.json"), """{"_class_name": "UNet3DConditionModel"}""");
         var error = Assert.Throws<ModelFormatException>(() => ModelFamilies.Create(ConfigJson.Load(temp.File("config.json"))));
-        Assert.Contains("'UNet3DConditionModel' is not supported yet (supported: UNet2DModel, DiTTransformer2DModel)", error.Message);
+        Assert.Contains("'UNet3DConditionModel' is not supported yet (supported: UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel)", error.Message);
     }
 
     [Fact]

@@ -180,9 +180,9 @@ public class UNet2DConditionModelTests
         var config = ConfigWith(("attention_head_dim", "[2, 8]"));
         Assert.Equal(new[] { 2, 8 }, config.AttentionHeadDim);
         using var model = new UNet2DConditionModel(config);
-        var down = ((CrossAttnDownBlock2D)model.DownBlocks[0]).Attentions[0].TransformerBlocks[0];
-        var mid = ((UNetMidBlock2DCrossAttn)model.MidBlock!).Attentions[0].TransformerBlocks[0];
-        var up = ((CrossAttnUpBlock2D)model.UpBlocks[1]).Attentions[1].TransformerBlocks[0];
+        var down = ((Transformer2DModel)((CrossAttnDownBlock2D)model.DownBlocks[0]).Attentions[0]).TransformerBlocks[0];
+        var mid = ((Transformer2DModel)((UNetMidBlock2DCrossAttn)model.MidBlock!).Attentions[0]).TransformerBlocks[0];
+        var up = ((Transformer2DModel)((CrossAttnUpBlock2D)model.UpBlocks[1]).Attentions[1]).TransformerBlocks[0];
         Assert.Equal((2, 16), (down.Attn1.Heads, down.Attn1.DimHead));
         Assert.Equal((2, 16), (down.Attn2.Heads, down.Attn2.DimHead));
         Assert.Equal((8, 8), (mid.Attn1.Heads, mid.Attn1.DimHead));

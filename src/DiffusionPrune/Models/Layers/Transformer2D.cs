@@ -166,6 +166,12 @@ public sealed class Transformer2DModel : nn.Module
 
     public GroupNorm Norm => norm;
 
+    /// <summary>
+    /// Optional gate on the whole model (a scalar or [1] tensor): output = x + g * (transformer(x) - x), so a gate of exactly
+    /// 0 gives the identity that <see cref="RemovedTransformer2D"/> computes after layer pruning (the model is residual).
+    /// </summary>
+    public Tensor? LayerGate { get; set; }
+
     /// <summary>A <see cref="Conv2d"/> (1x1) or, with use_linear_projection, a <see cref="Linear"/>.</summary>
     public nn.Module<Tensor, Tensor> ProjIn => proj_in;
 
@@ -197,6 +203,26 @@ public sealed class Transformer2DModel : nn.Module
             hiddenStates = proj_out.call(hiddenStates.reshape(batch, height, width, InnerDim).permute(0, 3, 1, 2).contiguous());
         else
             hiddenStates = proj_out.call(hiddenStates).reshape(batch, height, width, InChannels).permute(0, 3, 1, 2).contiguous();
-        return hiddenStates + residual;
+        return LayerGate is null ? hiddenStates + residual : residual + LayerGate * hiddenStates;
     }
+}
+
+/// <summary>
+/// A <see cref="Transformer2DModel"/> removed by layer pruning: the identity (the model adds its input back), with no
+/// weights. The cross-attention blocks call <see cref="Forward"/> in its place; twin of UNet2DModel's RemovedAttention.
+/// </summary>
+public sealed class RemovedTransformer2D() : nn.Module(nameof(RemovedTransformer2D))
+{
+    public static Tensor Forward(Tensor hiddenStates) => hiddenStates;
+}
+
+/// <summary>Runs a cross-attention block's attention slot: a <see cref="Transformer2DModel"/>, or the identity for a removed one.</summary>
+public static class CrossAttentionSlot
+{
+    public static Tensor Forward(nn.Module slot, Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias) => slot switch
+    {
+        Transformer2DModel transformer => transformer.Forward(hiddenStates, encoderHiddenStates, encoderAttentionBias),
+        RemovedTransformer2D => RemovedTransformer2D.Forward(hiddenStates),
+        _ => throw new InvalidOperationException($"Unexpected attention module {slot.GetName()}."),
+    };
 }

@@ -206,13 +206,53 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>The tokenizer's input_ids for <paramref name="texts"/>, [N, model_max_length] int64, as the pipeline feeds the text encoder.</summary>
-    public Tensor TokenIds(IReadOnlyList<string> texts)
+    public Tensor TokenIds(IReadOnlyList<string> texts) => TokenIds(Tokenizer, texts);
+
+    private static Tensor TokenIds(ClipTokenizer tokenizer, IReadOnlyList<string> texts)
     {
-        int length = Tokenizer.ModelMaxLength;
+        int length = tokenizer.ModelMaxLength;
         var ids = new long[texts.Count * length];
         for (int i = 0; i < texts.Count; i++)
-            Tokenizer.EncodeForModel(texts[i] ?? throw new ArgumentException("A prompt is null.", nameof(texts)), length).InputIds.CopyTo(ids, i * length);
+            tokenizer.EncodeForModel(texts[i] ?? throw new ArgumentException("A prompt is null.", nameof(texts)), length).InputIds.CopyTo(ids, i * length);
         return tensor(ids, [texts.Count, length], ScalarType.Int64);
+    }
+
+    /// <summary>
+    /// <see cref="EncodePrompt(IReadOnlyList{string}, IReadOnlyList{string}?, int, bool)"/> with one image per prompt and
+    /// the empty negative prompt, from a pipeline folder's tokenizer and text encoder alone: what pruning the folder's
+    /// U-Net calibrates on, without loading a second U-Net and the VAE beside the one being pruned. The text encoder is
+    /// freed before this returns.
+    /// </summary>
+    public static PromptEmbeddings EncodePromptsOf(string path, IReadOnlyList<string> prompts, bool classifierFreeGuidance, Device? device = null)
+    {
+        ArgumentNullException.ThrowIfNull(prompts);
+        if (prompts.Count == 0) throw new ArgumentException("Give at least one prompt.", nameof(prompts));
+        var index = PipelineIndex.Load(path);
+        CheckIndex(index);
+        var tokenizer = ClipTokenizer.Load(Subfolder(index.Folder, "tokenizer"));
+        using var textEncoder = CLIPTextModel.Load(Subfolder(index.Folder, "text_encoder"));
+        var dev = device ?? CPU;
+        if (dev.type != DeviceType.CPU) textEncoder.to(dev);
+        Tensor Encode(IReadOnlyList<string> texts)
+        {
+            using var ids = TokenIds(tokenizer, texts);
+            using var noGrad = no_grad();
+            return GcPause.Run(() =>
+            {
+                using var scope = NewDisposeScope();
+                return textEncoder.call(ids.to(dev)).MoveToOuterDisposeScope();
+            });
+        }
+        var prompt = Encode(prompts);
+        try
+        {
+            return new PromptEmbeddings(prompt, classifierFreeGuidance ? Encode(Enumerable.Repeat("", prompts.Count).ToArray()) : null);
+        }
+        catch
+        {
+            prompt.Dispose();
+            throw;
+        }
     }
 
     /// <summary>The text encoder's last_hidden_state [N, model_max_length, hidden_size] for <paramref name="texts"/>, on <see cref="Device"/>.</summary>

@@ -19,10 +19,15 @@ public sealed class LayerCalibration : IDisposable
     private readonly long _seed;
     private readonly Tensor _noise;
     private readonly Tensor? _labels;
+    private readonly Tensor? _promptStates; // [K, tokens, D]: sample k's prompt, for text-conditioned models
     private readonly List<(Tensor Sample, long Timestep, Tensor Prediction)> _steps = [];
     private readonly Tensor _gateZero;
 
-    public LayerCalibration(DiffusionModel model, IDiffusionScheduler scheduler, int steps, int samples, long seed)
+    /// <param name="text">
+    /// For a text-conditioned model: the calibration prompts' states; sample k follows prompt k mod P, predicted from the
+    /// prompt alone (no guidance, as class-conditional models here are predicted from their labels alone).
+    /// </param>
+    public LayerCalibration(DiffusionModel model, IDiffusionScheduler scheduler, int steps, int samples, long seed, TextCalibration? text = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(scheduler);
@@ -37,6 +42,16 @@ public sealed class LayerCalibration : IDisposable
         _noise = randn([samples, model.InChannels, model.SampleSize[0], model.SampleSize[^1]], generator: generator).to(device).DetachFromDisposeScope();
         if (model.NumClasses is int classes)
             _labels = randint(0, classes, [samples], ScalarType.Int64, generator: generator).to(device).DetachFromDisposeScope();
+        bool textConditioned = Families.ModelFamilies.ConditioningOf(model).Kind == Families.ConditioningKind.TextStates;
+        if (textConditioned != text is not null)
+            throw new ArgumentException(textConditioned
+                ? $"A {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable Diffusion pipeline folder rather than its unet/ alone."
+                : $"Calibration prompts are for text-conditioned models; {model.ClassName} takes none.");
+        if (text is not null)
+        {
+            using var promptOfSample = arange(samples, ScalarType.Int64) % text.Prompts.Count;
+            _promptStates = text.Embeddings.PromptEmbeds.index_select(0, promptOfSample.to(text.Embeddings.PromptEmbeds.device)).to(device).DetachFromDisposeScope();
+        }
         _gateZero = zeros(1, device: device).DetachFromDisposeScope();
         scheduler.SetTimesteps(steps);
         Timesteps = scheduler.Timesteps;
@@ -68,7 +83,7 @@ public sealed class LayerCalibration : IDisposable
                 using var scope = NewDisposeScope();
                 using var noGrad = no_grad();
                 var t = tensor(timestep, device: sample.device);
-                var without = _model.Predict(sample, t, _labels);
+                var without = Predict(sample, t);
                 return (without - prediction).square().mean().cpu().item<float>();
             });
         }
@@ -100,7 +115,7 @@ public sealed class LayerCalibration : IDisposable
                 using var scope = NewDisposeScope();
                 using var noGrad = no_grad();
                 var t = tensor(timestep, device: current.device);
-                var eps = _model.Predict(current, t, _labels);
+                var eps = Predict(current, t);
                 var step = _scheduler.Step(eps, timestep, current, generator: generator).PrevSample;
                 return (step.MoveToOuterDisposeScope(), record ? eps.MoveToOuterDisposeScope() : null);
             });
@@ -114,6 +129,11 @@ public sealed class LayerCalibration : IDisposable
             throw new NonFiniteValueException($"The final latents without [{string.Join(", ", removed.Select(l => l.Path))}] are not finite.");
         return latents;
     }
+
+    /// <summary>The model's prediction for the calibration samples, conditioned on their labels or prompts.</summary>
+    private Tensor Predict(Tensor sample, Tensor t) => _promptStates is null
+        ? _model.Predict(sample, t, _labels)
+        : _model.Predict(sample, new Conditioning(t, EncoderHiddenStates: _promptStates));
 
     private static LayerGates None { get; } = new([]);
 
@@ -135,6 +155,7 @@ public sealed class LayerCalibration : IDisposable
         Final.Dispose();
         _noise.Dispose();
         _labels?.Dispose();
+        _promptStates?.Dispose();
         _gateZero.Dispose();
     }
 

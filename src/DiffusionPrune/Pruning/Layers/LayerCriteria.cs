@@ -63,7 +63,7 @@ public sealed class LaptopCriterion(int additivitySubsets = 20) : ILayerCriterio
     {
         LayerCriterion.Check(model, groups);
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
-        using var calibration = new LayerCalibration(model, scheduler, context.Steps, context.CalibrationSamples, context.Seed);
+        using var calibration = new LayerCalibration(model, scheduler, context.Steps, context.CalibrationSamples, context.Seed, context.CalibrationText);
         var scores = new LayerScores();
         int done = 0;
         foreach (var layer in groups.Layers)
@@ -101,7 +101,7 @@ public sealed class LdPrunerCriterion : ILayerCriterion
     {
         LayerCriterion.Check(model, groups);
         using var scheduler = Scheduler.FromFile(context.SchedulerConfigPath, context.SchedulerName ?? "ddim");
-        using var calibration = new LayerCalibration(model, scheduler, context.Steps, context.CalibrationSamples, context.Seed);
+        using var calibration = new LayerCalibration(model, scheduler, context.Steps, context.CalibrationSamples, context.Seed, context.CalibrationText);
         using var meanFull = calibration.Final.mean([0]);
         using var stdFull = calibration.Final.std(0);
         var scores = new LayerScores();
