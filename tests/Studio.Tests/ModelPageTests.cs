@@ -134,7 +134,7 @@ public sealed class SampleApiTests : IDisposable
         })
             await TestModels.AssertRefusedAsync(client, body, expected);
 
-        var job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5}""", TimeSpan.FromMinutes(2));
+        var job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5}""", TimeSpan.FromMinutes(5));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Contains("on onnx (CPU)", (string)job["result"]!["summary"]!); // ONNX Runtime by default, from a cached bundle
         Assert.Contains("ms per step", (string)job["result"]!["summary"]!);
@@ -149,7 +149,7 @@ public sealed class SampleApiTests : IDisposable
             Assert.True((await client.GetAsync(path)).StatusCode == HttpStatusCode.NotFound, path);
 
         // TorchSharp on request: the same seed gives the same picture up to float error
-        job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5, "runtime": "torch"}""", TimeSpan.FromMinutes(2));
+        job = await TestModels.RunJobAsync(client, """{"kind": "sample", "model": "tiny", "scheduler": "dpm++2m", "steps": 3, "count": 4, "seed": 5, "runtime": "torch"}""", TimeSpan.FromMinutes(5));
         Assert.Contains("on torch (cpu)", (string)job["result"]!["summary"]!);
         using var onnxImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(bytes);
         using var torchImage = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.L8>(await client.GetByteArrayAsync((string)job["result"]!["image"]!));
@@ -182,7 +182,7 @@ public sealed class EvaluateApiTests : IDisposable
         Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
         Assert.Contains("another model", (string)JsonNode.Parse(await refused.Content.ReadAsStringAsync())!["detail"]!);
 
-        var job = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2}""", TimeSpan.FromMinutes(2));
+        var job = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2}""", TimeSpan.FromMinutes(5));
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Equal("evaluate", (string?)job["kind"]);
         var report = job["result"]!["report"]!;
@@ -200,7 +200,7 @@ public sealed class EvaluateApiTests : IDisposable
         Assert.False(File.Exists(Path.Combine(_samples.ModelsRoot, "tiny", "eval_report.json")));
 
         // TorchSharp on request, with the same noise: the same figures within float error
-        var torch = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2, "runtime": "torch"}""", TimeSpan.FromMinutes(2));
+        var torch = await TestModels.RunJobAsync(client, """{"kind": "evaluate", "model": "tiny", "reference": "other", "samples": 6, "steps": 2, "runtime": "torch"}""", TimeSpan.FromMinutes(5));
         Assert.True((string?)torch["status"] == "succeeded", torch.ToJsonString());
         var torchReport = torch["result"]!["report"]!;
         Assert.StartsWith("torch", (string?)torchReport["runtime"]);
