@@ -128,7 +128,7 @@ public sealed class SampleApiTests : IDisposable
         Task<HttpResponseMessage> Post(string json) => client.PostAsync("/api/jobs", new StringContent(json, Encoding.UTF8, "application/json"));
         foreach (var (body, expected) in new[]
         {
-            ("""{"kind": "sample", "model": "tiny", "scheduler": "euler"}""", "'scheduler' must be one of"),
+            ("""{"kind": "sample", "model": "tiny", "scheduler": "heun"}""", "'scheduler' must be one of"),
             ("""{"kind": "sample", "model": "tiny", "count": 65}""", "'count' must be at most 64"),
             ("""{"kind": "sample", "model": "tiny", "guidance": 0.5}""", "'guidance' must be between 1 and 20"),
         })
