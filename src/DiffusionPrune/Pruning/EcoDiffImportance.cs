@@ -51,8 +51,8 @@ public sealed record EcoDiffOptions
 
     /// <summary>
     /// Weight of the sparsity term. R is averaged over all units, so the weight does not depend on model size. Default
-    /// 0.5, the official code's lower end: chosen over 0.1 from the ablation in docs/BENCHMARKS.md (better on both
-    /// defaults at every target, and unchanged on the held-out U-Net).
+    /// 0.5, the official code's lower end: chosen over 0.1 from the ablation in docs/BENCHMARKS.md (far better on the
+    /// DiT at 10-30%, better on the U-Net at 20% and a tie at 30%; then tested unchanged on a held-out U-Net).
     /// </summary>
     public double Beta { get; init; } = 0.5;
 
