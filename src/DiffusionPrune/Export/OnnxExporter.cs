@@ -4,6 +4,7 @@ using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference.Onnx;
 using DiffusionPrune.Models;
+using DiffusionPrune.TextEncoding;
 using Google.Protobuf;
 using Onnx;
 using static TorchSharp.torch;
@@ -37,13 +38,17 @@ public static class OnnxContract
     public const string BatchDim = OnnxBundle.BatchDim;
     public const string FileName = ModelFolder.OnnxModel;
 
-    /// <summary>The input names of a model's graph, in order.</summary>
-    public static string[] InputNames(DiffusionModel model) => TakesClassLabels(model)
-        ? [SampleInput, TimestepInput, ClassLabelsInput]
-        : [SampleInput, TimestepInput];
+    /// <summary>The input names of a model's graph, in order (a text-conditioned U-Net reads the text states third).</summary>
+    public static string[] InputNames(DiffusionModel model) => ModelFamilies.ConditioningOf(model).Kind switch
+    {
+        ConditioningKind.None => [SampleInput, TimestepInput],
+        ConditioningKind.TextStates => [SampleInput, TimestepInput, UNet2DConditionOnnx.EncoderHiddenStatesInput],
+        _ => [SampleInput, TimestepInput, ClassLabelsInput],
+    };
 
     /// <summary>Whether the graph has a class_labels input (class indices, or class embeddings for class_embed_type "identity").</summary>
-    public static bool TakesClassLabels(DiffusionModel model) => ModelFamilies.ConditioningOf(model).Kind != ConditioningKind.None;
+    public static bool TakesClassLabels(DiffusionModel model) =>
+        ModelFamilies.ConditioningOf(model).Kind is ConditioningKind.ClassLabels or ConditioningKind.ClassEmbedding;
 }
 
 /// <summary>
@@ -54,22 +59,40 @@ public static class OnnxContract
 /// </summary>
 public static class OnnxExporter
 {
-    public static ModelProto Export(DiffusionModel model, long maxModelBytes = OnnxGraph.ProtobufLimitBytes)
+    public static ModelProto Export(DiffusionModel model, long maxModelBytes = OnnxGraph.ProtobufLimitBytes) =>
+        Build(model.ClassName, model.ConfigToJson().ToJsonString(), maxModelBytes, graph => ModelFamilies.Of(model).BuildOnnx(graph, model),
+            () => $"{model.ClassName} denoiser forward exported by DiffusionPrune: inputs {string.Join(", ", OnnxContract.InputNames(model))}; output {OnnxContract.Output}.");
+
+    /// <summary>
+    /// A Stable Diffusion VAE's decoder (post_quant_conv included) as diffusers' ONNX pipelines hold it in
+    /// <c>vae_decoder/model.onnx</c>: <see cref="AutoencoderKLOnnx"/>.
+    /// </summary>
+    public static ModelProto ExportVaeDecoder(AutoencoderKL vae, long maxModelBytes = OnnxGraph.ProtobufLimitBytes) =>
+        Build(AutoencoderKLConfig.ClassName, vae.Config.ToJson().ToJsonString(), maxModelBytes, graph => AutoencoderKLOnnx.BuildDecoder(graph, vae),
+            () => $"AutoencoderKL decoder exported by DiffusionPrune: input {AutoencoderKLOnnx.LatentInput} (latents divided by the scaling factor); output {AutoencoderKLOnnx.SampleOutput}.");
+
+    /// <summary>A CLIP text encoder as diffusers' ONNX pipelines hold it in <c>text_encoder/model.onnx</c>: <see cref="CLIPTextOnnx"/>.</summary>
+    public static ModelProto ExportTextEncoder(CLIPTextModel textEncoder, Onnx.TensorProto.Types.DataType idType = Onnx.TensorProto.Types.DataType.Int32,
+        long maxModelBytes = OnnxGraph.ProtobufLimitBytes) =>
+        Build("CLIPTextModel", System.Text.Json.JsonSerializer.Serialize(textEncoder.Config), maxModelBytes, graph => CLIPTextOnnx.Build(graph, textEncoder, idType),
+            () => $"CLIPTextModel exported by DiffusionPrune: input {CLIPTextOnnx.InputIds}; output {CLIPTextOnnx.LastHiddenState}.");
+
+    /// <summary>The graph first, so a model the builder refuses is refused with the builder's reason; then the description.</summary>
+    private static ModelProto Build(string className, string configJson, long maxModelBytes, Action<OnnxGraph> build, Func<string> docString)
     {
-        var graph = new OnnxGraph(model.ClassName, maxModelBytes);
+        var graph = new OnnxGraph(className, maxModelBytes);
         using (var scope = NewDisposeScope())
         using (no_grad())
         {
-            ModelFamilies.Of(model).BuildOnnx(graph, model);
+            build(graph);
         }
         var metadata = new Dictionary<string, string>
         {
-            ["dprune_class_name"] = model.ClassName,
-            ["dprune_config"] = model.ConfigToJson().ToJsonString(),
+            ["dprune_class_name"] = className,
+            ["dprune_config"] = configJson,
         };
         string version = typeof(OnnxExporter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0";
-        return graph.ToModel(version, $"{model.ClassName} denoiser forward exported by DiffusionPrune: inputs " +
-            $"{string.Join(", ", OnnxContract.InputNames(model))}; output {OnnxContract.Output}.", metadata);
+        return graph.ToModel(version, docString(), metadata);
     }
 
     /// <summary>Exports and writes <paramref name="path"/> (normally <see cref="OnnxContract.FileName"/>).</summary>

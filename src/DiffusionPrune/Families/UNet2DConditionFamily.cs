@@ -53,8 +53,8 @@ public sealed class UNet2DConditionFamily : ModelFamily<UNet2DConditionModel>
         return new ConditioningInput(ConditioningKind.TextStates, textWidth, TextTokens, textEmbeds, SdxlTimeIds);
     }
 
-    protected override void BuildOnnx(OnnxGraph graph, UNet2DConditionModel model) =>
-        throw new NotSupportedException($"ONNX export of {ClassName} (text-conditioned U-Nets) is not supported yet; export works for UNet2DModel and DiTTransformer2DModel.");
+    /// <summary>The graph a Stable Diffusion ONNX pipeline's unet/model.onnx holds: <see cref="UNet2DConditionOnnx"/>.</summary>
+    protected override void BuildOnnx(OnnxGraph graph, UNet2DConditionModel model) => UNet2DConditionOnnx.Build(graph, model);
 
     /// <summary>
     /// Every residual ResNet block with in == out channels (the SD U-Net's ResNets never resample) and every whole

@@ -154,8 +154,11 @@ public sealed class VaeDecoder : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public Conv2d ConvIn => conv_in;
     public UNetMidBlock2D MidBlock => mid_block;
     public IList<UpDecoderBlock2D> UpBlocks => up_blocks;
+    public GroupNorm ConvNormOut => conv_norm_out;
+    public Conv2d ConvOut => conv_out;
 
     public override Tensor forward(Tensor sample)
     {
@@ -219,6 +222,9 @@ public sealed class AutoencoderKL : nn.Module
 
     public VaeEncoder Encoder => encoder;
     public VaeDecoder Decoder => decoder;
+
+    /// <summary>The 1x1 convolution <see cref="Decode"/> applies before the decoder; null when use_post_quant_conv is off.</summary>
+    public Conv2d? PostQuantConv => post_quant_conv;
 
     /// <summary>Pipelines multiply encoded latents by this and divide by it before decoding.</summary>
     public double ScalingFactor => Config.ScalingFactor;

@@ -149,12 +149,13 @@ public static class OnnxLayers
         return projection.FlipSinToCos ? g.Concat(path, -1, cos, sin) : g.Concat(path, -1, sin, cos);
     }
 
-    /// <summary><see cref="TimestepEmbedding"/>: Gemm, activation, Gemm on [B, in].</summary>
+    /// <summary><see cref="TimestepEmbedding"/>: Gemm, activation, Gemm on [B, in], then the post activation if it has one (timestep_post_act).</summary>
     public static string TimestepEmbedding(OnnxGraph g, TimestepEmbedding embedding, string x, string path)
     {
         var h = Linear(g, embedding.Linear1, x, $"{path}.linear_1", 2);
         h = Activation(g, embedding.Act, h, $"{path}.linear_1");
-        return Linear(g, embedding.Linear2, h, $"{path}.linear_2", 2);
+        h = Linear(g, embedding.Linear2, h, $"{path}.linear_2", 2);
+        return embedding.PostAct is null ? h : Activation(g, embedding.PostAct, h, $"{path}.post_act");
     }
 
     /// <summary>An embedding table lookup (Gather on axis 0) of int64 indices.</summary>
@@ -166,8 +167,10 @@ public static class OnnxLayers
     /// flattened to [B, H·W, C] after the optional GroupNorm (GroupNorm per channel is the same on either
     /// layout) and restored at the end. q, k, v: [B, heads, N, d]; softmax(q·kᵀ/√d)·v, heads merged, to_out,
     /// then the residual and the output rescale. Heads and head width are the module's, so pruned heads export as is.
+    /// With <paramref name="encoderHiddenStates"/> [B, T, cross_attention_dim], keys and values are projected from it
+    /// (Stable Diffusion's attn2 attending to the text) rather than from <paramref name="x"/>.
     /// </summary>
-    public static string Attention(OnnxGraph g, Models.Layers.Attention attention, string x, string path, bool spatial)
+    public static string Attention(OnnxGraph g, Models.Layers.Attention attention, string x, string path, bool spatial, string? encoderHiddenStates = null)
     {
         if (attention.HeadGate is not null || attention.LayerGate is not null)
             throw new OnnxExportException($"'{path}' carries mask-learning gates; clear them (MaskedModel.ClearAll) or apply the plan with StructuralSurgery before export.");
@@ -179,14 +182,15 @@ public static class OnnxLayers
             h = g.Transpose(path, g.Reshape(path, h, 0, 0, -1), 0, 2, 1); // [B, C, H, W] -> [B, N, C]
 
         long heads = attention.Heads, dimHead = attention.DimHead;
-        string Project(Linear linear, string name, params long[] perm)
+        string Project(Linear linear, string name, string source, params long[] perm)
         {
-            var projected = Linear(g, linear, h, $"{path}.{name}", 3);
+            var projected = Linear(g, linear, source, $"{path}.{name}", 3);
             return g.Transpose($"{path}.{name}", g.Reshape($"{path}.{name}", projected, 0, 0, heads, dimHead), perm);
         }
-        var query = Project(attention.ToQ, "to_q", 0, 2, 1, 3);      // [B, heads, N, d]
-        var keyT = Project(attention.ToK, "to_k", 0, 2, 3, 1);       // [B, heads, d, N]
-        var value = Project(attention.ToV, "to_v", 0, 2, 1, 3);      // [B, heads, N, d]
+        var keySource = encoderHiddenStates ?? h;
+        var query = Project(attention.ToQ, "to_q", h, 0, 2, 1, 3);         // [B, heads, N, d]
+        var keyT = Project(attention.ToK, "to_k", keySource, 0, 2, 3, 1);  // [B, heads, d, T]
+        var value = Project(attention.ToV, "to_v", keySource, 0, 2, 1, 3); // [B, heads, T, d]
         var scores = g.Mul(path, g.MatMul(path, query, keyT), g.Scalar((float)(1 / Math.Sqrt(dimHead))));
         var probabilities = g.Node("Softmax", path, [scores], ("axis", -1L));
         var attended = g.MatMul(path, probabilities, value);        // [B, heads, N, d]
