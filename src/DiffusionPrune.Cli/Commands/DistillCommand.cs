@@ -6,7 +6,9 @@ namespace DiffusionPrune.Cli.Commands;
 
 /// <summary>
 /// <c>dprune distill --student DIR --teacher DIR --kd normalized|plain|none --steps N --batch B --data mnist|DIR --output DIR [--resume]</c>:
-/// recovers a pruned model from its original (see <see cref="DistillRunner"/>).
+/// recovers a pruned model from its original (see <see cref="DistillRunner"/>). With Stable Diffusion pipeline folders
+/// (<c>--student PRUNED_PIPELINE --teacher PIPELINE [--prompts FILE]</c>) it distils without a dataset, on the teacher's
+/// samples from the prompts (see <see cref="TeacherSamples"/>), and writes a pipeline copy with the distilled unet/.
 /// </summary>
 public static class DistillCommand
 {
@@ -22,6 +24,10 @@ public static class DistillCommand
         var steps = new Option<int>("--steps") { Description = "Optimizer steps.", Required = true };
         var batch = new Option<int>("--batch") { Description = "Batch size.", DefaultValueFactory = _ => 64 };
         var data = CliCommon.DataOption();
+        var prompts = new Option<string?>("--prompts") { Description = "Stable Diffusion pipelines: a text file of prompts the teacher samples latents from, one per line (blank lines skipped; default: eight built-in generic prompts)." };
+        var teacherSamples = new Option<int>("--teacher-samples") { Description = "Stable Diffusion pipelines: latents the teacher samples per prompt.", DefaultValueFactory = _ => 4 };
+        var teacherSteps = new Option<int>("--teacher-steps") { Description = "Stable Diffusion pipelines: DDIM steps per teacher sample.", DefaultValueFactory = _ => 25 };
+        var teacherGuidance = new Option<double>("--teacher-guidance") { Description = "Stable Diffusion pipelines: the classifier-free guidance the teacher samples with.", DefaultValueFactory = _ => 7.5 };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 1e-4 };
         var warmup = new Option<int?>("--warmup") { Description = "Warm-up steps (default: a tenth of the steps, at most 100)." };
         var ema = new Option<double>("--ema") { Description = "EMA decay of the released weights.", DefaultValueFactory = _ => 0.999 };
@@ -35,9 +41,9 @@ public static class DistillCommand
         var device = CliCommon.DeviceOption();
         var quiet = CliOutput.QuietOption();
         var json = CliOutput.JsonOption();
-        var command = new Command("distill", "Recover a pruned model by distillation from its original (task + output + normalized feature loss).")
+        var command = new Command("distill", "Recover a pruned model (or a pruned Stable Diffusion pipeline's U-Net) by distillation from its original (task + output + normalized feature loss).")
         {
-            student, teacher, kd, steps, batch, data, lr, warmup, ema, taskWeight, outputWeight, featureWeight, seed, checkpointEvery, output, resume, device, quiet, json,
+            student, teacher, kd, steps, batch, data, prompts, teacherSamples, teacherSteps, teacherGuidance, lr, warmup, ema, taskWeight, outputWeight, featureWeight, seed, checkpointEvery, output, resume, device, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
@@ -55,7 +61,12 @@ public static class DistillCommand
                 },
                 Steps = parse.GetValue(steps),
                 BatchSize = parse.GetValue(batch),
-                Data = parse.GetValue(data)!,
+                // Only when given: a pipeline refuses --data, and a model takes mnist by default.
+                Data = parse.GetResult(data) is { Implicit: false } ? parse.GetValue(data) : null,
+                Prompts = parse.GetValue(prompts) is { } promptFile ? PruneCommand.ReadPrompts(promptFile) : null,
+                TeacherSamplesPerPrompt = parse.GetValue(teacherSamples),
+                TeacherSampleSteps = parse.GetValue(teacherSteps),
+                TeacherGuidanceScale = parse.GetValue(teacherGuidance),
                 LearningRate = parse.GetValue(lr),
                 WarmupSteps = parse.GetValue(warmup),
                 EmaDecay = parse.GetValue(ema),

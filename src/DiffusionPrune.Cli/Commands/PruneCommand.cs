@@ -216,13 +216,13 @@ public static class PruneCommand
     }
 
     /// <summary>The prompts of a --prompts file: one per line, trimmed, blank lines skipped; a missing or empty file is refused.</summary>
-    private static IReadOnlyList<string> ReadPrompts(string file)
+    internal static IReadOnlyList<string> ReadPrompts(string file)
     {
         if (!File.Exists(file))
-            throw new FileNotFoundException($"--prompts '{file}' does not exist; give a text file with one calibration prompt per line.", file);
+            throw new FileNotFoundException($"--prompts '{file}' does not exist; give a text file with one prompt per line.", file);
         var lines = File.ReadAllLines(file).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
         if (lines.Length == 0)
-            throw new ArgumentException($"--prompts '{file}' holds no prompts; give one calibration prompt per line.");
+            throw new ArgumentException($"--prompts '{file}' holds no prompts; give one prompt per line.");
         return lines;
     }
 }

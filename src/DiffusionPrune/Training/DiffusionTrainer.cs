@@ -72,7 +72,17 @@ public sealed record DistillationOptions
     /// <summary>Images the teacher was trained on (its training_args.json), to state the compute spent as a fraction; null when unknown.</summary>
     public long? TeacherImagesSeen { get; init; }
 
-    public JsonObject ToJson(long imagesSeen) => new()
+    /// <summary>Where the images came from when not a dataset (a pipeline's data-free distillation: its prompts and teacher samples), for the recipe.</summary>
+    public JsonObject? DataFree { get; init; }
+
+    public JsonObject ToJson(long imagesSeen)
+    {
+        var json = Recipe(imagesSeen);
+        if (DataFree is not null) json["data_free"] = DataFree.DeepClone();
+        return json;
+    }
+
+    private JsonObject Recipe(long imagesSeen) => new()
     {
         ["kd"] = Kd.ToString().ToLowerInvariant(),
         ["teacher"] = TeacherName,
@@ -114,6 +124,20 @@ public sealed class DiffusionTrainer
     /// teacher's); null writes the project's default schedule, as for a model trained from scratch.
     /// </summary>
     public string? SchedulerJson { get; init; }
+
+    /// <summary>
+    /// For a text-conditioned model (a Stable Diffusion U-Net): the encoder states [P + 1, tokens, D] of the prompts the
+    /// data's labels index, the last row the empty prompt's. Each step a label drops to the empty prompt with probability
+    /// <see cref="TrainOptions.ClassDropout"/>, as Stable Diffusion is trained, so the unconditional branch that
+    /// classifier-free guidance subtracts is trained too. Borrowed: the caller disposes it. Null for other models.
+    /// </summary>
+    public Tensor? TextStates { get; init; }
+
+    /// <summary>
+    /// Where in the output the released model's config and weights go: null, the output itself (with the scheduler config
+    /// beside them); "unet" for a pipeline's denoiser, without a scheduler config (the pipeline's scheduler/ holds it).
+    /// </summary>
+    public string? ModelSubfolder { get; init; }
 
     public DiffusionTrainer(DiffusionModel model, IImageDataset data, TrainOptions options, string outputFolder)
     {
@@ -170,8 +194,19 @@ public sealed class DiffusionTrainer
                 var generator = new Generator((ulong)(o.Seed * 1_000_003L + currentStep + 1), device);
                 var indices = randint(0, _data.Count, [o.BatchSize], ScalarType.Int64, generator: generator).data<long>().Select(i => (int)i).ToArray();
                 var images = _data.Images(indices).to(device);
-                Tensor? labels = null;
-                if (_model.NumClasses is not null)
+                Tensor? labels = null, encoderStates = null;
+                if (TextStates is { } states)
+                {
+                    long empty = states.shape[0] - 1;
+                    var prompts = _data.Labels(indices).to(device);
+                    if (o.ClassDropout > 0)
+                    {
+                        var drop = rand([o.BatchSize], generator: generator, device: device) < o.ClassDropout;
+                        prompts = where(drop, full_like(prompts, empty), prompts);
+                    }
+                    encoderStates = states.to(device).index_select(0, prompts);
+                }
+                else if (_model.NumClasses is not null)
                 {
                     labels = _data.Labels(indices).to(device);
                     if (_model.NullClass is int nullClass && o.ClassDropout > 0)
@@ -185,7 +220,7 @@ public sealed class DiffusionTrainer
                 var noisy = NoiseSchedule.AddNoise(alphasCumprod.to(device), images, noise, timesteps);
 
                 optimizer.ZeroGrad();
-                var (loss, parts) = Loss(noisy, timesteps, labels, noise);
+                var (loss, parts) = Loss(noisy, new Conditioning(timesteps, labels, encoderStates), noise);
                 loss.backward();
                 // Fail fast: a non-finite loss or gradient would poison the weights and the EMA for good.
                 double lossValue = loss.item<float>();
@@ -222,12 +257,12 @@ public sealed class DiffusionTrainer
     private string Stage => _options.Distillation is null ? "train" : "distill";
 
     /// <summary>The step's loss and its parts by name (the task loss alone when not distilling).</summary>
-    private (Tensor loss, IReadOnlyDictionary<string, double> parts) Loss(Tensor noisy, Tensor timesteps, Tensor? labels, Tensor noise)
+    private (Tensor loss, IReadOnlyDictionary<string, double> parts) Loss(Tensor noisy, Conditioning conditioning, Tensor noise)
     {
         var d = _options.Distillation;
         if (d is null || d.Kd == KnowledgeDistillation.None)
         {
-            var task = nn.functional.mse_loss(_model.Predict(noisy, timesteps, labels), noise);
+            var task = nn.functional.mse_loss(_model.Predict(noisy, conditioning), noise);
             var only = d is null ? task : task * d.TaskWeight;
             return (only, new Dictionary<string, double> { ["task"] = task.item<float>() });
         }
@@ -237,7 +272,7 @@ public sealed class DiffusionTrainer
         _model.FeatureTap = (name, feature) => studentFeatures[name] = feature;
         try
         {
-            prediction = _model.Predict(noisy, timesteps, labels);
+            prediction = _model.Predict(noisy, conditioning);
         }
         finally
         {
@@ -248,7 +283,7 @@ public sealed class DiffusionTrainer
             d.Teacher.FeatureTap = (name, feature) => teacherFeatures[name] = feature;
             try
             {
-                target = d.Teacher.Predict(noisy, timesteps, labels);
+                target = d.Teacher.Predict(noisy, conditioning);
             }
             finally
             {
@@ -303,10 +338,12 @@ public sealed class DiffusionTrainer
         // Each file whole (written beside it, then renamed), the config last: a folder with a config.json has its weights.
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["dprune_train_steps"] = steps.ToString(System.Globalization.CultureInfo.InvariantCulture) };
         if (_options.Distillation is { } recipe) metadata["dprune_distilled_from"] = recipe.TeacherName;
-        AtomicFile.Replace(Path.Combine(_output, ModelFolder.Weights),
+        string modelFolder = ModelSubfolder is null ? _output : Path.Combine(_output, ModelSubfolder);
+        Directory.CreateDirectory(modelFolder);
+        AtomicFile.Replace(Path.Combine(modelFolder, ModelFolder.Weights),
             path => SafetensorsWriter.Write(path, model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal), metadata));
-        AtomicFile.Replace(Path.Combine(_output, ModelFolder.SchedulerConfig), SchedulerJson ?? SchedulerJsonFor(model));
-        AtomicFile.Replace(Path.Combine(_output, ModelFolder.Config), model.ConfigToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (ModelSubfolder is null) AtomicFile.Replace(Path.Combine(_output, ModelFolder.SchedulerConfig), SchedulerJson ?? SchedulerJsonFor(model));
+        AtomicFile.Replace(Path.Combine(modelFolder, ModelFolder.Config), model.ConfigToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var args = new JsonObject
         {
             ["steps"] = steps,
