@@ -32,6 +32,8 @@ public static class DprunCli
         CompareCommand.Create(),
         BatchCommand.Create(),
         DoctorCommand.Create(),
+        InitCommand.Create(),
+        Benchmarks.StepProbe.Create(),
     };
 
     public static int Run(string[] args)

@@ -74,15 +74,16 @@ public static class ModelFamilies
         string folder = DiffusersModelLoader.ResolveModelFolder(path);
         var config = ConfigJson.Load(Path.Combine(folder, ModelFolder.Config));
         var model = Create(config);
-        var weights = DiffusersModelLoader.ReadWeights(folder, variant);
         try
         {
-            Of(model).UpgradeWeights(weights);
+            using var weights = DiffusersModelLoader.OpenWeights(folder, variant);
+            Of(model).UpgradeWeights(weights.Tensors);
             DiffusersModelLoader.LoadStrict(model, weights, folder);
         }
-        finally
+        catch
         {
-            foreach (var t in weights.Values) t.Dispose();
+            model.Dispose();
+            throw;
         }
         model.eval();
         if (device is not null) model.to(device);

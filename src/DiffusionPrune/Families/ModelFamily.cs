@@ -91,7 +91,7 @@ public abstract class ModelFamily
     public abstract LayerCandidates LayerCandidatesOf(DiffusionModel model);
 
     /// <summary>Renames keys of older checkpoints of this class to today's names before a strict load. Returns how many.</summary>
-    public virtual int UpgradeWeights(Dictionary<string, Tensor> weights) => 0;
+    public virtual int UpgradeWeights<T>(Dictionary<string, T> weights) => 0;
 
     /// <summary>Whether <see cref="InitializeForTraining"/> can share query and key projections (DiT's shared-qk init).</summary>
     public virtual bool SupportsSharedQueryKeyInit => false;

@@ -58,5 +58,5 @@ public sealed class UNet2DFamily : ModelFamily<UNet2DModel>
         return new LayerCandidates(layers, notRemovable);
     }
 
-    public override int UpgradeWeights(Dictionary<string, Tensor> weights) => DiffusersModelLoader.RenameLegacyAttentionKeys(weights);
+    public override int UpgradeWeights<T>(Dictionary<string, T> weights) => DiffusersModelLoader.RenameLegacyAttentionKeys(weights);
 }

@@ -239,6 +239,25 @@ public sealed class SafetensorsFile : IDisposable
         using (tensor) return tensor.to_type(ScalarType.Float32);
     }
 
+    /// <summary>
+    /// Lets go of the mapped pages that hold <paramref name="name"/>'s bytes once they were read, so loading a model tensor
+    /// by tensor keeps one copy of the weights resident (the model's), not two (see <see cref="Runtime.NativeMemory.ReleaseMappedPages"/>).
+    /// </summary>
+    public unsafe void Release(string name)
+    {
+        if (_view is null || !Entries.TryGetValue(name, out var entry) || entry.ByteLength == 0) return;
+        byte* pointer = null;
+        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
+        try
+        {
+            Runtime.NativeMemory.ReleaseMappedPages((nint)(pointer + _view.PointerOffset + _dataStart + entry.Begin), entry.ByteLength);
+        }
+        finally
+        {
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
+    }
+
     private unsafe Span<byte> Span(SafetensorsEntry entry)
     {
         if (entry.ByteLength > int.MaxValue)

@@ -278,9 +278,8 @@ public sealed class AutoencoderKL : nn.Module
         var model = new AutoencoderKL(config);
         try
         {
-            using var scope = NewDisposeScope();
-            var weights = DiffusersModelLoader.ReadWeights(folder);
-            DiffusersModelLoader.RenameLegacyAttentionKeys(weights);
+            using var weights = DiffusersModelLoader.OpenWeights(folder);
+            DiffusersModelLoader.RenameLegacyAttentionKeys(weights.Tensors);
             DiffusersModelLoader.LoadStrict(model, weights, folder);
         }
         catch

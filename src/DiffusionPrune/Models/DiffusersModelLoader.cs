@@ -51,24 +51,42 @@ public static partial class DiffusersModelLoader
         return candidates.FirstOrDefault(File.Exists);
     }
 
-    /// <summary>Reads every tensor of the model's weights as float32 (F16/BF16 variants are upcast).</summary>
+    /// <summary>Reads every tensor of the model's weights as float32 (F16/BF16 variants are upcast). To load a model, use
+    /// <see cref="OpenWeights"/> and <see cref="LoadStrict(nn.Module, WeightsOnDisk, string)"/>, which hold one tensor at a time.</summary>
     public static Dictionary<string, Tensor> ReadWeights(string folder, string? variant = null)
     {
-        var files = WeightFiles(folder, variant);
-        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var (file, keys) in files)
+        using var weights = OpenWeights(folder, variant);
+        return weights.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.ReadFloat(), StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// Opens a model folder's weights (its diffusion_pytorch_model[.variant].safetensors, or the shards its index names)
+    /// memory-mapped, reading only the headers: names, dtypes and shapes. Each tensor's bytes are read when it is copied.
+    /// </summary>
+    public static WeightsOnDisk OpenWeights(string folder, string? variant = null)
+    {
+        var weights = new WeightsOnDisk();
+        try
         {
-            using var st = SafetensorsFile.Open(file);
-            foreach (var key in keys ?? st.Entries.Keys.ToList())
+            foreach (var (file, keys) in WeightFiles(folder, variant))
             {
-                if (!st.Contains(key))
-                    throw new ModelFormatException($"The shard index says '{key}' is in '{Path.GetFileName(file)}', but that file does not hold it.");
-                if (tensors.ContainsKey(key))
-                    throw new ModelFormatException($"Tensor '{key}' appears in more than one weights file in '{folder}'.");
-                tensors[key] = st.ReadFloat(key);
+                var st = weights.Add(SafetensorsFile.Open(file));
+                foreach (var key in keys ?? st.Entries.Keys.ToList())
+                {
+                    if (!st.Contains(key))
+                        throw new ModelFormatException($"The shard index says '{key}' is in '{Path.GetFileName(file)}', but that file does not hold it.");
+                    if (weights.Tensors.ContainsKey(key))
+                        throw new ModelFormatException($"Tensor '{key}' appears in more than one weights file in '{folder}'.");
+                    weights.Tensors[key] = new StoredTensor(st, key);
+                }
             }
+            return weights;
         }
-        return tensors;
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Reads every tensor of one safetensors file as float32.</summary>
@@ -136,7 +154,7 @@ public static partial class DiffusersModelLoader
     private static partial Regex LegacyAttentionKey();
 
     /// <summary>Old UNet2DModel checkpoints name attention projections query/key/value/proj_attn; rename once, here.</summary>
-    public static int RenameLegacyAttentionKeys(Dictionary<string, Tensor> weights)
+    public static int RenameLegacyAttentionKeys<T>(Dictionary<string, T> weights)
     {
         int renamed = 0;
         foreach (var key in weights.Keys.ToList())
@@ -164,6 +182,33 @@ public static partial class DiffusersModelLoader
     public static void LoadStrict(nn.Module model, IReadOnlyDictionary<string, Tensor> weights, string source)
     {
         var expected = model.state_dict();
+        CheckStrict(expected, weights, key => weights[key].shape, source);
+        using var noGrad = no_grad();
+        foreach (var (key, target) in expected)
+            target.copy_(weights[key]);
+    }
+
+    /// <summary>
+    /// Copies weights from disk into the model one tensor at a time: every name and shape is checked from the headers
+    /// before a byte is read, then each tensor is read (upcast to float32 where stored as F16/BF16), copied, freed, and its
+    /// mapped pages let go, so loading never holds more than the model plus one tensor.
+    /// </summary>
+    public static void LoadStrict(nn.Module model, WeightsOnDisk weights, string source)
+    {
+        var expected = model.state_dict();
+        CheckStrict(expected, weights.Tensors, key => weights.Tensors[key].Shape, source);
+        using var noGrad = no_grad();
+        foreach (var (key, target) in expected)
+        {
+            var stored = weights.Tensors[key];
+            using (var value = stored.ReadFloat())
+                target.copy_(value);
+            stored.Release();
+        }
+    }
+
+    private static void CheckStrict<T>(IReadOnlyDictionary<string, Tensor> expected, IReadOnlyDictionary<string, T> weights, Func<string, long[]> shapeOf, string source)
+    {
         var missing = expected.Keys.Where(k => !weights.ContainsKey(k)).Order().ToList();
         var unexpected = weights.Keys.Where(k => !expected.ContainsKey(k)).Order().ToList();
         if (missing.Count > 0 || unexpected.Count > 0)
@@ -175,13 +220,11 @@ public static partial class DiffusersModelLoader
             throw new ModelFormatException($"The weights in '{source}' do not match the model its config describes ({string.Join("; ", parts)}). " +
                 "Check that config.json belongs to these weights.");
         }
-        using var noGrad = no_grad();
         foreach (var (key, target) in expected)
         {
-            var value = weights[key];
-            if (!target.shape.SequenceEqual(value.shape))
-                throw new ModelFormatException($"'{source}': tensor '{key}' has shape [{string.Join(", ", value.shape)}] but the config implies [{string.Join(", ", target.shape)}].");
-            target.copy_(value);
+            var shape = shapeOf(key);
+            if (!target.shape.SequenceEqual(shape))
+                throw new ModelFormatException($"'{source}': tensor '{key}' has shape [{string.Join(", ", shape)}] but the config implies [{string.Join(", ", target.shape)}].");
         }
     }
 
@@ -195,5 +238,49 @@ public static partial class DiffusersModelLoader
         if (metadata is not null) foreach (var (k, v) in metadata) meta[k] = v;
         var state = model.state_dict().OrderBy(kv => kv.Key, StringComparer.Ordinal);
         SafetensorsWriter.Write(Path.Combine(folder, ModelFolder.Weights), state, meta);
+    }
+}
+
+/// <summary>One tensor of a <see cref="WeightsOnDisk"/>: where it is stored, read only when asked.</summary>
+public sealed record StoredTensor(SafetensorsFile File, string Name)
+{
+    public long[] Shape => File.Entries[Name].Shape;
+
+    /// <summary>A new float32 CPU tensor with its values (F16/BF16 upcast); the caller disposes it.</summary>
+    public Tensor ReadFloat() => File.ReadFloat(Name);
+
+    /// <summary>Lets go of its mapped pages once read (see <see cref="SafetensorsFile.Release"/>).</summary>
+    public void Release() => File.Release(Name);
+}
+
+/// <summary>
+/// A model's weights as they lie on disk, memory-mapped: the tensors by name (which a family may rename before loading,
+/// e.g. legacy attention keys), each read only when copied into the model. Disposing it unmaps the files.
+/// </summary>
+public sealed class WeightsOnDisk : IDisposable
+{
+    private readonly List<SafetensorsFile> _files = [];
+
+    public Dictionary<string, StoredTensor> Tensors { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Opens one safetensors file with all its tensors (e.g. a CLIP text encoder's model.safetensors).</summary>
+    public static WeightsOnDisk OpenFile(string path)
+    {
+        var weights = new WeightsOnDisk();
+        var file = weights.Add(SafetensorsFile.Open(path));
+        foreach (var key in file.Entries.Keys) weights.Tensors[key] = new StoredTensor(file, key);
+        return weights;
+    }
+
+    internal SafetensorsFile Add(SafetensorsFile file)
+    {
+        _files.Add(file);
+        return file;
+    }
+
+    public void Dispose()
+    {
+        foreach (var file in _files) file.Dispose();
+        _files.Clear();
     }
 }

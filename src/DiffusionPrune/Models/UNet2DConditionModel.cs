@@ -293,8 +293,8 @@ public sealed class UNet2DConditionModel : DiffusionModel
         var model = new UNet2DConditionModel(config);
         try
         {
-            using var scope = NewDisposeScope();
-            DiffusersModelLoader.LoadStrict(model, DiffusersModelLoader.ReadWeights(folder), folder);
+            using var weights = DiffusersModelLoader.OpenWeights(folder);
+            DiffusersModelLoader.LoadStrict(model, weights, folder);
         }
         catch
         {

@@ -210,9 +210,8 @@ public sealed class CLIPTextModel : nn.Module<Tensor, Tensor>
         var model = new CLIPTextModel(config);
         try
         {
-            using var scope = NewDisposeScope();
-            using var file = SafetensorsFile.Open(weightsPath);
-            var weights = file.Entries.Keys.Where(k => k != PositionIdsKey).ToDictionary(k => k, file.ReadFloat, StringComparer.Ordinal);
+            using var weights = WeightsOnDisk.OpenFile(weightsPath);
+            weights.Tensors.Remove(PositionIdsKey);
             DiffusersModelLoader.LoadStrict(model, weights, weightsPath);
         }
         catch

@@ -15,6 +15,32 @@ public class SafetensorsTests
     // ---- round trips ----
 
     [Fact]
+    public void Released_pages_leave_the_resident_set_and_read_back_the_same()
+    {
+        // 64 MiB: well above the noise of other threads' file-backed pages (libraries, the test host).
+        using var temp = Fixtures.Temp();
+        const long elements = 16L * 1024 * 1024;
+        using (var big = arange(elements, ScalarType.Float32))
+            SafetensorsWriter.Write(temp.File("big.safetensors"), new Dictionary<string, Tensor> { ["big"] = big });
+        using var file = SafetensorsFile.Open(temp.File("big.safetensors"));
+        long before = DiffusionPrune.Runtime.NativeMemory.ResidentFileBytes() ?? 0;
+        using (var first = file.Read("big"))
+        {
+            long afterRead = DiffusionPrune.Runtime.NativeMemory.ResidentFileBytes() ?? 0;
+            file.Release("big");
+            long afterRelease = DiffusionPrune.Runtime.NativeMemory.ResidentFileBytes() ?? 0;
+            if (OperatingSystem.IsLinux())
+            {
+                Assert.True(afterRead - before > 48L << 20, $"reading 64 MiB through the mapping should make its pages resident ({before >> 20} -> {afterRead >> 20} MiB)");
+                Assert.True(afterRead - afterRelease > 48L << 20, $"releasing should drop them ({afterRead >> 20} -> {afterRelease >> 20} MiB)");
+            }
+            using var again = file.Read("big"); // faulted back in from the page cache
+            Assert.True(again.equal(first).all().item<bool>());
+            Assert.Equal(elements - 1, again[elements - 1].item<float>());
+        }
+    }
+
+    [Fact]
     public void Round_trip_keeps_values_dtypes_shapes_and_metadata()
     {
         using var temp = Fixtures.Temp();

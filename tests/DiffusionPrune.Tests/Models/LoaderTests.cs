@@ -259,6 +259,42 @@ public class LoaderTests
     }
 
     [Fact]
+    public void Every_name_and_shape_is_checked_before_any_weight_is_copied()
+    {
+        // The mis-shaped tensor sorts after most others: a loader that copied as it checked would have changed the model.
+        using var temp = WithEditedWeights(w =>
+        {
+            w["up_blocks.1.attentions.2.to_k.weight"].Dispose();
+            w["up_blocks.1.attentions.2.to_k.weight"] = zeros(64, 32);
+        });
+        using var model = ModelFamilies.Create(ConfigJson.Load(temp.File("config.json")));
+        var before = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        using (var weights = DiffusersModelLoader.OpenWeights(temp.Path))
+        {
+            Assert.Equal(new long[] { 64, 32 }, weights.Tensors["up_blocks.1.attentions.2.to_k.weight"].Shape);
+            Assert.Throws<ModelFormatException>(() => DiffusersModelLoader.LoadStrict(model, weights, temp.Path));
+        }
+        Assert.All(model.state_dict(), kv => Assert.True(kv.Value.equal(before[kv.Key]).all().item<bool>(), $"{kv.Key} was changed by a refused load"));
+        foreach (var t in before.Values) t.Dispose();
+    }
+
+    [Fact]
+    public void Loading_from_disk_tensor_by_tensor_gives_the_same_weights_as_reading_them_all()
+    {
+        using var streamed = ModelFamilies.Load(UNetFixture);
+        var all = DiffusersModelLoader.ReadWeights(UNetFixture);
+        try
+        {
+            Assert.Equal(all.Keys.Order(), streamed.state_dict().Keys.Order());
+            Assert.All(streamed.state_dict(), kv => Assert.True(kv.Value.equal(all[kv.Key]).all().item<bool>(), kv.Key));
+        }
+        finally
+        {
+            foreach (var t in all.Values) t.Dispose();
+        }
+    }
+
+    [Fact]
     public void Only_a_pickle_bin_file_is_refused_mentioning_pickle_and_safetensors()
     {
         using var temp = Fixtures.Temp();
