@@ -22,7 +22,7 @@ public static class InitCommand
         {
             string folder = parse.GetValue(output)!;
             if (Directory.Exists(folder) && Directory.EnumerateFileSystemEntries(folder).Any())
-                throw new IOException($"--output '{folder}' exists and is not empty; give a new folder.");
+                throw new ArgumentException($"--output '{folder}' exists and is not empty; give a new folder.");
             var configJson = ConfigJson.Load(parse.GetValue(config)!);
             TorchSharp.torch.manual_seed(parse.GetValue(seed));
             using var model = ModelFamilies.Create(configJson);
