@@ -78,7 +78,10 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     /// Added to the attention scores, broadcast as [B, 1, 1, T] (diffusers turns a 0/1 mask into 0 / -10000 and gives it
     /// a singleton query axis, [B, 1, T]); null for none.
     /// </param>
-    public Tensor Forward(Tensor hiddenStates, Tensor? encoderHiddenStates, Tensor? attentionBias)
+    public Tensor Forward(Tensor hiddenStates, Tensor? encoderHiddenStates, Tensor? attentionBias) =>
+        LayerScope.Run(hiddenStates, () => Compute(hiddenStates, encoderHiddenStates, attentionBias));
+
+    private Tensor Compute(Tensor hiddenStates, Tensor? encoderHiddenStates, Tensor? attentionBias)
     {
         var blockInput = hiddenStates;
         var residual = hiddenStates;

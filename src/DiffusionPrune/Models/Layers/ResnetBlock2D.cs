@@ -82,7 +82,9 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor inputTensor, Tensor? temb)
+    public override Tensor forward(Tensor inputTensor, Tensor? temb) => LayerScope.Run(inputTensor, () => Compute(inputTensor, temb));
+
+    private Tensor Compute(Tensor inputTensor, Tensor? temb)
     {
         var blockInput = inputTensor;
         var hiddenStates = Activations.Apply(_act, norm1.call(inputTensor));

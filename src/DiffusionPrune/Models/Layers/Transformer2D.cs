@@ -112,7 +112,10 @@ public sealed class BasicTransformerBlock : nn.Module
     /// <param name="hiddenStates">[B, N, dim] tokens (one per pixel).</param>
     /// <param name="encoderHiddenStates">[B, T, crossAttentionDim] text states.</param>
     /// <param name="encoderAttentionBias">[B, 1, T] score bias (0 keep, -10000 drop) for the cross-attention, or null.</param>
-    public Tensor Forward(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias)
+    public Tensor Forward(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias) =>
+        LayerScope.Run(hiddenStates, () => Compute(hiddenStates, encoderHiddenStates, encoderAttentionBias));
+
+    private Tensor Compute(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias)
     {
         // 1. self-attention (or, with only_cross_attention, attention to the text without its mask, as diffusers passes
         //    attn1 the self-attention mask, which the U-Net never sets)
@@ -182,7 +185,10 @@ public sealed class Transformer2DModel : nn.Module
     /// <param name="hiddenStates">[B, C, H, W] feature map.</param>
     /// <param name="encoderHiddenStates">[B, T, D] text states for the cross-attention.</param>
     /// <param name="encoderAttentionBias">[B, 1, T] score bias, or null.</param>
-    public Tensor Forward(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias)
+    public Tensor Forward(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias) =>
+        LayerScope.Run(hiddenStates, () => Compute(hiddenStates, encoderHiddenStates, encoderAttentionBias));
+
+    private Tensor Compute(Tensor hiddenStates, Tensor encoderHiddenStates, Tensor? encoderAttentionBias)
     {
         var residual = hiddenStates;
         long batch = hiddenStates.shape[0], height = hiddenStates.shape[2], width = hiddenStates.shape[3];
