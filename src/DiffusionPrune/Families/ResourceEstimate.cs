@@ -85,8 +85,33 @@ public sealed class CostTally
     /// <summary>Weights of a layer that does no counted multiply-accumulates (norms, embedding tables).</summary>
     public void Weights(long count) => Parameters = checked(Parameters + count);
 
+    /// <summary>
+    /// The most elements alive at once in an inference forward: as <see cref="SavedElements"/>, except that a
+    /// <see cref="Layer"/>'s intermediates are freed when it returns (<c>Models.Layers.LayerScope</c>).
+    /// </summary>
+    public long PeakLiveElements { get; private set; }
+
+    private long _live;
+
     /// <summary>An intermediate tensor of <paramref name="elements"/> elements.</summary>
-    public void Tensor(long elements) => SavedElements = checked(SavedElements + elements);
+    public void Tensor(long elements)
+    {
+        SavedElements = checked(SavedElements + elements);
+        _live = checked(_live + elements);
+        PeakLiveElements = Math.Max(PeakLiveElements, _live);
+    }
+
+    /// <summary>
+    /// A layer that runs in a dispose scope of its own: what <paramref name="body"/> counts is alive while it runs, then
+    /// only its output (<paramref name="outputElements"/>) stays. Training still keeps what backward needs of it.
+    /// </summary>
+    public void Layer(long outputElements, Action body)
+    {
+        long before = _live;
+        body();
+        _live = checked(before + outputElements);
+        PeakLiveElements = Math.Max(PeakLiveElements, _live);
+    }
 
     /// <summary>A convolution: k x k kernel, output h x w.</summary>
     public void Conv(long inChannels, long outChannels, long kernel, long height, long width, bool bias = true)
@@ -130,12 +155,14 @@ public sealed class CostTally
 
     /// <summary>
     /// The estimate for a model whose sample is <paramref name="sampleElements"/> floats. A forward keeps every intermediate
-    /// until its step's dispose scope ends, so inference holds them all (not just the live set); training also holds
-    /// their gradients during the backward.
+    /// until its step's dispose scope ends, except inside the layers the walk marks as <see cref="Layer"/>s, so inference
+    /// holds <see cref="PeakLiveElements"/>; training holds every intermediate (<see cref="SavedElements"/>, a cautious
+    /// bound on what backward saves) and their gradients during the backward.
     /// </summary>
     public ResourceEstimate ToEstimate(string className, int[] sampleSize, long sampleElements)
     {
-        long forward = checked((long)(SavedElements * sizeof(float) * UnnamedTemporaries));
-        return new(className, sampleSize, Parameters, Macs, forward, checked(2 * forward), checked(sampleElements * sizeof(float)));
+        long forward = checked((long)(PeakLiveElements * sizeof(float) * UnnamedTemporaries));
+        long saved = checked((long)(SavedElements * sizeof(float) * UnnamedTemporaries));
+        return new(className, sampleSize, Parameters, Macs, forward, checked(2 * saved), checked(sampleElements * sizeof(float)));
     }
 }

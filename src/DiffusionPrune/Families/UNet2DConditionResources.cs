@@ -113,6 +113,11 @@ internal static class UNet2DConditionResources
     private static void Resnet(CostTally t, UNet2DConditionConfig c, string path, long inChannels, long outChannels, long h, long w)
     {
         if (c.Structure.IsRemoved(path)) return;
+        t.Layer(outChannels * h * w, () => ResnetBody(t, c, path, inChannels, outChannels, h, w));
+    }
+
+    private static void ResnetBody(CostTally t, UNet2DConditionConfig c, string path, long inChannels, long outChannels, long h, long w)
+    {
         long inner = c.Structure.ResnetInner(path, (int)outChannels);
         long hw = h * w, temb = c.BlocksTimeEmbedDim;
         t.Weights(2 * inChannels);
@@ -138,6 +143,12 @@ internal static class UNet2DConditionResources
         long h, long w, long textTokens)
     {
         if (c.Structure.IsRemoved(path)) return;
+        t.Layer(channels * h * w, () => TransformerBody(t, c, path, channels, block, onlyCrossAttention, h, w, textTokens));
+    }
+
+    private static void TransformerBody(CostTally t, UNet2DConditionConfig c, string path, long channels, int block, bool onlyCrossAttention,
+        long h, long w, long textTokens)
+    {
         long tokens = h * w;
         int heads = c.NumAttentionHeads(block);
         long headDim = channels / heads, inner = heads * headDim, crossDim = c.CrossAttentionDim[block];

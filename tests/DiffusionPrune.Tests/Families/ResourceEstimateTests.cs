@@ -111,6 +111,31 @@ public class ResourceEstimateTests
     }
 
     [Fact]
+    public void A_layer_keeps_only_its_output_alive_after_it_returns()
+    {
+        var t = new CostTally();
+        t.Tensor(10);
+        t.Layer(4, () => { t.Tensor(100); t.Tensor(4); });
+        t.Tensor(1);
+        Assert.Equal(115, t.SavedElements); // all of them, for training
+        Assert.Equal(114, t.PeakLiveElements); // 10 + 100 + 4 inside the layer
+        t.Tensor(200);
+        Assert.Equal(10 + 4 + 1 + 200, t.PeakLiveElements);
+    }
+
+    [Fact]
+    public void Inference_of_a_text_U_Net_holds_far_less_than_every_intermediate_and_training_still_counts_them_all()
+    {
+        // Stable Diffusion 1.5's U-Net shapes (benchmarks/configs/sd15-unet.json): measured peak of a guided step at 64 x 64,
+        // 4.41 GiB with weights of 3.20 GiB (docs/BENCHMARKS.md); the old every-intermediate count said 8.90 GiB.
+        var estimate = ModelFamilies.Estimate(ConfigJson.Load(Path.Combine(Fixtures.RepoRoot, "benchmarks", "configs", "sd15-unet.json")));
+        Assert.Equal(859_520_964, estimate.Parameters);
+        double gib = estimate.Inference(2).TotalBytes / (double)(1L << 30);
+        Assert.InRange(gib, 3.9, 5.0);
+        Assert.True(estimate.TrainingActivationBytesPerSample > 4 * estimate.ForwardActivationBytesPerSample);
+    }
+
+    [Fact]
     public void Workloads_add_what_they_keep()
     {
         var estimate = ModelFamilies.Estimate(ConfigJson.Parse("{" + DiTBase + "}"));
