@@ -16,7 +16,8 @@ namespace DiffusionPrune.Export;
 /// <list type="bullet">
 /// <item><c>sample</c>: float32 [batch, in_channels, H, W]. batch is dynamic (named "batch"); H and W are fixed
 /// to the model's sample_size.</item>
-/// <item><c>timestep</c>: int64 [batch], one diffusion timestep per sample (repeat a scalar timestep yourself).</item>
+/// <item><c>timestep</c>: int64 [batch], one diffusion timestep per sample (repeat a scalar timestep yourself); float32 [batch]
+/// for a UNet2DConditionModel, as diffusers' ONNX Stable Diffusion unet takes it (Euler schedulers step at fractional timesteps).</item>
 /// <item><c>class_labels</c>: only for class-conditional models (DiT; a UNet2DModel with a class embedding):
 /// int64 [batch] (for DiT the null class num_embeds_ada_norm means "unconditional", for classifier-free guidance).
 /// The one exception is a UNet2DModel with class_embed_type "identity", which adds a ready-made embedding:

@@ -11,7 +11,8 @@ namespace DiffusionPrune.OnnxGraphs;
 /// <summary>
 /// <see cref="UNet2DConditionModel.Forward"/> as an ONNX graph, step for step, with the interface diffusers'
 /// OnnxStableDiffusionPipeline feeds its <c>unet/model.onnx</c>: <c>sample</c> float32 [batch, in, height, width],
-/// <c>timestep</c> int64 [batch] and <c>encoder_hidden_states</c> float32 [batch, sequence, cross_attention_dim] ->
+/// <c>timestep</c> float32 [batch] (not the int64 of <see cref="Export.OnnxContract"/>: Euler and DPM schedulers step at
+/// fractional timesteps, and diffusers casts to whatever type the graph declares) and <c>encoder_hidden_states</c> float32 [batch, sequence, cross_attention_dim] ->
 /// <c>out_sample</c>. Height, width and the token count are dynamic, as pipelines generate at several sizes.
 /// Its twins are the model file (a change to the forward pass there needs the same change here; the parity tests catch
 /// a mismatch) and <see cref="UNet2DOnnx"/>, whose text-free blocks it repeats rather than bends.
@@ -31,7 +32,7 @@ public static class UNet2DConditionOnnx
             throw new OnnxExportException("ONNX export of UNet2DConditionModel covers text-to-image U-Nets (Stable Diffusion 1.x / 2.x): this one has " +
                 (model.AddEmbedding is not null ? "SDXL's text_time added embedding" : "a class embedding") + ", whose extra inputs the ONNX pipeline layout has no place for.");
         var sample = g.Input(OnnxBundle.SampleInput, DataType.Float, OnnxBundle.BatchDim, (long)c.InChannels, HeightDim, WidthDim);
-        var timesteps = g.Input(OnnxBundle.TimestepInput, DataType.Int64, OnnxBundle.BatchDim);
+        var timesteps = g.Input(OnnxBundle.TimestepInput, DataType.Float, OnnxBundle.BatchDim);
         var encoderHiddenStates = g.Input(EncoderHiddenStatesInput, DataType.Float, OnnxBundle.BatchDim, SequenceDim, (long)c.CrossAttentionDim[^1]);
 
         // 0. center input if necessary
@@ -40,7 +41,7 @@ public static class UNet2DConditionOnnx
             hiddenStates = g.Sub("center_input_sample", g.Mul("center_input_sample", hiddenStates, g.Scalar(2f)), g.Scalar(1f));
 
         // 1. time: [B] -> [B, block_out_channels[0]] sinusoidal features -> [B, time_embed_dim] (timestep_post_act inside)
-        var tEmb = OnnxLayers.Sinusoidal(g, OnnxLayers.ToFloat(g, timesteps, "time_proj"), c.BlockOutChannels[0], c.FlipSinToCos, c.FreqShift, "time_proj");
+        var tEmb = OnnxLayers.Sinusoidal(g, timesteps, c.BlockOutChannels[0], c.FlipSinToCos, c.FreqShift, "time_proj");
         var emb = OnnxLayers.TimestepEmbedding(g, model.TimeEmbedding, tEmb, "time_embedding");
         if (c.TimeEmbeddingActFn is not null)
             emb = OnnxLayers.Activation(g, c.TimeEmbeddingActFn, emb, "time_embed_act");

@@ -250,6 +250,22 @@ public sealed class DiffusionPipeline : IDisposable
             return result;
         }, cancel);
 
+    /// <summary>
+    /// Exports a Stable Diffusion pipeline folder (also a pruned one) as an ONNX pipeline: text_encoder, unet and
+    /// vae_decoder model.onnx, tokenizer, scheduler, model_index.json and a model card (<see cref="StableDiffusionOnnxExporter"/>).
+    /// The pipeline is loaded for the request and not held; only the onnx format applies (the default when
+    /// <paramref name="formats"/> is null).
+    /// </summary>
+    public Task<StableDiffusionOnnxExport> ExportStableDiffusionAsync(string modelPath, string outputPath, IReadOnlyList<ExportFormat>? formats = null,
+        IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>
+        RunAsync(() =>
+        {
+            StableDiffusionOnnxExporter.CheckFormats(modelPath, formats ?? [ExportFormat.Onnx]);
+            var result = StableDiffusionOnnxExporter.Export(modelPath, outputPath, message => progress?.Report(StageProgress.Note(PipelineStage.Export, message)), cancel);
+            progress?.Report(new StageProgress(PipelineStage.Export, 1, $"wrote {result.Files.Count} files to {result.OutputPath}"));
+            return result;
+        }, cancel);
+
     /// <summary>TorchSharp latency of the model at <paramref name="modelPath"/> (held or loaded), on the CPU.</summary>
     public Task<IReadOnlyList<LatencyResult>> TorchLatencyAsync(string modelPath, IReadOnlyList<int> batches, LatencyOptions? options = null,
         IProgress<StageProgress>? progress = null, CancellationToken cancel = default) =>

@@ -19,7 +19,10 @@ public static class StableDiffusionSampleRunner
     /// <summary>One image per prompt, diffusers' default num_images_per_prompt.</summary>
     public const int DefaultCount = 1;
 
-    /// <summary>Refuses, before anything loads, what a text-to-image run cannot honour (no prompt, class labels, the ONNX backend).</summary>
+    /// <summary>
+    /// Refuses, before anything loads, what a text-to-image run cannot honour: no prompt, class labels, or a backend that does
+    /// not match the folder (torch runs a diffusers pipeline, onnx an exported ONNX pipeline).
+    /// </summary>
     public static void Check(SampleRequest request)
     {
         if (string.IsNullOrWhiteSpace(request.Prompt))
@@ -27,8 +30,15 @@ public static class StableDiffusionSampleRunner
                 "(and optionally --negative-prompt); text-to-image sampling needs one.");
         if (request.Labels is { Length: > 0 })
             throw new ArgumentException($"'{request.ModelPath}' is a Stable Diffusion pipeline, conditioned on the prompt, not on class labels; drop --labels.");
-        if (!string.Equals(request.Backend?.Trim(), "torch", StringComparison.OrdinalIgnoreCase))
-            throw new NotSupportedException($"Stable Diffusion pipelines run on the torch backend only (ONNX export of pipelines is not supported yet); drop --backend {request.Backend}.");
+        string backend = request.Backend?.Trim().ToLowerInvariant() ?? "torch";
+        bool onnxFolder = OnnxStableDiffusionPipeline.IsOnnxPipelineFolder(request.ModelPath);
+        if (backend == "torch" && onnxFolder)
+            throw new ArgumentException($"'{request.ModelPath}' is an ONNX Stable Diffusion pipeline: sample it with --backend onnx.");
+        if (backend == "onnx" && !onnxFolder)
+            throw new ArgumentException($"The onnx backend runs an exported ONNX pipeline; '{request.ModelPath}' is a diffusers (safetensors) pipeline. " +
+                $"Export it first with: dprune export --model {request.ModelPath} --output DIR, then sample DIR with --backend onnx.");
+        if (backend is not ("torch" or "onnx"))
+            throw new ArgumentException($"--backend '{request.Backend}' is not a backend: use torch or onnx.");
         if (request.Count < 1) throw new ArgumentException("--count must be at least 1.");
     }
 
@@ -45,20 +55,36 @@ public static class StableDiffusionSampleRunner
     {
         Check(request);
         bool png = request.OutputPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase);
-        using var pipeline = StableDiffusionPipeline.Load(request.ModelPath, request.SchedulerName, request.Eta, request.SchedulerConfigPath, device);
-        foreach (var line in pipeline.Notes) note?.Invoke(line);
-
-        using var noise = request.NoisePath is null
-            ? pipeline.DrawNoise(request.Count, new Generator((ulong)request.Seed, CPU))
-            : ReadNoise(request, pipeline.Unet.InChannels);
         var options = new SampleOptions(request.Steps, request.GuidanceScale, KeepTrajectory: !png);
-        using var embeddings = pipeline.EncodePrompt(request.Prompt!, request.NegativePrompt ?? "", (int)noise.shape[0],
-            classifierFreeGuidance: request.GuidanceScale > 1.0);
-        var output = pipeline.Generate(embeddings, noise, options, new Generator((ulong)request.Seed + 0x5EED, pipeline.Device), (done, total) =>
+        void Progress(int done, int total)
         {
             progress?.Invoke(done, total);
             if (done < total) cancel.ThrowIfCancellationRequested();
-        });
+        }
+        StableDiffusionOutput output;
+        if (OnnxStableDiffusionPipeline.IsOnnxPipelineFolder(request.ModelPath))
+        {
+            // the same noise, prompt encoding and loop as the torch branch below; the three networks run in ONNX Runtime
+            using var onnx = OnnxStableDiffusionPipeline.Open(request.ModelPath, request.Provider, request.SchedulerName, request.Eta, request.SchedulerConfigPath, note);
+            using var onnxNoise = request.NoisePath is null
+                ? onnx.DrawNoise(request.Count, new Generator((ulong)request.Seed, CPU))
+                : ReadNoise(request, onnx.UnetConfig.InChannels);
+            using var onnxEmbeddings = onnx.EncodePrompt(request.Prompt!, request.NegativePrompt ?? "", (int)onnxNoise.shape[0],
+                classifierFreeGuidance: request.GuidanceScale > 1.0);
+            output = onnx.Generate(onnxEmbeddings, onnxNoise, options, new Generator((ulong)request.Seed + 0x5EED, CPU), Progress);
+        }
+        else
+        {
+            using var pipeline = StableDiffusionPipeline.Load(request.ModelPath, request.SchedulerName, request.Eta, request.SchedulerConfigPath, device);
+            foreach (var line in pipeline.Notes) note?.Invoke(line);
+
+            using var noise = request.NoisePath is null
+                ? pipeline.DrawNoise(request.Count, new Generator((ulong)request.Seed, CPU))
+                : ReadNoise(request, pipeline.Unet.InChannels);
+            using var embeddings = pipeline.EncodePrompt(request.Prompt!, request.NegativePrompt ?? "", (int)noise.shape[0],
+                classifierFreeGuidance: request.GuidanceScale > 1.0);
+            output = pipeline.Generate(embeddings, noise, options, new Generator((ulong)request.Seed + 0x5EED, pipeline.Device), Progress);
+        }
         try
         {
             cancel.ThrowIfCancellationRequested();
