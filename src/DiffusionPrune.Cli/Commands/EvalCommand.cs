@@ -1,6 +1,7 @@
 using System.CommandLine;
 using DiffusionPrune.Evaluation;
 using DiffusionPrune.Pipeline;
+using DiffusionPrune.Pipeline.StableDiffusion;
 
 namespace DiffusionPrune.Cli.Commands;
 
@@ -25,7 +26,8 @@ public static class EvalCommand
                           "(the figures are then measured in the MNIST feature net's space, as grey 32 x 32: they compare models on those images).",
             DefaultValueFactory = _ => "mnist",
         };
-        var output = new Option<string?>("--output") { Description = "Write the report as JSON here." };
+        var prompts = new Option<string?>("--prompts") { Description = "Stable Diffusion pipelines: a text file of prompts to evaluate on, one per line (default: eight built-in prompts, none of them a calibration prompt)." };
+        var output = new Option<string?>("--output") { Description = "Write the report as JSON here (for pipelines also the same-seed grid, as a .png beside it)." };
         var device = CliCommon.DeviceOption();
         var backend = CliCommon.BackendOption();
         var provider = CliCommon.ProviderOption();
@@ -33,10 +35,15 @@ public static class EvalCommand
         var json = CliOutput.JsonOption();
         var command = new Command("eval", "Measure a model: FID-proxy (bootstrap interval), KID, precision/recall, class accuracy, SSIM/PSNR, params, MACs, latency.")
         {
-            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, data, output, device, backend, provider, quiet, json,
+            model, samples, steps, scheduler, schedulerConfig, guidance, seed, batch, reference, featureNet, data, prompts, output, device, backend, provider, quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
         {
+            if (StableDiffusionPipeline.IsStableDiffusionFolder(parse.GetValue(model)!))
+                return EvaluatePipeline(parse, model, samples, steps, scheduler, guidance, seed, reference, prompts, output, device, quiet, json,
+                    [schedulerConfig, batch, featureNet, data, backend, provider]);
+            if (parse.GetValue(prompts) is not null)
+                throw new ArgumentException("--prompts is for Stable Diffusion pipelines; this model is not text-conditioned.");
             var request = new EvalRequest
             {
                 ModelPath = parse.GetValue(model)!,
@@ -82,5 +89,43 @@ public static class EvalCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// A Stable Diffusion pipeline against its reference (<see cref="StableDiffusionEvaluator"/>): --samples is images per
+    /// prompt (2 unless given), the guidance 7.5 unless given; the options that only models take are refused when given.
+    /// </summary>
+    private static int EvaluatePipeline(ParseResult parse, Option<string> model, Option<int> samples, Option<int> steps, Option<string?> scheduler,
+        Option<double> guidance, Option<long> seed, Option<string?> reference, Option<string?> prompts, Option<string?> output, Option<string> device,
+        Option<bool> quiet, Option<bool> json, Option[] modelOnly)
+    {
+        foreach (var option in modelOnly)
+            if (parse.GetResult(option) is { Implicit: false })
+                throw new ArgumentException($"{option.Name} is for models, not Stable Diffusion pipelines (they are compared with a reference pipeline, in the torch backend).");
+        string referencePath = parse.GetValue(reference)
+            ?? throw new ArgumentException("A Stable Diffusion pipeline is evaluated against a reference pipeline (usually the one it was pruned from): give --reference-model PIPELINE.");
+        string? outputPath = parse.GetValue(output);
+        var request = new StableDiffusionEvalRequest
+        {
+            ModelPath = parse.GetValue(model)!,
+            ReferencePath = referencePath,
+            Prompts = parse.GetValue(prompts) is { } file ? PruneCommand.ReadPrompts(file) : null,
+            ImagesPerPrompt = parse.GetResult(samples) is { Implicit: false } ? parse.GetValue(samples) : 2,
+            Steps = parse.GetValue(steps),
+            GuidanceScale = parse.GetResult(guidance) is { Implicit: false } ? parse.GetValue(guidance) : StableDiffusionSampleRunner.DefaultGuidanceScale,
+            Seed = parse.GetValue(seed),
+            SchedulerName = parse.GetValue(scheduler) ?? "ddim",
+            GridPath = outputPath is null ? null : Path.ChangeExtension(outputPath, ".png"),
+        };
+        var console = CliOutput.From(parse, quiet, json);
+        var report = StableDiffusionEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!), cancellationToken: CliCommon.Interrupt);
+        console.Pairs(StableDiffusionEvaluator.Rows(report));
+        if (outputPath is not null)
+        {
+            report.Save(outputPath);
+            console.Result($"wrote {outputPath} and {request.GridPath}");
+        }
+        console.Summary(report.ToJson());
+        return 0;
     }
 }
