@@ -20,7 +20,18 @@ public static class InfoCommand
             string path = parse.GetValue(model)!;
             var estimate = ModelFamilies.EstimateFolder(path); // from the config alone: shown even when the model does not fit
             var console = new CliOutput(quiet: false, json: false);
-            console.Pairs(EstimateRows(estimate, batch: parse.GetValue(batch)));
+            var estimateRows = EstimateRows(estimate, batch: parse.GetValue(batch));
+            if (Pipeline.StableDiffusion.StableDiffusionPipeline.IsStableDiffusionFolder(path))
+            {
+                // the rows above are the pipeline's U-Net's; these add its text encoder and VAE
+                var (limit, _) = MemoryLimit.Current();
+                foreach (int images in new[] { 1, 4 })
+                {
+                    var need = Pipeline.StableDiffusion.PipelineResources.Sampling(path, images, guided: true);
+                    estimateRows.Add(($"pipeline, {images} image{(images == 1 ? "" : "s")} guided", need.Describe() + (need.TotalBytes <= limit ? "" : "  ** over the limit **")));
+                }
+            }
+            console.Pairs(estimateRows);
             using var loaded = ModelFamilies.Load(path);
             var cost = ModelCost.Measure(loaded);
             var rows = new List<(string, string)>

@@ -122,6 +122,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         var index = PipelineIndex.Load(path);
         string folder = index.Folder;
         var notes = CheckIndex(index);
+        // its weights and one guided image, from the configs and headers alone: refused before anything is allocated
+        PipelineResources.Sampling(folder, 1, guided: true).EnsureFits(folder);
 
         string schedulerFile = schedulerConfigPath ?? Path.Combine(folder, "scheduler", ModelFolder.SchedulerConfig);
         if (schedulerConfigPath is null && !File.Exists(schedulerFile))

@@ -75,6 +75,8 @@ public static class StableDiffusionSampleRunner
         }
         else
         {
+            // refused from the configs alone, before any weights are read, when the whole run does not fit
+            PipelineResources.Sampling(request.ModelPath, Math.Max(1, request.Count), guided: request.GuidanceScale > 1.0).EnsureFits(request.ModelPath);
             using var pipeline = StableDiffusionPipeline.Load(request.ModelPath, request.SchedulerName, request.Eta, request.SchedulerConfigPath, device);
             foreach (var line in pipeline.Notes) note?.Invoke(line);
 
