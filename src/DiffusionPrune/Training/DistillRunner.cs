@@ -101,16 +101,7 @@ public static class DistillRunner
         log?.Invoke($"distilling {student.ClassName} ({student.ParameterCount():N0} parameters) from its teacher ({teacher.ParameterCount():N0}), " +
             $"kd {request.Kd.ToString().ToLowerInvariant()}, {request.Steps} steps x {request.BatchSize} images of {data.Name}");
 
-        var distillation = new DistillationOptions
-        {
-            Teacher = teacher,
-            TeacherName = SourceIdentity.Describe(request.TeacherPath),
-            Kd = request.Kd,
-            TaskWeight = request.TaskWeight,
-            OutputWeight = request.OutputWeight,
-            FeatureWeight = request.FeatureWeight,
-            TeacherImagesSeen = TeacherImagesSeen(request.TeacherPath),
-        };
+        var distillation = Recipe(request, teacher) with { TeacherImagesSeen = TeacherImagesSeen(request.TeacherPath) };
         var device = student.parameters().FirstOrDefault()?.device ?? CPU;
         using var copy = TrainableCopy(student, device);
         bool wasTraining = teacher.training;
@@ -217,16 +208,7 @@ public static class DistillRunner
         log?.Invoke($"distilling {student.ClassName} ({student.ParameterCount():N0} parameters) from its teacher ({teacher.ParameterCount():N0}), " +
             $"kd {request.Kd.ToString().ToLowerInvariant()}, {request.Steps} steps x {request.BatchSize} latents of the {data.Name}");
 
-        var distillation = new DistillationOptions
-        {
-            Teacher = teacher,
-            TeacherName = SourceIdentity.Describe(request.TeacherPath),
-            Kd = request.Kd,
-            TaskWeight = request.TaskWeight,
-            OutputWeight = request.OutputWeight,
-            FeatureWeight = request.FeatureWeight,
-            DataFree = data.ToJson(builtInPrompts: request.Prompts is null),
-        };
+        var distillation = Recipe(request, teacher) with { DataFree = data.ToJson(builtInPrompts: request.Prompts is null) };
         using var copy = TrainableCopy(student, device);
         bool wasTraining = teacher.training;
         teacher.eval();
@@ -292,6 +274,17 @@ public static class DistillRunner
         }
         return full;
     }
+
+    /// <summary>The loss recipe a request asks for, against <paramref name="teacher"/>: KD form and weights, the teacher named by its source.</summary>
+    private static DistillationOptions Recipe(DistillRequest request, DiffusionModel teacher) => new()
+    {
+        Teacher = teacher,
+        TeacherName = SourceIdentity.Describe(request.TeacherPath),
+        Kd = request.Kd,
+        TaskWeight = request.TaskWeight,
+        OutputWeight = request.OutputWeight,
+        FeatureWeight = request.FeatureWeight,
+    };
 
     /// <summary>A model of the student's structure with a copy of its weights, on <paramref name="device"/>.</summary>
     public static DiffusionModel TrainableCopy(DiffusionModel student, Device device)
