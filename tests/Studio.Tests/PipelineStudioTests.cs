@@ -231,6 +231,9 @@ public sealed class PipelinePruneTests : MudTestContext, IDisposable
         navigation.NavigateTo(navigation.GetUriWithQueryParameter("model", "sd-small"));
         var page = Context.Render<PrunePage>();
         page.WaitForAssertion(() => Assert.NotNull(page.Find(".pipeline-methods")), WaitTimeout);
+        page.WaitForAssertion(() => Assert.Contains("No time estimate for Stable Diffusion pipelines yet", page.Find(".time-estimate").TextContent), WaitTimeout);
+        Assert.Contains("Estimated memory for pruning with magnitude", page.Find(".resource-estimate").TextContent); // the U-Net's, from its config
+        Assert.Contains("The pruned pipeline", page.Find(".output-hint").TextContent);
         page.FindAll("div.mud-input-control.method-select, .method-select div.mud-input-control").First().MouseDown();
         popovers.WaitForAssertion(() => Assert.Contains("magnitude", Offered(popovers)), WaitTimeout);
         var offered = Offered(popovers);
@@ -269,6 +272,32 @@ public sealed class PipelinePruneTests : MudTestContext, IDisposable
         page.FindAll("div.mud-input-control.method-select, .method-select div.mud-input-control").First().MouseDown();
         popovers.WaitForAssertion(() => Assert.Contains("taylor", Offered(popovers)), WaitTimeout);
         Assert.Contains("learnable-depth", Offered(popovers));
+    }
+
+    [Fact]
+    public void A_finished_pipeline_prune_job_does_not_offer_compare_which_runs_single_models()
+    {
+        var job = new PruneJob(new PruneRequest
+        {
+            ModelPath = Path.Combine(_samples.ModelsRoot, "sd-small"), Method = "magnitude", TargetParams = 0.2,
+            OutputPath = Path.Combine(_samples.Root, "out", "pruned", "sd-small-magnitude-20-20261203-120000-000"),
+        });
+        var single = new PruneJob(new PruneRequest
+        {
+            ModelPath = Path.Combine(_samples.ModelsRoot, "tiny-unet"), Method = "magnitude", TargetParams = 0.2,
+            OutputPath = Path.Combine(_samples.Root, "out", "pruned", "tiny-unet-magnitude-20-20261203-120000-000"),
+        });
+        foreach (var j in new[] { job, single })
+        {
+            _state.Track(j);
+            _state.MarkRunning(j.Id);
+            _state.MarkSucceeded(j.Id);
+        }
+        var other = Context.Render<DiffusionPrune.Studio.Components.Pages.Jobs.JobDetail>(p => p.Add(x => x.Id, single.Id));
+        other.WaitForAssertion(() => Assert.NotNull(other.Find("a.compare-with-original")), WaitTimeout); // the page offers it where it can
+        var page = Context.Render<DiffusionPrune.Studio.Components.Pages.Jobs.JobDetail>(p => p.Add(x => x.Id, job.Id));
+        page.WaitForAssertion(() => Assert.Contains("Prune sd-small", page.Markup), WaitTimeout);
+        Assert.Empty(page.FindAll(".compare-with-original"));
     }
 
     [Fact]

@@ -9,8 +9,7 @@ namespace DiffusionPrune.Studio.Prune;
 /// <summary>A prune run's time before it starts: the core's estimate, plus the quick look afterwards when there is one.</summary>
 /// <param name="Prune">The run itself (<see cref="PruneTime.Estimate"/>).</param>
 /// <param name="QuickLook">The quick look's sampling (pruned model and original, same noise), or null without one.</param>
-/// <param name="Pipeline">The model is a Stable Diffusion pipeline, whose quick look draws a few images of a prompt instead of evaluating.</param>
-public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook, PassTimes? QuickLookPass, QuickEvaluation? Evaluation, bool Pipeline = false)
+public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook, PassTimes? QuickLookPass, QuickEvaluation? Evaluation)
 {
     /// <summary>The whole job.</summary>
     public TimeSpan Total => Prune.Total + (QuickLook ?? TimeSpan.Zero);
@@ -26,10 +25,7 @@ public sealed record PruneEstimate(PruneTimeEstimate Prune, TimeSpan? QuickLook,
         get
         {
             string text = $"Pruning: {Prune.Describe()}.";
-            if (QuickLookPass is { } pipelinePass && Evaluation is { } look && Pipeline)
-                text += string.Create(CultureInfo.InvariantCulture,
-                    $" Quick look: {QuickEvaluation.PipelineImages} images of a fixed prompt x {look.Steps} steps from the pruned pipeline and the original ({pipelinePass.ForwardMilliseconds:F1} ms per U-Net step at batch {pipelinePass.Batch} with guidance; the text encoder and VAE are not timed).");
-            else if (QuickLookPass is { } pass && Evaluation is { } eval)
+            if (QuickLookPass is { } pass && Evaluation is { } eval)
                 text += string.Create(CultureInfo.InvariantCulture,
                     $" Quick look: {eval.Samples} images x {eval.Steps} steps from the pruned model and the original ({pass.ForwardMilliseconds:F1} ms per step at batch {pass.Batch}, the original timed in TorchSharp).");
             return text;
@@ -68,9 +64,7 @@ public sealed class PruneEstimates : IDisposable
             if (_disposed) throw new OperationCanceledException("The Studio is shutting down.");
             return await Task.Run(() =>
             {
-                bool pipeline = DiffusionPrune.Pipeline.StableDiffusion.StableDiffusionPipeline.IsStableDiffusionFolder(request.ModelPath);
-                string weights = pipeline ? Path.Combine(request.ModelPath, "unet") : request.ModelPath; // a pipeline's U-Net is what is pruned and timed
-                var written = Directory.EnumerateFiles(weights, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
+                var written = Directory.EnumerateFiles(request.ModelPath, "*.safetensors").Select(File.GetLastWriteTimeUtc).DefaultIfEmpty().Max();
                 if (_loaded is not { } held || held.Path != request.ModelPath || held.Written != written)
                 {
                     _loaded?.Model.Dispose();
@@ -86,10 +80,9 @@ public sealed class PruneEstimates : IDisposable
                 });
                 var prune = PruneTime.Estimate(model, request, Times);
                 if (evaluation is null) return new PruneEstimate(prune, null, null, null);
-                // a pipeline's quick look: its few images with guidance (two U-Net rows each), from both pipelines
-                var pass = Times(new PassKind(pipeline ? 2 * QuickEvaluation.PipelineImages : evaluation.Samples, Backward: false, WeightGradients: false));
+                var pass = Times(new PassKind(evaluation.Samples, Backward: false, WeightGradients: false));
                 var look = TimeSpan.FromMilliseconds(2 * evaluation.Steps * pass.ForwardMilliseconds);
-                return new PruneEstimate(prune, look, pass, evaluation, pipeline);
+                return new PruneEstimate(prune, look, pass, evaluation);
             }, cancel);
         }
         finally
