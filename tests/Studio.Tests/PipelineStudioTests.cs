@@ -7,6 +7,7 @@ using DiffusionPrune.Studio.Hosting;
 using DiffusionPrune.Studio.Jobs;
 using DiffusionPrune.Studio.Prune;
 using Microsoft.AspNetCore.Components;
+using Microsoft.AspNetCore.TestHost;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using MudBlazor;
@@ -343,5 +344,41 @@ public sealed class PipelinePruneTests : MudTestContext, IDisposable
         Assert.True(listed.SafetensorsBytes < TestPipelines.SafetensorsBytes(model)); // a smaller U-Net
         using var pruned = StableDiffusionPipeline.Load(output); // and it loads whole
         Assert.Equal(report["params_after"]!.GetValue<long>(), pruned.Unet.ParameterCount());
+    }
+}
+
+/// <summary>The JSON API on a pipeline: a sample job from a prompt run for real, and what a pipeline cannot take refused before anything is queued.</summary>
+public sealed class PipelineApiTests : IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+
+    public void Dispose() => _samples.Dispose();
+
+    [Fact]
+    public async Task A_sample_job_from_a_prompt_runs_and_what_pipelines_cannot_take_is_refused()
+    {
+        TestPipelines.CopyTo(Path.Combine(_samples.ModelsRoot, "sd-small"));
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny"));
+        await using var app = await TestModels.StartStudioAsync(_samples.Root, new Dictionary<string, string?> { ["Studio:DataFolder"] = Path.Combine(_samples.Root, "data") });
+        var client = app.GetTestClient();
+        foreach (var (body, expected) in new[]
+        {
+            ("""{"kind": "sample", "model": "sd-small"}""", "'prompt' is required"),
+            ("""{"kind": "sample", "model": "sd-small", "prompt": "a cat", "runtime": "onnx"}""", "TorchSharp only"),
+            ("""{"kind": "sample", "model": "sd-small", "prompt": "a cat", "count": 17}""", "at most 16"),
+            ("""{"kind": "sample", "model": "tiny", "prompt": "a cat"}""", "'prompt' is for Stable Diffusion pipelines"),
+            ("""{"kind": "prune", "model": "sd-small", "method": "taylor", "target_params": 0.2}""", "needs captioned training images"),
+            ("""{"kind": "prune", "model": "sd-small", "method": "laptop", "target_params": 0.1, "budget": "latency"}""", "latency budget is not available"),
+            ("""{"kind": "prune", "model": "sd-small", "method": "magnitude", "target_params": 0.2, "prompts": ["a cat"]}""", "reads no prompts"),
+            ("""{"kind": "prune", "model": "tiny", "method": "ecodiff", "target_params": 0.2, "prompts": ["a cat"]}""", "calibrate a Stable Diffusion pipeline"),
+            ("""{"kind": "evaluate", "model": "sd-small"}""", "cannot be evaluated yet"),
+        })
+            await TestModels.AssertRefusedAsync(client, body, expected);
+
+        var job = await TestModels.RunJobAsync(client,
+            """{"kind": "sample", "model": "sd-small", "prompt": "a red cube", "negative_prompt": "blurry", "steps": 2, "count": 2, "seed": 4}""", TimeSpan.FromMinutes(3));
+        Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
+        Assert.Contains("Sampled 2 images in 2 steps on torch", (string)job["result"]!["summary"]!);
+        Assert.Contains("\"a red cube\"", (string)job["name"]!);
     }
 }
