@@ -276,29 +276,19 @@ public sealed class PipelinePruneTests : MudTestContext, IDisposable
     }
 
     [Fact]
-    public void A_finished_pipeline_prune_job_does_not_offer_compare_which_runs_single_models()
+    public void A_finished_pipeline_prune_job_offers_to_compare_it_with_the_original()
     {
         var job = new PruneJob(new PruneRequest
         {
             ModelPath = Path.Combine(_samples.ModelsRoot, "sd-small"), Method = "magnitude", TargetParams = 0.2,
             OutputPath = Path.Combine(_samples.Root, "out", "pruned", "sd-small-magnitude-20-20261203-120000-000"),
         });
-        var single = new PruneJob(new PruneRequest
-        {
-            ModelPath = Path.Combine(_samples.ModelsRoot, "tiny-unet"), Method = "magnitude", TargetParams = 0.2,
-            OutputPath = Path.Combine(_samples.Root, "out", "pruned", "tiny-unet-magnitude-20-20261203-120000-000"),
-        });
-        foreach (var j in new[] { job, single })
-        {
-            _state.Track(j);
-            _state.MarkRunning(j.Id);
-            _state.MarkSucceeded(j.Id);
-        }
-        var other = Context.Render<DiffusionPrune.Studio.Components.Pages.Jobs.JobDetail>(p => p.Add(x => x.Id, single.Id));
-        other.WaitForAssertion(() => Assert.NotNull(other.Find("a.compare-with-original")), WaitTimeout); // the page offers it where it can
+        _state.Track(job);
+        _state.MarkRunning(job.Id);
+        _state.MarkSucceeded(job.Id);
         var page = Context.Render<DiffusionPrune.Studio.Components.Pages.Jobs.JobDetail>(p => p.Add(x => x.Id, job.Id));
-        page.WaitForAssertion(() => Assert.Contains("Prune sd-small", page.Markup), WaitTimeout);
-        Assert.Empty(page.FindAll(".compare-with-original"));
+        page.WaitForAssertion(() => Assert.Equal("compare?models=sd-small&models=pruned%2Fsd-small-magnitude-20-20261203-120000-000",
+            page.Find("a.compare-with-original").GetAttribute("href")), WaitTimeout);
     }
 
     [Fact]
@@ -380,5 +370,86 @@ public sealed class PipelineApiTests : IDisposable
         Assert.True((string?)job["status"] == "succeeded", job.ToJsonString());
         Assert.Contains("Sampled 2 images in 2 steps on torch", (string)job["result"]!["summary"]!);
         Assert.Contains("\"a red cube\"", (string)job["name"]!);
+    }
+}
+
+/// <summary>Compare on pipelines: a prompt instead of FID, one row per pipeline from the same seed, and no mixing with single models.</summary>
+public sealed class PipelineCompareTests : MudTestContext, IDisposable
+{
+    private readonly TempSamplesFolder _samples = new();
+    private readonly JobStateService _state = new();
+
+    public PipelineCompareTests()
+    {
+        TestPipelines.CopyTo(Path.Combine(_samples.ModelsRoot, "sd-small"));
+        TestPipelines.CopyTo(Path.Combine(_samples.Root, "out", "pruned", "sd-copy"));
+        TestModels.SaveTinyUNet(Path.Combine(_samples.ModelsRoot, "tiny-unet"));
+        Context.Services.AddSingleton(_state);
+        Context.Services.AddSingleton<IJobQueue, JobsPageTests.RecordingJobQueue>();
+        Context.Services.AddSingleton<IModelCatalog>(new FileSystemModelCatalog(_samples.Root, [Path.Combine(_samples.Root, "out", "pruned")]));
+        Context.Services.AddSingleton(Microsoft.Extensions.Options.Options.Create(new StudioOptions { OutputRoot = Path.Combine(_samples.Root, "out") }));
+        Context.Services.AddSingleton(new DiffusionPrune.Studio.Compare.ComparisonFolders(Path.Combine(_samples.Root, "out", "compared")));
+    }
+
+    public void Dispose() => _samples.Dispose();
+
+    private IRenderedComponent<DiffusionPrune.Studio.Components.Pages.Compare.Compare> Open(params string[] models)
+    {
+        var navigation = Context.Services.GetRequiredService<NavigationManager>();
+        navigation.NavigateTo("compare?" + string.Join("&", models.Select(m => "models=" + Uri.EscapeDataString(m))));
+        return Context.Render<DiffusionPrune.Studio.Components.Pages.Compare.Compare>();
+    }
+
+    [Fact]
+    public void Two_pipelines_are_compared_on_a_prompt_and_a_pipeline_beside_a_single_model_is_refused()
+    {
+        var mixed = Open("sd-small", "tiny-unet");
+        mixed.WaitForAssertion(() => Assert.Contains("Compare Stable Diffusion pipelines with pipelines only", mixed.Markup), WaitTimeout);
+        Assert.True(mixed.Find("button.start-compare").HasAttribute("disabled"));
+
+        var page = Open("sd-small", "pruned/sd-copy");
+        page.WaitForAssertion(() => Assert.NotNull(page.Find(".pipelines-note")), WaitTimeout);
+        Assert.Empty(page.FindAll(".samples-field")); // no FID images for pipelines
+        Assert.True(page.Find("button.start-compare").HasAttribute("disabled")); // no prompt yet
+        page.Find(".compare-prompt-field input").Input("a red cube");
+        page.Find(".compare-steps-field input").Change("3");
+        page.WaitForAssertion(() => Assert.False(page.Find("button.start-compare").HasAttribute("disabled")), WaitTimeout);
+        page.Find("button.start-compare").Click();
+
+        var queue = (JobsPageTests.RecordingJobQueue)Context.Services.GetRequiredService<IJobQueue>();
+        page.WaitForAssertion(() => Assert.Single(queue.Enqueued), WaitTimeout);
+        var job = Assert.IsType<PipelineCompareJob>(queue.Enqueued[0]);
+        Assert.Equal([Path.Combine(_samples.ModelsRoot, "sd-small"), Path.Combine(_samples.Root, "out", "pruned", "sd-copy")], job.Request.PipelinePaths);
+        Assert.Equal("a red cube", job.Request.Prompt);
+        Assert.Equal(3, job.Request.Steps);
+        Assert.Equal(7.5, job.Request.GuidanceScale);
+        Assert.StartsWith(Path.Combine(_samples.Root, "out", "samples", "compare-pipelines-"), job.Request.OutputPath);
+    }
+
+    [Fact]
+    public async Task A_pipeline_comparison_draws_one_row_per_pipeline_from_the_same_seed()
+    {
+        string output = Path.Combine(_samples.Root, "out", "samples", "compare.png");
+        var state = new JobStateService();
+        using var queue = new ChannelJobQueue(state, NullLogger<ChannelJobQueue>.Instance);
+        await queue.StartAsync(CancellationToken.None);
+        var job = new PipelineCompareJob(new PipelineCompareRequest(
+            [Path.Combine(_samples.ModelsRoot, "sd-small"), Path.Combine(_samples.Root, "out", "pruned", "sd-copy")], ["sd-small", "sd-copy"],
+            "a red cube", null, 7.5, 2, 2, 5, output));
+        await queue.EnqueueAsync(job);
+        await TestPipelines.WaitUntilAsync(() => state.Find(job.Id)?.IsFinished == true, TimeSpan.FromMinutes(3));
+        await queue.StopAsync(CancellationToken.None);
+
+        var done = state.Find(job.Id)!;
+        Assert.True(done.Status == JobStatus.Succeeded, done.Error);
+        Assert.Contains("row 1: sd-small (U-Net 792,964 parameters", done.Result);
+        Assert.Contains("row 2: sd-copy", done.Result);
+        Assert.NotNull(done.Preview);
+        using var grid = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.Rgb24>(output);
+        Assert.Equal((2 * 128 + 3 * 2, 2 * 128 + 3 * 2), (grid.Width, grid.Height)); // 2 rows of 2 images, 32 px enlarged 4 times
+        // the same pipeline from the same seed: the two rows are the same pixels
+        for (int y = 0; y < 128; y += 7)
+            for (int x = 0; x < grid.Width; x += 5)
+                Assert.Equal(grid[x, 2 + y], grid[x, 2 + 128 + 2 + y]);
     }
 }
