@@ -5,6 +5,7 @@ using DiffusionPrune.Evaluation;
 using DiffusionPrune.Export;
 using DiffusionPrune.Batch;
 using DiffusionPrune.Families;
+using DiffusionPrune.Pipeline.StableDiffusion;
 using DiffusionPrune.Pruning;
 using DiffusionPrune.Pruning.Importance;
 using DiffusionPrune.Pruning.Layers;
@@ -202,6 +203,26 @@ public static class StudioApi
         };
         if (!entry.RemovesLayers && (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack))
             throw new ApiInputException($"'budget' and 'selection' apply to the layer methods, not to {entry.Name}.");
+        var prompts = f.OptionalTexts("prompts");
+        double? guidance = f.OptionalDouble("guidance");
+        if (model.IsPipeline)
+        {
+            // what the core refuses on a pipeline, refused here before the job is queued
+            if (entry.UsesImages)
+                throw new ApiInputException($"'method': {entry.Name} needs captioned training images, which a Stable Diffusion pipeline does not carry; use ecodiff, magnitude, random, laptop, ldpruner, ecodiff-layer or random-layer.");
+            if (request.Budget == LayerBudget.Latency) throw new ApiInputException("'budget': a latency budget is not available for Stable Diffusion pipelines yet; use params or macs.");
+            if (prompts is not null && (entry.Workload == PruneWorkload.WeightsOnly || entry.UsesImages))
+                throw new ApiInputException($"'prompts': {entry.Name} does not run the model, so it reads no prompts; leave 'prompts' out.");
+            if (guidance is double g && (g is < 1 or > 30 || entry.Name is not ("ecodiff" or "ecodiff-layer")))
+                throw new ApiInputException("'guidance' (EcoDiff's calibration guidance against the empty prompt) must be from 1 to 30, for ecodiff and ecodiff-layer.");
+            request = request with
+            {
+                Prompts = prompts,
+                EcoDiff = new EcoDiffOptions { GuidanceScale = guidance ?? (entry.Name is "ecodiff" or "ecodiff-layer" ? StableDiffusionSampleRunner.DefaultGuidanceScale : 1.0) },
+            };
+        }
+        else if (prompts is not null || guidance is not null)
+            throw new ApiInputException($"'prompts' and 'guidance' calibrate a Stable Diffusion pipeline; {model.Name} is a {model.ClassName}.");
         return new PruneJob(request, f.OptionalBool("evaluate") ?? false ? QuickLook(f, outputs) : null);
     }
 
@@ -280,6 +301,9 @@ public static class StudioApi
     private static SampleJob SampleJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
         var model = ModelNamed(f.String("model"), models, "model");
+        if (model.IsPipeline) return PipelineSampleJobFrom(f, model, outputs);
+        if (f.OptionalString("prompt") is not null || f.OptionalString("negative_prompt") is not null)
+            throw new ApiInputException($"'prompt' is for Stable Diffusion pipelines; {model.Name} is a {model.ClassName}.");
         if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to sample.");
         string scheduler = f.OptionalString("scheduler") ?? "ddim";
         if (!Schedulers.Scheduler.ShortNames.ContainsKey(scheduler))
@@ -301,6 +325,37 @@ public static class StudioApi
         }, runtime == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
     }
 
+    /// <summary>
+    /// Text to image from a Stable Diffusion pipeline: a prompt (required), an optional negative prompt, guidance (diffusers'
+    /// 7.5 by default), the pipeline's own scheduler unless one is named, one image by default (at most 16); TorchSharp only.
+    /// </summary>
+    private static SampleJob PipelineSampleJobFrom(Fields f, ModelSummary model, string outputs)
+    {
+        string prompt = f.String("prompt");
+        string? negative = f.OptionalString("negative_prompt");
+        string? scheduler = f.OptionalString("scheduler");
+        if (scheduler is not null && !Schedulers.Scheduler.ShortNames.ContainsKey(scheduler))
+            throw new ApiInputException($"'scheduler' must be one of {string.Join(", ", Schedulers.Scheduler.ShortNames.Keys)}, not '{scheduler}'.");
+        int count = f.OptionalInt("count", 1) ?? StableDiffusionSampleRunner.DefaultCount;
+        if (count > 16) throw new ApiInputException($"'count' must be at most 16 for a pipeline, not {count}.");
+        double guidance = f.OptionalDouble("guidance") ?? StableDiffusionSampleRunner.DefaultGuidanceScale;
+        if (guidance is < 0 or > 30) throw new ApiInputException("'guidance' must be between 0 and 30 (1 or less: the prompt alone).");
+        if ((f.OptionalString("runtime") ?? "torch") != "torch")
+            throw new ApiInputException("'runtime': Stable Diffusion pipelines run in TorchSharp only (ONNX Runtime does not run them yet); use \"torch\" or leave it out.");
+        return new SampleJob(new DiffusionPrune.Inference.SampleRequest
+        {
+            ModelPath = model.FolderPath,
+            SchedulerName = scheduler,
+            Steps = f.OptionalInt("steps", 1) ?? 25,
+            Count = count,
+            Seed = f.OptionalLong("seed") ?? 0,
+            GuidanceScale = guidance,
+            Prompt = prompt,
+            NegativePrompt = negative,
+            OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.SamplesFolder), OutputNames.Shown(model.Name)) + ".png",
+        });
+    }
+
     /// <summary>The quick look after a prune or distil job, in the runtime the request asks for (ONNX Runtime by default).</summary>
     private static QuickEvaluation QuickLook(Fields f, string outputs) =>
         new(OnnxCache: Runtime(f) == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
@@ -315,6 +370,8 @@ public static class StudioApi
     private static EvaluateJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
         var model = ModelNamed(f.String("model"), models, "model");
+        if (model.IsPipeline)
+            throw new ApiInputException($"'model': {model.Name} is a Stable Diffusion pipeline, which cannot be evaluated yet (FID-proxy measures against MNIST and has no reference images for prompts); sample it from a prompt instead.");
         if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to evaluate.");
         var reference = f.OptionalString("reference") is { } name ? ModelNamed(name, models, "reference") : null;
         if (reference?.FolderPath == model.FolderPath) throw new ApiInputException("'reference' must be another model than 'model'.");
@@ -636,6 +693,14 @@ public static class StudioApi
             Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<string>(out var s) && s.Length > 0)
                 ? array.Select(n => n!.GetValue<string>()).ToList()
                 : throw new ApiInputException($"'{key}' is required and must be a list of names.");
+
+        public IReadOnlyList<string>? OptionalTexts(string key) => Get(key) switch
+        {
+            null => null,
+            JsonArray { Count: > 0 } array when array.All(n => n is JsonValue v && v.TryGetValue<string>(out var s) && !string.IsNullOrWhiteSpace(s))
+                => array.Select(n => n!.GetValue<string>().Trim()).ToList(),
+            _ => throw new ApiInputException($"'{key}' must be a non-empty list of non-empty strings."),
+        };
 
         public IReadOnlyList<double> Doubles(string key) =>
             Get(key) is JsonArray array && array.All(n => n is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d))

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using DiffusionPrune.Formats;
+using DiffusionPrune.Pipeline.StableDiffusion;
 
 namespace DiffusionPrune.Studio.Catalog;
 
@@ -7,6 +8,9 @@ namespace DiffusionPrune.Studio.Catalog;
 /// Reads model folders laid out the diffusers way (<c>config.json</c> beside
 /// <c>diffusion_pytorch_model.safetensors</c>). Only <c>_class_name</c> is read, with
 /// System.Text.Json, so the Studio does not depend on the core library's model configs yet.
+/// A Stable Diffusion pipeline folder (<c>model_index.json</c> at its root, no <c>config.json</c>) is one model: its
+/// class is the pipeline's, its size every component's safetensors, and it is checked as the core loads it (component
+/// classes and subfolders) without reading weights.
 /// </summary>
 public sealed class FileSystemModelCatalog : IModelCatalog
 {
@@ -74,8 +78,13 @@ public sealed class FileSystemModelCatalog : IModelCatalog
         return models;
     }
 
+    /// <summary>The components of a Stable Diffusion pipeline that hold weights (the tokenizer and scheduler are configs).</summary>
+    private static readonly string[] PipelineWeightedComponents = ["text_encoder", "unet", "vae"];
+
     private static async Task<ModelSummary> ReadFolderAsync(string folder, string name, CancellationToken cancellationToken)
     {
+        if (!File.Exists(Path.Combine(folder, ConfigFileName)) && File.Exists(Path.Combine(folder, ModelFolder.PipelineIndex)))
+            return ReadPipelineFolder(folder, name);
         long safetensorsBytes;
         try
         {
@@ -90,6 +99,38 @@ public sealed class FileSystemModelCatalog : IModelCatalog
         if (problem is null && safetensorsBytes == 0)
             problem = $"No .safetensors file in {folder}; add the weights beside config.json.";
         return new ModelSummary(name, folder, className, safetensorsBytes, problem);
+    }
+
+    /// <summary>
+    /// A pipeline folder as one model: the class model_index.json names, the size of every present component's
+    /// safetensors, and what the core's loader would refuse (a component missing, of a class it does not take, or
+    /// without weights) as the problem.
+    /// </summary>
+    private static ModelSummary ReadPipelineFolder(string folder, string name)
+    {
+        string? className = null;
+        try
+        {
+            var index = PipelineIndex.Load(folder);
+            className = index.ClassName;
+            StableDiffusionPipeline.CheckFolder(folder); // throws, naming the component, what Load would refuse before reading weights
+            long bytes = 0;
+            foreach (var component in index.Components.Values.Where(c => !c.IsAbsent))
+            {
+                string subfolder = Path.Combine(folder, component.Name);
+                if (Directory.Exists(subfolder))
+                    bytes += Directory.EnumerateFiles(subfolder, "*.safetensors").Sum(file => new FileInfo(file).Length);
+            }
+            string? problem = PipelineWeightedComponents
+                .Where(c => !Directory.EnumerateFiles(Path.Combine(folder, c), "*.safetensors").Any())
+                .Select(c => $"No .safetensors file in {Path.Combine(folder, c)}; a pipeline's {c} needs its weights as safetensors (convert .bin files).")
+                .FirstOrDefault();
+            return new ModelSummary(name, folder, className, bytes, problem);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException || UserErrors.Is(e))
+        {
+            return new ModelSummary(name, folder, className, 0, $"This pipeline folder cannot be used: {e.Message.TrimEnd('.')}.");
+        }
     }
 
     private static async Task<(string? ClassName, string? Problem)> ReadClassNameAsync(

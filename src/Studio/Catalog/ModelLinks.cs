@@ -55,8 +55,8 @@ public sealed class ModelLinks(IReadOnlyList<string> roots, string storePath)
                 .FirstOrDefault(root => real.StartsWith(root.Real + System.IO.Path.DirectorySeparatorChar, StringComparison.Ordinal));
             if (inside.Real is null)
                 throw new ModelUploadException($"'{path}' is not inside a configured model root ({string.Join(", ", Roots)}), after following symbolic links.");
-            if (!Directory.Exists(real) || !File.Exists(System.IO.Path.Combine(real, ModelFolder.Config)))
-                throw new ModelUploadException($"'{path}' is not a model folder: it has no {ModelFolder.Config}.");
+            if (!Directory.Exists(real) || !(File.Exists(System.IO.Path.Combine(real, ModelFolder.Config)) || File.Exists(System.IO.Path.Combine(real, ModelFolder.PipelineIndex))))
+                throw new ModelUploadException($"'{path}' is not a model folder: it has no {ModelFolder.Config} (nor a pipeline's {ModelFolder.PipelineIndex}).");
             if (LeavesRoot(real, inside.Real))
                 throw new ModelUploadException($"'{path}' holds a symbolic link that leads out of the model root; copy the file into the folder instead.");
         }
@@ -69,8 +69,16 @@ public sealed class ModelLinks(IReadOnlyList<string> roots, string storePath)
         await _validating.WaitAsync(cancellationToken);
         try
         {
-            using var pipeline = new Pipeline.DiffusionPipeline();
-            await pipeline.LoadAsync(real, cancel: cancellationToken);
+            if (!File.Exists(System.IO.Path.Combine(real, ModelFolder.Config)) && File.Exists(System.IO.Path.Combine(real, ModelFolder.PipelineIndex)))
+            {
+                // a Stable Diffusion pipeline: every component loaded strictly, as sampling it will
+                await Task.Run(() => Pipeline.StableDiffusion.StableDiffusionPipeline.Load(real).Dispose(), cancellationToken);
+            }
+            else
+            {
+                using var pipeline = new Pipeline.DiffusionPipeline();
+                await pipeline.LoadAsync(real, cancel: cancellationToken);
+            }
         }
         catch (Exception e) when (UserErrors.Is(e))
         {

@@ -1,6 +1,10 @@
 using System.Globalization;
 using DiffusionPrune.Evaluation;
+using DiffusionPrune.Formats;
+using DiffusionPrune.Imaging;
+using DiffusionPrune.Inference;
 using DiffusionPrune.Pipeline;
+using DiffusionPrune.Pipeline.StableDiffusion;
 using DiffusionPrune.Pruning;
 
 namespace DiffusionPrune.Studio.Jobs;
@@ -41,6 +45,70 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? O
         if (eval.Ssim is double ssim) text += string.Create(CultureInfo.InvariantCulture, $", SSIM to {referenceName} {ssim:F3}");
         return text;
     }
+
+    /// <summary>The prompt a pruned Stable Diffusion pipeline's quick look draws (diffusers' own example prompt).</summary>
+    public const string PipelinePrompt = "a photograph of an astronaut riding a horse";
+
+    /// <summary>Images per pipeline in a pipeline's quick look: text-to-image on the CPU is slow, so two, not <see cref="Samples"/>.</summary>
+    public const int PipelineImages = 2;
+
+    /// <summary>
+    /// The quick look of a pruned Stable Diffusion pipeline, which the core cannot evaluate yet (its FID-proxy measures
+    /// against MNIST; there are no reference images for prompts): <see cref="PipelineImages"/> images of
+    /// <see cref="PipelinePrompt"/> from the original and from the pruned pipeline, same seed (so the same starting noise),
+    /// <see cref="Steps"/> steps, guidance 7.5, in TorchSharp. The grid (original above, pruned below) becomes the job's
+    /// preview and is saved as <see cref="PruneJob.QuickLookFile"/> in the pruned pipeline's folder.
+    /// </summary>
+    public async Task<string> RunPipelineAsync(DiffusionPipeline pipeline, string model, string reference, long seed,
+        IProgress<StageProgress> originalProgress, IProgress<StageProgress> prunedProgress, CancellationToken cancellationToken)
+    {
+        string temp = Directory.CreateTempSubdirectory("dprune-quick-look-").FullName;
+        try
+        {
+            var images = new List<TorchSharp.torch.Tensor>();
+            try
+            {
+                foreach (var (path, name, progress) in new[] { (reference, "original", originalProgress), (model, "pruned", prunedProgress) })
+                {
+                    string output = Path.Combine(temp, name + ".safetensors"); // safetensors keep the decoded images for the grid
+                    var sampled = await pipeline.SampleAsync(new SampleRequest
+                    {
+                        ModelPath = path,
+                        Prompt = PipelinePrompt,
+                        Steps = Steps,
+                        Count = PipelineImages,
+                        Seed = seed,
+                        GuidanceScale = StableDiffusionSampleRunner.DefaultGuidanceScale,
+                        OutputPath = output,
+                    }, progress, cancellationToken);
+                    sampled.Final.Dispose();
+                    sampled.Trajectory?.Dispose();
+                    using var file = SafetensorsFile.Open(output);
+                    images.Add(file.ReadFloat("image"));
+                }
+                using var both = TorchSharp.torch.cat(images, 0);
+                int scale = Math.Max(1, 128 / (int)both.shape[^1]); // tiny test pipelines are enlarged, real ones shown as they are
+                var (png, width, height) = ImageGrid.Png(both, columns: PipelineImages, scale: scale);
+                Runtime.AtomicFile.Replace(Path.Combine(model, PruneJob.QuickLookFile), path => File.WriteAllBytes(path, png));
+                string caption = string.Create(CultureInfo.InvariantCulture,
+                    $"\"{PipelinePrompt}\", seed {seed}, {Steps} steps, guidance {StableDiffusionSampleRunner.DefaultGuidanceScale}: the original above, the pruned pipeline below");
+                originalProgress.Report(new StageProgress(PipelineStage.Sample, null, "quick look", Preview: new PreviewImage(png, width, height, caption)));
+            }
+            finally
+            {
+                foreach (var image in images) image.Dispose();
+            }
+        }
+        finally
+        {
+            try { Directory.Delete(temp, recursive: true); }
+            catch (IOException) { /* a leftover temp folder harms nothing */ }
+        }
+        string guidance = StableDiffusionSampleRunner.DefaultGuidanceScale.ToString(CultureInfo.InvariantCulture);
+        return $"Quick look ({PipelineImages} images of \"{PipelinePrompt}\" from the original and the pruned pipeline, same seed, {Steps} steps, " +
+            $"guidance {guidance}, in TorchSharp): no FID-proxy, because the core does not evaluate pipelines yet " +
+            "(its FID-proxy measures against MNIST and has no reference images for prompts); compare the images instead";
+    }
 }
 
 /// <summary>
@@ -53,6 +121,9 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
 {
     /// <summary>The request the job runs.</summary>
     public PruneRequest Request { get; } = request;
+
+    /// <summary>A pruned pipeline's quick look grid (the original above, the pruned pipeline below), beside its prune_report.json.</summary>
+    public const string QuickLookFile = "quick_look.png";
 
     /// <summary>The evaluation after pruning; null skips it.</summary>
     public QuickEvaluation? Evaluation { get; } = evaluation;
@@ -95,8 +166,16 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
             if (layers.Additivity?.PearsonR is double r)
                 result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
         }
-        if (Evaluation is { } quick)
-            result += ". " + await quick.RunAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
+        if (Evaluation is { } quick && StableDiffusionPipeline.IsStableDiffusionFolder(Request.ModelPath))
+        {
+            double half = (1 - PruneShare) / 2;
+            pipeline.Forget(Request.OutputPath!); // the U-Nets held in memory: the quick look loads each whole pipeline instead
+            pipeline.Forget(Request.ModelPath);
+            result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath!, Request.ModelPath, Request.Seed,
+                Forward(progress, PruneShare, half), Forward(progress, PruneShare + half, half), cancellationToken);
+        }
+        else if (Evaluation is { } quick2)
+            result += ". " + await quick2.RunAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
                 Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;

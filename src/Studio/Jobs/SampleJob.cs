@@ -34,7 +34,10 @@ public sealed class SampleJob(SampleRequest request, string? onnxCache = null) :
     internal sealed record StoredSample(SampleRequest Request, string? OnnxCache);
 
     /// <inheritdoc />
-    public override string Name => string.Create(CultureInfo.InvariantCulture,
+    public override string Name => Request.Prompt is { } prompt
+        ? string.Create(CultureInfo.InvariantCulture,
+            $"Sample {Request.Count} of \"{(prompt.Length > 60 ? prompt[..57] + "..." : prompt)}\" from {OutputNames.Shown(Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath)))} ({Request.SchedulerName ?? "its scheduler"}, {Request.Steps} steps, guidance {Request.GuidanceScale:0.##}, seed {Request.Seed}, TorchSharp)")
+        : string.Create(CultureInfo.InvariantCulture,
         $"Sample {Request.Count} from {OutputNames.Shown(Path.GetFileName(Path.TrimEndingDirectorySeparator(Request.ModelPath)))} ({Request.SchedulerName ?? "its scheduler"}, {Request.Steps} steps{(Request.GuidanceScale > 1 ? $", guidance {Request.GuidanceScale:0.##}" : "")}, seed {Request.Seed}, {(OnnxCache is null ? "TorchSharp" : "ONNX Runtime")})");
 
     /// <inheritdoc />

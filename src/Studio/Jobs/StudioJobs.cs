@@ -56,6 +56,11 @@ public static class StudioJobs
                         var request = JsonSerializer.Deserialize<Evaluation.CompareRequest>(requestJson) ?? throw new JsonException("null");
                         return new CompareJob(request) { Id = id };
                     }
+                case "compare-pipelines":
+                    {
+                        var request = JsonSerializer.Deserialize<PipelineCompareRequest>(requestJson) ?? throw new JsonException("null");
+                        return new PipelineCompareJob(request) { Id = id };
+                    }
                 case "batch":
                     {
                         // the plan is in the batch's folder; run again, finished items are skipped and the rest done

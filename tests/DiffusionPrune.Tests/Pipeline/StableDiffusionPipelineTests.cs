@@ -217,6 +217,29 @@ public class StableDiffusionPipelineTests(ITestOutputHelper testOutput)
     }
 
     [Fact]
+    public void CheckFolder_refuses_what_Load_refuses_before_weights_by_name_and_reads_no_weights()
+    {
+        using var temp = Fixtures.Temp();
+        string good = CopyPipeline(temp);
+        Assert.Empty(StableDiffusionPipeline.CheckFolder(good));
+        // it reads model_index.json and the subfolders' presence only: missing weights are Load's to find
+        File.Delete(Path.Combine(good, "unet", "diffusion_pytorch_model.safetensors"));
+        Assert.Empty(StableDiffusionPipeline.CheckFolder(good));
+        Assert.ThrowsAny<Exception>(() => StableDiffusionPipeline.Load(good));
+
+        using var other = Fixtures.Temp();
+        string xl = CopyPipeline(other, index => index["_class_name"] = "StableDiffusionXLPipeline");
+        Assert.Contains("StableDiffusionXLPipeline", Assert.Throws<NotSupportedException>(() => StableDiffusionPipeline.CheckFolder(xl)).Message);
+        using var third = Fixtures.Temp();
+        string noVae = CopyPipeline(third);
+        Directory.Delete(Path.Combine(noVae, "vae"), recursive: true);
+        Assert.Contains("vae/", Assert.Throws<ModelFormatException>(() => StableDiffusionPipeline.CheckFolder(noVae)).Message);
+        using var fourth = Fixtures.Temp();
+        string withChecker = CopyPipeline(fourth, index => index["safety_checker"] = new JsonArray("stable_diffusion", "StableDiffusionSafetyChecker"));
+        Assert.Contains(StableDiffusionPipeline.CheckFolder(withChecker), note => note.Contains("safety_checker", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void An_unsupported_scheduler_class_is_refused_naming_the_supported_ones()
     {
         using var temp = Fixtures.Temp();

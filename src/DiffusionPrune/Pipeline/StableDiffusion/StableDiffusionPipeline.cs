@@ -107,6 +107,13 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>
+    /// The checks <see cref="Load"/> makes before reading any weights: model_index.json names a StableDiffusionPipeline and
+    /// each component with a class it takes, and every component has its subfolder. Cheap (reads one JSON file), for
+    /// listing folders; throws what <see cref="Load"/> would, by name, and returns the notes on components left out.
+    /// </summary>
+    public static IReadOnlyList<string> CheckFolder(string path) => CheckIndex(PipelineIndex.Load(path));
+
+    /// <summary>
     /// Loads a StableDiffusionPipeline folder as diffusers saves it: model_index.json must name the pipeline class and
     /// each component with the class diffusers' pipeline expects (tokenizer CLIPTokenizer, text_encoder CLIPTextModel,
     /// unet UNet2DConditionModel, vae AutoencoderKL, and a scheduler), and each component's subfolder must load strictly.
