@@ -1,3 +1,4 @@
+// TorchSharp-free: samples/OnDeviceDemo compiles this file (for the CLIP tokenizer and the ONNX pipeline session). Use only the BCL and Formats/Messages.cs here.
 using System.Text.Json;
 using System.Text.Json.Nodes;
 

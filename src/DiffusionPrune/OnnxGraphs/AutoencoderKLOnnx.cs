@@ -15,7 +15,7 @@ namespace DiffusionPrune.OnnxGraphs;
 /// </summary>
 public static class AutoencoderKLOnnx
 {
-    public const string LatentInput = "latent_sample", SampleOutput = "sample";
+    public const string LatentInput = Inference.Onnx.OnnxPipelineLayout.LatentSample, SampleOutput = Inference.Onnx.OnnxPipelineLayout.DecodedSample;
 
     public static void BuildDecoder(OnnxGraph g, AutoencoderKL vae)
     {

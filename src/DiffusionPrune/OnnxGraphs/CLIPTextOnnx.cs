@@ -16,7 +16,7 @@ namespace DiffusionPrune.OnnxGraphs;
 /// </summary>
 public static class CLIPTextOnnx
 {
-    public const string InputIds = "input_ids", LastHiddenState = "last_hidden_state";
+    public const string InputIds = Inference.Onnx.OnnxPipelineLayout.InputIds, LastHiddenState = Inference.Onnx.OnnxPipelineLayout.LastHiddenState;
 
     public static void Build(OnnxGraph g, CLIPTextModel model, DataType idType = DataType.Int32)
     {

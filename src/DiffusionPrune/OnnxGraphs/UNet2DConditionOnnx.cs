@@ -22,7 +22,7 @@ namespace DiffusionPrune.OnnxGraphs;
 public static class UNet2DConditionOnnx
 {
     /// <summary>The text-state input, named as diffusers' ONNX U-Net names it.</summary>
-    public const string EncoderHiddenStatesInput = "encoder_hidden_states";
+    public const string EncoderHiddenStatesInput = Inference.Onnx.OnnxPipelineLayout.EncoderHiddenStates;
     public const string HeightDim = "height", WidthDim = "width", SequenceDim = "sequence";
 
     public static void Build(OnnxGraph g, UNet2DConditionModel model)

@@ -1,3 +1,4 @@
+// TorchSharp-free: samples/OnDeviceDemo compiles this file. Use only the BCL, Formats/Messages.cs, Formats/ModelFolder.cs and Models/ConfigJson.cs here.
 using System.Collections.Concurrent;
 using System.Net;
 using System.Text;

@@ -41,8 +41,10 @@ public sealed record StableDiffusionOnnxExport(string OutputPath, IReadOnlyList<
 /// </summary>
 public static class StableDiffusionOnnxExporter
 {
-    public const string PipelineClassName = "OnnxStableDiffusionPipeline";
-    public const string TextEncoderFolder = "text_encoder", UNetFolder = "unet", VaeDecoderFolder = "vae_decoder", TokenizerFolder = "tokenizer", SchedulerFolder = "scheduler";
+    // the layout's names live in the TorchSharp-free contract (Inference/Onnx/OnnxStableDiffusionSession.cs), which samples/OnDeviceDemo compiles
+    public const string PipelineClassName = OnnxPipelineLayout.ClassName;
+    public const string TextEncoderFolder = OnnxPipelineLayout.TextEncoderFolder, UNetFolder = OnnxPipelineLayout.UNetFolder,
+        VaeDecoderFolder = OnnxPipelineLayout.VaeDecoderFolder, TokenizerFolder = OnnxPipelineLayout.TokenizerFolder, SchedulerFolder = OnnxPipelineLayout.SchedulerFolder;
 
     /// <summary>The formats a pipeline exports in: onnx only (the default); safetensors is refused, the source already is that layout.</summary>
     public static void CheckFormats(string modelPath, IReadOnlyList<ExportFormat> formats)
@@ -239,17 +241,5 @@ public static class StableDiffusionOnnxExporter
         node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString("P1", CultureInfo.InvariantCulture) : "—";
 
     /// <summary>An existing folder an export may replace: an earlier ONNX pipeline (its model_index.json names the ONNX pipeline class).</summary>
-    public static bool IsOnnxPipeline(string folder)
-    {
-        string index = Path.Combine(folder, ModelFolder.PipelineIndex);
-        if (!File.Exists(index)) return false;
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(index))?["_class_name"] is JsonValue v && v.TryGetValue<string>(out var name) && name == PipelineClassName;
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
-    }
+    public static bool IsOnnxPipeline(string folder) => OnnxPipelineLayout.IsOnnxPipeline(folder);
 }
