@@ -58,7 +58,7 @@ public sealed record ArrayStableDiffusionOutput(float[] Latents, int[] LatentSha
 /// (every guided step, <see cref="ArrayDiffusionSampler.SampleText"/>) and vae_decoder in ONNX Runtime sessions, with DDIM
 /// (<see cref="ArrayDDIMScheduler"/>) as the only scheduler. Its twin is
 /// <c>Pipeline/StableDiffusion/OnnxStableDiffusionPipeline.cs</c> (same inputs, dtypes, guidance order and decoding;
-/// OnnxStableDiffusionSessionTests runs both from the same noise).
+/// OnDeviceDemoPipelineTests runs both from the same noise).
 /// </summary>
 public sealed class OnnxStableDiffusionSession : IDisposable
 {
