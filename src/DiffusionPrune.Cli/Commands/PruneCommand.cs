@@ -8,8 +8,10 @@ using DiffusionPrune.Pruning.Importance;
 namespace DiffusionPrune.Cli.Commands;
 
 /// <summary>
-/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|ecodiff-layer|random-layer --target-params 0.2 [--budget params|macs|latency]
-/// --steps 10 --iterations N --calibration K [--prompts FILE for a Stable Diffusion pipeline] --output DIR</c>
+/// <c>dprune prune --model DIR --method ecodiff|magnitude|random|taylor|laptop|ldpruner|learnable-depth|ecodiff-layer|random-layer --target-params 0.2 [--budget params|macs|latency]
+/// --steps 10 --iterations N --calibration K [--prompts FILE for a Stable Diffusion pipeline] --output DIR</c>.
+/// On a pipeline, taylor and learnable-depth calibrate on latents the pipeline samples from the prompts
+/// (<c>--teacher-samples</c>, <c>--teacher-steps</c>, <c>--teacher-guidance</c>, named as in <c>dprune distill</c>).
 /// </summary>
 public static class PruneCommand
 {
@@ -46,8 +48,11 @@ public static class PruneCommand
         var initialLogit = new Option<double>("--initial-logit") { Description = "EcoDiff: the logit every gate starts at (3: nearly open).", DefaultValueFactory = _ => 3.0 };
         var ecoBatch = new Option<int>("--ecodiff-batch") { Description = "EcoDiff: calibration samples per iteration (the calibration set is cycled in batches of this size).", DefaultValueFactory = _ => 4 };
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models, or a Stable Diffusion pipeline against the empty prompt; use the scale you will sample with, e.g. 7.5).", DefaultValueFactory = _ => 1.0 };
-        var prompts = new Option<string?>("--prompts") { Description = "EcoDiff on a Stable Diffusion pipeline folder: a text file of calibration prompts, one per line (blank lines skipped; default: eight built-in generic prompts)." };
-        var data = new Option<string?>("--data") { Description = "Calibration images for taylor: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size." };
+        var prompts = new Option<string?>("--prompts") { Description = "A Stable Diffusion pipeline folder: a text file of calibration prompts, one per line (blank lines skipped; default: eight built-in generic prompts), for every method that runs the model; taylor and learnable-depth calibrate on the pipeline's own samples from them." };
+        var teacherSamples = new Option<int?>("--teacher-samples") { Description = "taylor and learnable-depth on a Stable Diffusion pipeline: calibration latents the pipeline samples per prompt (default: enough for --calibration, ceil(calibration / prompts))." };
+        var teacherSteps = new Option<int?>("--teacher-steps") { Description = $"taylor and learnable-depth on a Stable Diffusion pipeline: DDIM steps per calibration latent (default {PruneRunner.DefaultTeacherSampleSteps})." };
+        var teacherGuidance = new Option<double?>("--teacher-guidance") { Description = $"taylor and learnable-depth on a Stable Diffusion pipeline: the classifier-free guidance the calibration latents are sampled with (default {PruneRunner.DefaultTeacherGuidanceScale.ToString(System.Globalization.CultureInfo.InvariantCulture)})." };
+        var data = new Option<string?>("--data") { Description = "Calibration images for taylor and learnable-depth: mnist (default), an mnist.bin.gz file, or a folder of PNG/JPEG images (class subfolders 0/, 1/, ... for class-conditional models), resized to the model's size. Not for Stable Diffusion pipelines (they sample their own from --prompts)." };
         var schedulerConfig = new Option<string?>("--scheduler-config") { Description = "scheduler_config.json (default: the model's own)." };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
         var output = new Option<string?>("--output") { Description = "Folder for the pruned model (diffusers layout + prune_report.json); required unless --probe-memory." };
@@ -60,7 +65,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, prompts, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, prompts, teacherSamples, teacherSteps, teacherGuidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -82,6 +87,9 @@ public static class PruneCommand
                 SchedulerConfigPath = parse.GetValue(schedulerConfig),
                 Data = parse.GetValue(data),
                 Prompts = parse.GetValue(prompts) is { } promptFile ? ReadPrompts(promptFile) : null,
+                TeacherSamplesPerPrompt = parse.GetValue(teacherSamples),
+                TeacherSampleSteps = parse.GetValue(teacherSteps),
+                TeacherGuidanceScale = parse.GetValue(teacherGuidance),
                 Steps = parse.GetValue(steps),
                 Iterations = parse.GetValue(iterations),
                 Calibration = parse.GetValue(calibration),

@@ -48,6 +48,9 @@ public sealed record PruneRequest
     public long Seed { get; init; }
     public SelectionScope Scope { get; init; } = SelectionScope.Global;
     public double MinKeepFraction { get; init; } = 0.1;
+    /// <summary>Taylor settings (timestep stride, informative-timestep threshold, micro-batch, normalisation); the defaults are Diff-Pruning's, on a coarser grid.</summary>
+    public TaylorOptions Taylor { get; init; } = new();
+
     /// <summary>EcoDiff settings beyond iterations and seed (beta, learning rate, regulariser, gates, checkpointing).</summary>
     public EcoDiffOptions EcoDiff { get; init; } = new();
     /// <summary>
@@ -67,18 +70,33 @@ public sealed record PruneRequest
     public int CheckpointEvery { get; init; } = 10;
 
     /// <summary>
-    /// Calibration images for methods that use them (taylor): <c>mnist</c>, an MNIST data file or a folder of PNG/JPEG
-    /// images (<see cref="Data.ImageDatasets.Open"/>); null for the method's default. An error for data-free methods.
+    /// Calibration images for methods that use them (taylor, learnable-depth): <c>mnist</c>, an MNIST data file or a folder
+    /// of PNG/JPEG images (<see cref="Data.ImageDatasets.Open"/>); null for the method's default. An error for data-free
+    /// methods, and for a Stable Diffusion pipeline, whose image methods calibrate on its own samples from <see cref="Prompts"/>.
     /// </summary>
     public string? Data { get; init; }
 
     /// <summary>
-    /// EcoDiff on a Stable Diffusion pipeline folder: the prompts of the calibration trajectories (CLI <c>--prompts FILE</c>,
-    /// one per line), encoded by the pipeline's tokenizer and text encoder; calibration sample k follows prompt k mod the
-    /// count. Null takes <see cref="PruneRunner.DefaultCalibrationPrompts"/>. Refused for models without text conditioning
-    /// and for methods that do not calibrate on prompts.
+    /// A Stable Diffusion pipeline folder: the calibration prompts (CLI <c>--prompts FILE</c>, one per line), encoded by the
+    /// pipeline's tokenizer and text encoder. EcoDiff and the layer methods follow trajectories from them (calibration
+    /// sample k follows prompt k mod the count); taylor and learnable-depth calibrate on latents the pipeline samples from
+    /// them (<see cref="TeacherSamplesPerPrompt"/>). Null takes <see cref="PruneRunner.DefaultCalibrationPrompts"/>. Refused
+    /// for models without text conditioning and for methods that do not run the model.
     /// </summary>
     public IReadOnlyList<string>? Prompts { get; init; }
+
+    /// <summary>
+    /// taylor and learnable-depth on a Stable Diffusion pipeline: latents the pipeline's own U-Net samples per prompt, the
+    /// calibration images (<see cref="TeacherSamples"/>). Null: enough for <see cref="Calibration"/>, ceil(calibration / prompts).
+    /// Refused (like the two below) for other models and methods, which sample no calibration latents.
+    /// </summary>
+    public int? TeacherSamplesPerPrompt { get; init; }
+
+    /// <summary>taylor and learnable-depth on a pipeline: DDIM steps per calibration latent. Null: 25, as <c>dprune distill</c>.</summary>
+    public int? TeacherSampleSteps { get; init; }
+
+    /// <summary>taylor and learnable-depth on a pipeline: the classifier-free guidance the latents are sampled with. Null: 7.5, as <c>dprune distill</c>.</summary>
+    public double? TeacherGuidanceScale { get; init; }
 
     /// <summary>
     /// EcoDiff: classifier-free guidance for the calibration trajectories of a model with a null class (a DiT) or of a
@@ -164,7 +182,7 @@ public static class PruneRunner
         {
             PruneWorkload.WeightsOnly => model.Inference(1),
             PruneWorkload.Forward => model.Inference(noises * guidance),
-            PruneWorkload.Gradients => model.Gradients(Math.Min(noises, new TaylorOptions().MicroBatch)),
+            PruneWorkload.Gradients => model.Gradients(Math.Min(noises, request.Taylor.MicroBatch)),
             // one calibration batch at a time, and the final latents of every calibration noise as targets
             PruneWorkload.MaskLearning => model.MaskLearning(Math.Min(noises, request.EcoDiff.BatchSize) * guidance, Math.Max(1, request.Steps),
                     request.EcoDiff.Checkpointing) is var step
@@ -246,6 +264,60 @@ public static class PruneRunner
         settings["prompt_source"] = request.Prompts is null ? "built-in" : "request";
     }
 
+    /// <summary>DDIM steps per calibration latent when the request gives none (the default of <c>dprune distill --teacher-steps</c>).</summary>
+    public const int DefaultTeacherSampleSteps = 25;
+
+    /// <summary>The guidance calibration latents are sampled with when the request gives none (<c>dprune distill --teacher-guidance</c>).</summary>
+    public const double DefaultTeacherGuidanceScale = 7.5;
+
+    /// <summary>
+    /// The latents per prompt a pipeline samples for taylor and learnable-depth: the request's, else just enough that
+    /// <paramref name="prompts"/> x it covers the calibration count.
+    /// </summary>
+    public static int TeacherSamplesPerPromptOf(PruneRequest request, int prompts) =>
+        request.TeacherSamplesPerPrompt ?? Math.Max(1, (Math.Max(1, request.Calibration) + prompts - 1) / prompts);
+
+    /// <summary>
+    /// The calibration images of taylor and learnable-depth on a Stable Diffusion pipeline's U-Net: the prompts encoded
+    /// (with the empty prompt, for guidance) and latents the U-Net itself samples from them with deterministic DDIM
+    /// (<see cref="TeacherSamples"/>, whose doc says why its own samples rather than Gaussian latents), seeded by the
+    /// request's seed. The model is left as it was. The caller disposes both.
+    /// </summary>
+    private static (TeacherSamples Samples, TextCalibration Text) SampleCalibrationLatents(DiffusionModel model, PruneRequest request, string pipelineFolder,
+        string schedulerPath, Device device, Action<string>? log, CancellationToken cancel)
+    {
+        var text = EncodeCalibrationText(model, request, pipelineFolder, negative: true, device, log);
+        try
+        {
+            int perPrompt = TeacherSamplesPerPromptOf(request, text.Prompts.Count);
+            int steps = request.TeacherSampleSteps ?? DefaultTeacherSampleSteps;
+            double guidance = request.TeacherGuidanceScale ?? DefaultTeacherGuidanceScale;
+            if (ImportanceCriteria.Find(request.Method)?.Name == "taylor" && text.Prompts.Count * perPrompt < request.Calibration)
+                throw new ArgumentException($"--calibration {request.Calibration} asks for more latents than {text.Prompts.Count} prompts x --teacher-samples " +
+                    $"{perPrompt} sample; raise --teacher-samples to {(request.Calibration + text.Prompts.Count - 1) / text.Prompts.Count} or lower --calibration.");
+            log?.Invoke(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"sampling {perPrompt} calibration latent{(perPrompt == 1 ? "" : "s")} per prompt with the pipeline's U-Net (DDIM {steps} steps, guidance {guidance})"));
+            var samples = TeacherSamples.Generate(model, text.Embeddings, text.Prompts, Schedulers.SchedulerConfig.Load(schedulerPath), perPrompt, steps, guidance,
+                request.Seed, log, cancel);
+            return (samples, text);
+        }
+        catch
+        {
+            text.Embeddings.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The report's record of the calibration latents (the prompts are recorded beside them, by <see cref="AddPromptSettings"/>).</summary>
+    private static JsonObject DescribeTeacherSamples(TeacherSamples samples)
+    {
+        var json = samples.ToJson(builtInPrompts: false);
+        json.Remove("prompts");
+        json.Remove("prompt_source");
+        json["count"] = samples.Count;
+        return json;
+    }
+
     private static string PromptsNeedPipeline(string modelPath, string what) =>
         $"--prompts calibrates the U-Net of a Stable Diffusion pipeline folder (model_index.json with a text encoder); '{modelPath}' is {what}. Leave --prompts out.";
 
@@ -263,16 +335,27 @@ public static class PruneRunner
                 throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, $"a {model.ClassName}{(text ? " folder without its pipeline's text encoder" : "")}"));
             if (entry is null || entry.Workload == PruneWorkload.WeightsOnly)
                 throw new ArgumentException($"--prompts is for the methods that run the model on prompts (" +
-                    $"{string.Join(", ", ImportanceCriteria.All.Where(e => e.Workload != PruneWorkload.WeightsOnly && !e.UsesImages).Select(e => e.Name))}); " +
+                    $"{string.Join(", ", ImportanceCriteria.All.Where(e => e.Workload != PruneWorkload.WeightsOnly).Select(e => e.Name))}); " +
                     $"{entry?.Name ?? request.Method} does not read them. Leave --prompts out.");
             if (request.Prompts.Count == 0 || request.Prompts.Any(string.IsNullOrWhiteSpace))
                 throw new ArgumentException("--prompts holds no prompts (or an empty one): give one prompt per line.");
         }
+        bool samplesLatents = text && pipelineFolder is not null && entry is { UsesImages: true };
+        if (!samplesLatents && (request.TeacherSamplesPerPrompt is not null || request.TeacherSampleSteps is not null || request.TeacherGuidanceScale is not null))
+            throw new ArgumentException("--teacher-samples, --teacher-steps and --teacher-guidance set the latents a Stable Diffusion pipeline samples for " +
+                $"{string.Join(" and ", ImportanceCriteria.All.Where(e => e.UsesImages).Select(e => e.Name))} to calibrate on; " +
+                $"{entry?.Name ?? request.Method} on '{request.ModelPath}' samples none. Leave them out.");
+        if (samplesLatents)
+        {
+            if (request.TeacherSamplesPerPrompt is < 1) throw new ArgumentException($"--teacher-samples must be at least 1 (latents per prompt), not {request.TeacherSamplesPerPrompt}.");
+            if (request.TeacherSampleSteps is < 1) throw new ArgumentException($"--teacher-steps must be at least 1 (DDIM steps per latent), not {request.TeacherSampleSteps}.");
+            if (request.TeacherGuidanceScale is double g && !(g >= 1 && double.IsFinite(g)))
+                throw new ArgumentException($"--teacher-guidance must be at least 1 (1: no guidance), not {g}.");
+        }
         if (!text) return false;
-        if (entry is { UsesImages: true })
-            throw new ArgumentException($"{entry.Name} needs training images with their captions to compute denoising-loss gradients, which a " +
-                $"Stable Diffusion pipeline folder does not carry; prune a {model.ClassName} with ecodiff, magnitude or random (width) or " +
-                "laptop, ldpruner, ecodiff-layer or random-layer (whole layers).");
+        if (request.Data is not null)
+            throw new ArgumentException($"--data is for image models; a Stable Diffusion pipeline's U-Net calibrates on latents, which {(entry is { UsesImages: true }
+                ? $"{entry.Name} samples with the pipeline itself from --prompts (see --teacher-samples)" : $"{entry?.Name ?? request.Method} does not need")}. Leave --data out.");
         return true;
     }
 
@@ -300,11 +383,18 @@ public static class PruneRunner
         if (request.Budget != LayerBudget.Params || request.Selection != LayerSelection.Knapsack)
             throw new ArgumentException($"--budget and --selection choose whole layers; {request.Method} narrows layers to a parameter target " +
                 $"(layer methods: {string.Join(", ", ImportanceCriteria.All.Where(e => e.RemovesLayers).Select(e => e.Name))}).");
-        IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration) : ImportanceCriteria.Create(request.Method);
-        var data = OpenCalibrationData(request, model, log);
-        var text = textConditioned && ecodiff
-            ? EncodeCalibrationText(model, request, pipelineFolder, ((EcoDiffImportance)criterion).Options.GuidanceScale > 1.0, device, log)
-            : null;
+        IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration)
+            : ImportanceCriteria.Find(request.Method)?.Name == "taylor" ? new TaylorImportance(request.Taylor)
+            : ImportanceCriteria.Create(request.Method);
+        var data = OpenCalibrationData(request, model, log); // null for a pipeline (its --data is refused)
+        TextCalibration? text;
+        if (textConditioned && ImportanceCriteria.Find(request.Method) is { UsesImages: true })
+            (data, text) = SampleCalibrationLatents(model, request, pipelineFolder!, schedulerPath, device, log, cancel);
+        else
+            text = textConditioned && ecodiff
+                ? EncodeCalibrationText(model, request, pipelineFolder, ((EcoDiffImportance)criterion).Options.GuidanceScale > 1.0, device, log)
+                : null;
+        JsonNode? dataSettings = data switch { null => null, TeacherSamples teacher => DescribeTeacherSamples(teacher), _ => DescribeData(data) };
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         log?.Invoke($"scoring {groups.Units.Count} unit groups with {criterion.Name}");
         UnitScores scores;
@@ -316,6 +406,7 @@ public static class PruneRunner
         {
             groups.ClearMasks();
             text?.Embeddings.Dispose();
+            (data as TeacherSamples)?.Dispose(); // described by dataSettings below
         }
         cancel.ThrowIfCancellationRequested();
         var selection = PlanSelector.Select(groups, scores, request.TargetParams, request.Scope, request.MinKeepFraction, request.RoundTo);
@@ -336,8 +427,14 @@ public static class PruneRunner
             ["round_to"] = request.RoundTo,
             ["scheduler_config"] = Formats.SourceIdentity.DescribeFile(schedulerPath),
         };
-        if (data is not null) settings["data"] = DescribeData(data);
+        if (dataSettings is not null) settings["data"] = dataSettings;
         if (criterion is EcoDiffImportance eco) AddEcoDiffSettings(settings, eco);
+        if (criterion is TaylorImportance taylor)
+        {
+            settings["timestep_stride"] = taylor.Options.TimestepStride;
+            settings["threshold"] = taylor.Options.Threshold;
+            settings["timesteps_accumulated"] = taylor.LastTrace.Count(t => t.Accumulated);
+        }
         AddPromptSettings(settings, text, request);
         if (pipelineFolder is not null) settings["pipeline_component"] = "unet";
         var report = new PruneReport(criterion.Name, request.TargetParams, selection.AchievedRemovedFraction, before.Parameters, after.Parameters,
@@ -388,7 +485,7 @@ public static class PruneRunner
         Action<string>? log, Action<EcoDiffIterationReport>? onIteration, CancellationToken cancel, Stopwatch watch, PrunableGroups groups, ModelCostReport before,
         string? pipelineFolder)
     {
-        var data = OpenCalibrationData(request, model, log);
+        var data = OpenCalibrationData(request, model, log); // null for a pipeline (its --data is refused)
         if (request.RoundTo != 1)
             throw new ArgumentException($"--round-to rounds the widths a width method keeps; {method.Name} removes whole layers.");
         if (request.LatencyBatch < 1) throw new ArgumentException($"The latency batch must be at least 1 (got {request.LatencyBatch}).");
@@ -409,9 +506,14 @@ public static class PruneRunner
         if (reachable < request.TargetParams)
             throw new ArgumentException($"Removing all {groups.Layers.Count} removable layers of this {model.ClassName} saves {reachable:P1} of its {costs.Unit}, " +
                 $"less than the {request.TargetParams:P0} asked; lower the target, or use a width method (ecodiff, taylor) to reach it.");
-        var text = pipelineFolder is not null && method.Workload != PruneWorkload.WeightsOnly
-            ? EncodeCalibrationText(model, request, pipelineFolder, criterion is EcoDiffLayerCriterion eco && eco.EcoDiff.Options.GuidanceScale > 1.0, device, log)
-            : null;
+        TextCalibration? text;
+        if (pipelineFolder is not null && method.UsesImages)
+            (data, text) = SampleCalibrationLatents(model, request, pipelineFolder, schedulerPath, device, log, cancel);
+        else
+            text = pipelineFolder is not null && method.Workload != PruneWorkload.WeightsOnly
+                ? EncodeCalibrationText(model, request, pipelineFolder, criterion is EcoDiffLayerCriterion eco && eco.EcoDiff.Options.GuidanceScale > 1.0, device, log)
+                : null;
+        JsonNode dataSettings = data switch { null => "mnist", TeacherSamples teacher => DescribeTeacherSamples(teacher), _ => DescribeData(data) };
         var context = new ImportanceContext(schedulerPath, request.Steps, request.Calibration, request.Seed, device, "ddim", log, data, cancel, text);
         var target = new LayerTarget(costs, request.TargetParams * costs.Total);
         log?.Invoke($"scoring {groups.Layers.Count} removable layers with {criterion.Name}");
@@ -433,6 +535,7 @@ public static class PruneRunner
         {
             groups.ClearMasks();
             text?.Embeddings.Dispose();
+            (data as TeacherSamples)?.Dispose(); // described by dataSettings
         }
         cancel.ThrowIfCancellationRequested();
         var items = groups.Layers.Select(l => new LayerItem(l.Path, costs.Saving[l.Path], scores[l.Path])).ToList();
@@ -469,7 +572,7 @@ public static class PruneRunner
             settings["weight_learning_rate"] = learnable.Options.WeightLearningRate;
             settings["mask_learning_rate"] = learnable.Options.MaskLearningRate;
             settings["temperature"] = $"{learnable.Options.StartTemperature} -> {learnable.Options.EndTemperature}";
-            settings["data"] = data is null ? "mnist" : DescribeData(data);
+            settings["data"] = dataSettings;
             if (learnable.LossHistory.Count > 0) settings["final_loss"] = Math.Round(learnable.LossHistory.TakeLast(10).Average(), 6);
         }
         if (request.Budget == LayerBudget.Latency) settings["latency_batch"] = request.LatencyBatch;

@@ -91,11 +91,11 @@ public static class PruneTime
             }
             case "taylor":
             {
-                var options = new TaylorOptions();
+                var options = request.Taylor;
                 int timesteps = TaylorImportance.TimestepGrid(TrainTimesteps(request), options.TimestepStride).Length;
                 int micro = Math.Min(calibration, options.MicroBatch);
                 long chunks = (calibration + options.MicroBatch - 1) / options.MicroBatch;
-                return [new NetworkWork(micro, 0, timesteps * chunks, $"at most {timesteps} timesteps x {calibration} images")];
+                return [.. CalibrationLatents(request), new NetworkWork(micro, 0, timesteps * chunks, $"at most {timesteps} timesteps x {calibration} images")];
             }
             case "laptop":
             case "ldpruner":
@@ -112,6 +112,7 @@ public static class PruneTime
                 long sets = 1 + PrunableGroups.Of(model).Layers.Count;
                 return
                 [
+                    .. CalibrationLatents(request),
                     new NetworkWork(new LearnableDepthOptions().BatchSize, 0, request.Iterations, $"{request.Iterations} updates"),
                     new NetworkWork(calibration, sets * steps, 0, string.Create(CultureInfo.InvariantCulture, $"the one-shot comparison, {sets} layer sets x {steps} steps")),
                 ];
@@ -119,6 +120,21 @@ public static class PruneTime
             default:
                 return []; // magnitude, random, random-layer: weights only
         }
+    }
+
+    /// <summary>
+    /// taylor and learnable-depth on a Stable Diffusion pipeline: sampling their calibration latents, each prompt's
+    /// batch of latents for the DDIM steps (conditional and unconditional together when guided). None for other models.
+    /// </summary>
+    private static IEnumerable<NetworkWork> CalibrationLatents(PruneRequest request)
+    {
+        if (PruneRunner.PipelineFolderOf(request) is null) yield break;
+        int prompts = (request.Prompts ?? PruneRunner.DefaultCalibrationPrompts).Count;
+        int perPrompt = Math.Max(1, PruneRunner.TeacherSamplesPerPromptOf(request, prompts));
+        int steps = Math.Max(1, request.TeacherSampleSteps ?? PruneRunner.DefaultTeacherSampleSteps);
+        bool guided = (request.TeacherGuidanceScale ?? PruneRunner.DefaultTeacherGuidanceScale) > 1;
+        yield return new NetworkWork(perPrompt * (guided ? 2 : 1), (long)prompts * steps, 0,
+            string.Create(CultureInfo.InvariantCulture, $"sampling {prompts} x {perPrompt} calibration latents, {steps} steps"));
     }
 
     // random subsets of at least two layers cannot outnumber the layer subsets there are

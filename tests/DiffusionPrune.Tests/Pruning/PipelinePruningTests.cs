@@ -97,16 +97,6 @@ public class PipelinePruningTests(ITestOutputHelper output)
         Assert.True(pruned.Model.ParameterCount() < model.ParameterCount());
     }
 
-    [Fact]
-    public void Taylor_on_a_pipeline_is_refused_naming_what_works()
-    {
-        using var temp = Fixtures.Temp();
-        string pipeline = StableDiffusionPipelineTests.CopyPipeline(temp);
-        var error = Assert.Throws<ArgumentException>(() => PruneRunner.Run(Request(pipeline, "taylor", temp.File("out")), CPU));
-        Assert.Contains("ecodiff, magnitude or random", error.Message);
-        Assert.False(Directory.Exists(temp.File("out")));
-    }
-
     [Theory]
     [InlineData("laptop")]
     [InlineData("ldpruner")]

@@ -31,7 +31,10 @@ public static class ImportanceCriteria
     /// A method: its name, what it does in one line, and a factory for its criterion with default settings: a width
     /// criterion (<see cref="Create"/>, scores units) or a layer criterion (<see cref="CreateLayers"/>, scores whole layers).
     /// </summary>
-    /// <param name="UsesImages">It calibrates on images (<c>--data</c>); the others are data-free.</param>
+    /// <param name="UsesImages">
+    /// It calibrates on images (<c>--data</c>), or on a Stable Diffusion pipeline on latents the pipeline samples from its
+    /// calibration prompts (<see cref="Training.TeacherSamples"/>); the others are data-free.
+    /// </param>
     /// <param name="Workload">What its scoring holds in memory, for the resource check before it starts.</param>
     public sealed record Entry(string Name, string Description, Func<IImportanceCriterion>? Create, bool UsesImages = false, Func<ILayerCriterion>? CreateLayers = null,
         PruneWorkload Workload = PruneWorkload.Forward)
@@ -45,7 +48,7 @@ public static class ImportanceCriteria
         new("laptop", "LAPTOP-Diff: remove whole layers by their one-shot output loss, chosen by knapsack under a params, MACs or latency budget", null,
             CreateLayers: () => new LaptopCriterion()),
         new("ldpruner", "LD-Pruner: remove whole layers by the shift of the final latents' mean and std", null, CreateLayers: () => new LdPrunerCriterion()),
-        new("learnable-depth", "TinyFusion-style: learn which whole layers to remove jointly with a short recovery update of the weights, on calibration images", null,
+        new("learnable-depth", "TinyFusion-style: learn which whole layers to remove jointly with a short recovery update of the weights, on calibration images (a Stable Diffusion pipeline: its own samples from prompts)", null,
             UsesImages: true, CreateLayers: () => new LearnableDepthCriterion(), Workload: PruneWorkload.Training),
         new("random-layer", "baseline: remove a seeded random set of whole layers that meets the budget", null, CreateLayers: () => new RandomLayerCriterion(),
             Workload: PruneWorkload.WeightsOnly),
@@ -54,7 +57,7 @@ public static class ImportanceCriteria
         new("ecodiff", "EcoDiff: differentiable masks learned over the whole sampling trajectory (no retraining)", () => new EcoDiffImportance(), Workload: PruneWorkload.MaskLearning),
         new("magnitude", "baseline: L1 norm of each unit's weights", () => new MagnitudeImportance(), Workload: PruneWorkload.WeightsOnly),
         new("random", "baseline: seeded random scores", () => new RandomImportance(), Workload: PruneWorkload.WeightsOnly),
-        new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images", () => new TaylorImportance(), UsesImages: true, Workload: PruneWorkload.Gradients),
+        new("taylor", "baseline: first-order Taylor |w * dL/dw| of the denoising loss on calibration images (a Stable Diffusion pipeline: its own samples from prompts)", () => new TaylorImportance(), UsesImages: true, Workload: PruneWorkload.Gradients),
     ];
 
     private static readonly IReadOnlyDictionary<string, Entry> ByName = Entries.ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);

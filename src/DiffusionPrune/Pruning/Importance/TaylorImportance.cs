@@ -87,11 +87,13 @@ public sealed class InformativeTimestepRule(double threshold)
 /// <list type="number">
 /// <item><b>Data.</b> <c>context.CalibrationSamples</c> images x0 of the calibration data (<c>--data</c>; the MNIST train split by default), chosen by a
 /// SplitMix64 shuffle seeded with <c>context.Seed</c> (and their digits as class labels for
-/// class-conditional models). The same x0 serve every timestep.</item>
+/// class-conditional models). The same x0 serve every timestep. A text-conditioned U-Net (a Stable Diffusion pipeline's)
+/// takes <see cref="Training.TeacherSamples"/> instead: latents its pipeline sampled from prompts, each conditioned on its
+/// prompt's text states (<see cref="CalibrationImages.ConditionsOf"/>).</item>
 /// <item><b>Timesteps.</b> The coarse grid 0, stride, 2·stride, ... below num_train_timesteps (stride 50 by
 /// default: 20 of 1000 timesteps instead of the reference's every timestep, for CPU cost), visited in
 /// ascending order; fresh noise ε per timestep from one generator seeded with <c>context.Seed</c>.</item>
-/// <item><b>Loss.</b> <c>L_t = MSE(model(x_t, t), target)</c> with <c>x_t = AddNoise(x0, ε, t)</c>, the
+/// <item><b>Loss.</b> <c>L_t = MSE(model(x_t, t[, c]), target)</c> (c: the class label or prompt states) with <c>x_t = AddNoise(x0, ε, t)</c>, the
 /// scheduler config's betas, and the target its prediction_type asks for (ε for epsilon, as in
 /// Diff-Pruning; v or x0 otherwise). Learned-sigma channels are dropped (<see cref="DiffusionModel.Predict"/>).</item>
 /// <item><b>Accumulation.</b> <see cref="InformativeTimestepRule"/> (thr 0.05, running L_max): gradients of the
@@ -146,9 +148,10 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
 
             using var betas = NoiseSchedule.Betas(schedulerConfig);
             using var alphasCumprod = NoiseSchedule.AlphasCumprod(betas);
-            var (images, labels) = CalibrationBatch(model, context);
+            var (images, labels, states) = CalibrationBatch(model, context);
             using var x0 = images;
             using var classLabels = labels;
+            using var textStates = states;
             var generator = new Generator(unchecked((ulong)context.Seed));
             var rule = new InformativeTimestepRule(Options.Threshold);
             var trace = new List<TimestepLoss>();
@@ -157,7 +160,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
             foreach (long t in TimestepGrid(schedulerConfig.NumTrainTimesteps, Options.TimestepStride))
             {
                 context.Cancellation.ThrowIfCancellationRequested();
-                double loss = GradientAt(model, schedulerConfig.PredictionType, alphasCumprod, x0, classLabels, t, generator, device);
+                double loss = GradientAt(model, schedulerConfig.PredictionType, alphasCumprod, x0, classLabels, textStates, t, generator, device);
                 Runtime.NonFiniteCheck.Loss("taylor", (int)t, loss, $"loss at timestep {t}");
                 Runtime.NonFiniteCheck.Gradients("taylor", (int)t, coupled.Select(c => (c.Key, c.Value.grad)));
                 bool accept = rule.Accept(loss);
@@ -198,7 +201,8 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
     /// Backpropagates L_t (the mean over all calibration images, in micro-batches) into the weights'
     /// gradients and returns its value.
     /// </summary>
-    private double GradientAt(DiffusionModel model, string predictionType, Tensor alphasCumprod, Tensor x0, Tensor? labels, long t, Generator generator, Device device)
+    private double GradientAt(DiffusionModel model, string predictionType, Tensor alphasCumprod, Tensor x0, Tensor? labels, Tensor? textStates, long t,
+        Generator generator, Device device)
     {
         long count = x0.shape[0];
         using var noise = randn(x0.shape, generator: generator); // drawn on the CPU: the same on every device
@@ -220,7 +224,8 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
                     "sample" => original,
                     _ => throw new NotSupportedException($"prediction_type '{predictionType}' is not supported by Taylor importance (epsilon, v_prediction, sample)."),
                 };
-                var prediction = model.Predict(noisy.to(device), timesteps.to(device), labels?.narrow(0, start, length).to(device));
+                var prediction = model.Predict(noisy.to(device), new Conditioning(timesteps.to(device), labels?.narrow(0, start, length).to(device),
+                    EncoderHiddenStates: textStates?.narrow(0, start, length).to(device)));
                 // Weighted by the micro-batch's share, so the gradients add up to those of the mean over all images.
                 var loss = nn.functional.mse_loss(prediction, target.to(device)) * (length / (double)count);
                 loss.backward();
@@ -231,9 +236,12 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
         return total;
     }
 
-    /// <summary>The seeded calibration images [N, C, H, W] (CPU) and, for class-conditional models, their labels.</summary>
+    /// <summary>
+    /// The seeded calibration images [N, C, H, W] (CPU) and what they condition the model on: labels for class-conditional
+    /// models, prompt states [N, tokens, D] for a text-conditioned U-Net (<see cref="CalibrationImages.ConditionsOf"/>).
+    /// </summary>
     /// <remarks>The data given (<c>--data</c>), else the MNIST training split, which fits only 1 x 32 x 32 models of at least 10 classes.</remarks>
-    private (Tensor Images, Tensor? Labels) CalibrationBatch(DiffusionModel model, ImportanceContext context)
+    private (Tensor Images, Tensor? Labels, Tensor? TextStates) CalibrationBatch(DiffusionModel model, ImportanceContext context)
     {
         var split = CalibrationImages.Open(model, calibrationData ?? context.CalibrationData, "Taylor importance");
         if (context.CalibrationSamples > split.Count)
@@ -241,6 +249,7 @@ public sealed class TaylorImportance(TaylorOptions? options = null, IImageDatase
         int[] order = Enumerable.Range(0, split.Count).ToArray();
         new SplitMix64(unchecked((ulong)context.Seed)).Shuffle(order.AsSpan());
         var chosen = order.AsSpan(0, context.CalibrationSamples);
-        return (split.Images(chosen), model.NumClasses is null ? null : split.Labels(chosen));
+        var (labels, states) = CalibrationImages.ConditionsOf(model, split, chosen);
+        return (split.Images(chosen), labels, states);
     }
 }

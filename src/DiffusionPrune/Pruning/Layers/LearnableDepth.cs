@@ -45,6 +45,8 @@ public sealed record LearnableDepthOptions
 /// straight-through Gumbel-softmax, gates those layers to the identity and takes one step of the denoising loss on
 /// calibration images for both the mask logits and a weight delta (a copy of the weights; the model given is left as
 /// it was). The most probable set at the end is the choice; scores are each layer's probability of being kept.
+/// A text-conditioned U-Net (a Stable Diffusion pipeline's) trains on its pipeline's own samples from prompts
+/// (<see cref="Training.TeacherSamples"/>), the loss conditioned on each latent's prompt states (<see cref="CalibrationImages.ConditionsOf"/>).
 /// </summary>
 public sealed class LearnableDepthCriterion(LearnableDepthOptions? options = null) : ILayerCriterion
 {
@@ -92,7 +94,7 @@ public sealed class LearnableDepthCriterion(LearnableDepthOptions? options = nul
                     var generator = new Generator((ulong)(context.Seed * 1_000_003L + it), device);
                     var indices = randint(0, dataset.Count, [Options.BatchSize], ScalarType.Int64, generator: generator).data<long>().Select(i => (int)i).ToArray();
                     var images = dataset.Images(indices).to(device);
-                    var labels = work.NumClasses is null ? null : dataset.Labels(indices).to(device);
+                    var (labels, states) = CalibrationImages.ConditionsOf(work, dataset, indices);
                     var noise = randn(images.shape, generator: generator, device: device);
                     var timesteps = randint(0, schedulerConfig.NumTrainTimesteps, [Options.BatchSize], ScalarType.Int64, generator: generator, device: device);
                     var noisy = NoiseSchedule.AddNoise(alphasCumprod, images, noise, timesteps);
@@ -107,7 +109,8 @@ public sealed class LearnableDepthCriterion(LearnableDepthOptions? options = nul
 
                     maskOptimizer.ZeroGrad();
                     weightOptimizer.ZeroGrad();
-                    var taskLoss = nn.functional.mse_loss(work.Predict(noisy, timesteps, labels), noise);
+                    var conditioning = new Conditioning(timesteps, labels?.to(device), EncoderHiddenStates: states?.to(device));
+                    var taskLoss = nn.functional.mse_loss(work.Predict(noisy, conditioning), noise);
                     taskLoss.backward();
                     double value = taskLoss.item<float>();
                     NonFiniteCheck.Loss("learnable-depth", it, value);
