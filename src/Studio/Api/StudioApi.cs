@@ -207,11 +207,10 @@ public static class StudioApi
         double? guidance = f.OptionalDouble("guidance");
         if (model.IsPipeline)
         {
-            // what the core refuses on a pipeline, refused here before the job is queued
-            if (entry.UsesImages)
-                throw new ApiInputException($"'method': {entry.Name} needs captioned training images, which a Stable Diffusion pipeline does not carry; use ecodiff, magnitude, random, laptop, ldpruner, ecodiff-layer or random-layer.");
+            // what the core refuses on a pipeline, refused here before the job is queued (taylor and learnable-depth calibrate
+            // on the pipeline's own samples from the prompts, at the core's default sampling settings)
             if (request.Budget == LayerBudget.Latency) throw new ApiInputException("'budget': a latency budget is not available for Stable Diffusion pipelines yet; use params or macs.");
-            if (prompts is not null && (entry.Workload == PruneWorkload.WeightsOnly || entry.UsesImages))
+            if (prompts is not null && entry.Workload == PruneWorkload.WeightsOnly)
                 throw new ApiInputException($"'prompts': {entry.Name} does not run the model, so it reads no prompts; leave 'prompts' out.");
             if (guidance is double g && (g is < 1 or > 30 || entry.Name is not ("ecodiff" or "ecodiff-layer")))
                 throw new ApiInputException("'guidance' (EcoDiff's calibration guidance against the empty prompt) must be from 1 to 30, for ecodiff and ecodiff-layer.");
