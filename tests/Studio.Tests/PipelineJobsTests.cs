@@ -96,8 +96,14 @@ public sealed class PipelineJobsTests : IDisposable
             StudentPath = Pruned, TeacherPath = Original, OutputPath = output, Steps = 3, BatchSize = 2, Seed = 2, CheckpointEvery = 100,
             Prompts = ["a red cube on a table", "a lighthouse by the sea"], TeacherSamplesPerPrompt = 1, TeacherSampleSteps = 2, TeacherGuidanceScale = 5,
         }, new QuickEvaluation(Steps: 2));
+        // the student's own quick look, as its prune job left it: the distilled pipeline must neither show nor overwrite it
+        File.WriteAllText(Path.Combine(Pruned, ModelFolder.EvalReport), """{"kind": "stable_diffusion_eval", "note": "the student's"}""");
+        File.WriteAllBytes(Path.Combine(Pruned, PruneJob.QuickLookFile), [1, 2, 3]);
 
         var done = await RunAsync(job, TimeSpan.FromMinutes(5));
+
+        Assert.Equal("""{"kind": "stable_diffusion_eval", "note": "the student's"}""", File.ReadAllText(Path.Combine(Pruned, ModelFolder.EvalReport)));
+        Assert.Equal([1, 2, 3], File.ReadAllBytes(Path.Combine(Pruned, PruneJob.QuickLookFile)));
 
         Assert.Contains("distilled 3 steps of 2 latents", done.Result);
         Assert.Contains("SSIM to the teacher", done.Result);
@@ -113,6 +119,26 @@ public sealed class PipelineJobsTests : IDisposable
             Assert.True(double.IsFinite((double)quickLook[figure]!["mean"]!), $"{figure}: {quickLook[figure]}");
         Assert.StartsWith("sd-small", (string?)quickLook["reference"]);
         Assert.True(File.Exists(Path.Combine(output, PruneJob.QuickLookFile)));
+    }
+
+    [Fact]
+    public async Task A_distilled_pipeline_without_a_quick_look_carries_none_of_its_students()
+    {
+        AddOriginalAndPruned();
+        File.WriteAllText(Path.Combine(Pruned, ModelFolder.EvalReport), """{"kind": "stable_diffusion_eval"}""");
+        File.WriteAllBytes(Path.Combine(Pruned, PruneJob.QuickLookFile), [1, 2, 3]);
+        string output = Path.Combine(_samples.Root, "out", StudioOptions.DistilledFolder, "plain");
+
+        await RunAsync(new DistillJob(new DistillRequest
+        {
+            StudentPath = Pruned, TeacherPath = Original, OutputPath = output, Steps = 1, BatchSize = 1, CheckpointEvery = 100,
+            Prompts = ["a red cube"], TeacherSamplesPerPrompt = 1, TeacherSampleSteps = 1,
+        }), TimeSpan.FromMinutes(5));
+
+        Assert.True(File.Exists(Path.Combine(output, ModelFolder.PipelineIndex)));
+        Assert.False(File.Exists(Path.Combine(output, ModelFolder.EvalReport)));
+        Assert.False(File.Exists(Path.Combine(output, PruneJob.QuickLookFile)));
+        Assert.True(File.Exists(Path.Combine(Pruned, PruneJob.QuickLookFile))); // the student's is still there
     }
 
     [Fact]

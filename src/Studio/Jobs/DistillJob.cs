@@ -46,6 +46,7 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
         using var pipeline = new DiffusionPipeline();
         var trained = await pipeline.DistillAsync(Request, PruneJob.Forward(progress, 0, DistillShare), cancellationToken);
         bool sd = StableDiffusionPipeline.IsStableDiffusionFolder(Request.StudentPath);
+        if (sd) QuickEvaluation.DropInheritedQuickLook(Request.OutputPath);
         string result = string.Create(CultureInfo.InvariantCulture,
             $"distilled {trained.Steps} steps of {Request.BatchSize} {(sd ? "latents" : "images")} ({(long)trained.Steps * Request.BatchSize:N0} {(sd ? "latents" : "images")}, " +
             $"{Request.Kd.ToString().ToLowerInvariant()} KD), final loss {trained.FinalLoss:F4}, in {trained.WallTime.TotalSeconds:F1} s; saved to {Request.OutputPath}");

@@ -46,6 +46,17 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? O
         return text;
     }
 
+    /// <summary>
+    /// Removes the quick look grid a pipeline written by the core took over from its source (the core hard-links every
+    /// component it does not write, and the grid pictured the source): it must neither describe the new pipeline nor be
+    /// written through. Removing the link leaves the source's file as it was.
+    /// </summary>
+    internal static void DropInheritedQuickLook(string pipelineFolder)
+    {
+        string inherited = Path.Combine(pipelineFolder, PruneJob.QuickLookFile);
+        if (File.Exists(inherited)) File.Delete(inherited);
+    }
+
     /// <summary>The prompt a pruned Stable Diffusion pipeline's quick look draws (diffusers' own example prompt).</summary>
     public const string PipelinePrompt = "a photograph of an astronaut riding a horse";
 
@@ -141,7 +152,9 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
             if (layers.Additivity?.PearsonR is double r)
                 result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
         }
-        if (Evaluation is { } quick && StableDiffusionPipeline.IsStableDiffusionFolder(Request.ModelPath))
+        bool sd = StableDiffusionPipeline.IsStableDiffusionFolder(Request.ModelPath);
+        if (sd && Request.OutputPath is { } written) QuickEvaluation.DropInheritedQuickLook(written);
+        if (Evaluation is { } quick && sd)
             result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
                 Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
         else if (Evaluation is { } quick2)

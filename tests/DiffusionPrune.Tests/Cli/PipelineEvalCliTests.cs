@@ -68,13 +68,15 @@ public class PipelineEvalCliTests
     }
 
     [Fact]
-    public async Task The_pipeline_stage_reports_each_prompt_from_each_pipeline_the_grid_as_a_preview_and_finite_figures()
+    public async Task The_pipeline_stage_reports_each_prompt_from_each_pipeline_the_grid_as_a_preview_and_finite_figures_and_pruning_drops_the_sources_evaluation()
     {
         using var temp = Fixtures.Temp();
         string original = StableDiffusionPipelineTests.CopyPipeline(temp);
         string pruned = temp.File("pruned");
+        File.WriteAllText(Path.Combine(original, DiffusionPrune.Formats.ModelFolder.EvalReport), "{}"); // the original's own evaluation
         using var pipeline = new DiffusionPrune.Pipeline.DiffusionPipeline();
         await pipeline.PruneAsync(new DiffusionPrune.Pruning.PruneRequest { ModelPath = original, Method = "magnitude", TargetParams = 0.2, OutputPath = pruned });
+        Assert.False(File.Exists(Path.Combine(pruned, DiffusionPrune.Formats.ModelFolder.EvalReport))); // it measured another U-Net: not passed on
         Assert.Contains(pipeline.Models, m => m.Path == pruned); // the pruned U-Net, held: the evaluation drops it and loads whole pipelines
         var progress = new List<DiffusionPrune.Pipeline.StageProgress>();
 

@@ -186,7 +186,8 @@ public static class StableDiffusionEvaluator
                 var rows = stack([y, x, difference], 1).reshape(-1, x.shape[1], x.shape[2], x.shape[3]);
                 if (request.GridPath is { } gridPath)
                 {
-                    ImageGrid.Save(gridPath, rows * 2 - 1, columns: 3);
+                    // written beside and renamed: a grid there may be a hard link into another pipeline's folder, which must not change
+                    Runtime.AtomicFile.Replace(gridPath, path => ImageGrid.Save(path, rows * 2 - 1, columns: 3));
                     gridFile = gridPath;
                 }
                 if (grid is not null)
