@@ -194,8 +194,9 @@ public static class StableDiffusionEvaluator
                 {
                     int scale = Math.Max(1, 128 / (int)x.shape[^1]); // tiny pipelines are enlarged, real ones shown as they are
                     var (png, width, height) = ImageGrid.Png(rows * 2 - 1, columns: 3, scale: scale);
+                    string sampled = prompts.Count == 1 ? $"\"{prompts[0]}\"" : string.Create(CultureInfo.InvariantCulture, $"{prompts.Count} prompts");
                     grid(new PreviewImage(png, width, height, string.Create(CultureInfo.InvariantCulture,
-                        $"{prompts.Count} prompts x {request.ImagesPerPrompt}, seed {request.Seed}, {request.Steps} steps, guidance {request.GuidanceScale}: one row per image, the reference | the model | 4 x their difference")));
+                        $"{sampled} x {request.ImagesPerPrompt}, seed {request.Seed}, {request.Steps} steps, guidance {request.GuidanceScale}: one row per image, the reference | the model | 4 x their difference")));
                 }
             }
 
