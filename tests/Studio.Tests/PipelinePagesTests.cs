@@ -126,13 +126,19 @@ public sealed class PipelinePagesTests : MudTestContext, IDisposable
             ["grid"] = "eval-1.png",
         }.ToJsonString());
         WritePng(Path.Combine(folder, "eval-1.png"));
+        // and the recipe a distillation leaves (training_args.json), shown beside the prune record
+        File.WriteAllText(Path.Combine(_pruned, ModelFolder.TrainingArgs), """
+            {"steps": 3, "batch_size": 2, "final_loss": 0.125, "distillation": {"kd": "normalized", "teacher": "sd-small",
+             "data_free": {"prompts": ["a red cube", "a blue sky"]}}}
+            """);
 
         var page = Context.Render<ModelPage>(p => p.Add(x => x.Name, "pruned/sd-small-magnitude-20"));
         page.WaitForAssertion(() => Assert.NotNull(page.Find(".evaluation-table")), WaitTimeout);
         string table = page.Find(".evaluation-table").TextContent;
         Assert.Contains("0.812 ± 0.010 (worst 0.800)", table);
         Assert.Contains("21.50 dB", table);
-        Assert.Contains("sd-small (1 prompts x 2, 4 steps", table);
+        Assert.Contains("sd-small (\"a cat\" x 2, 4 steps", table);
+        Assert.Contains("normalized KD from sd-small: 3 steps of 2 latents on the teacher's samples from 2 prompts, final loss 0.1250", table);
         Assert.StartsWith("data:image/png;base64,", page.Find("img.evaluation-grid").GetAttribute("src"));
         Assert.Equal("distill?student=pruned%2Fsd-small-magnitude-20", page.Find("a.distill-model").GetAttribute("href"));
 
