@@ -19,7 +19,8 @@ namespace DiffusionPrune.Studio.Tests;
 /// (wwwroot/js/ondevice-pipeline.mjs) holds to <see cref="ArrayDDIMScheduler"/> exactly, and from the same prompt ids and
 /// noise the page's latents and image match the core's <see cref="OnnxStableDiffusionPipeline"/> within float error
 /// (the measured figure goes to <c>out/e2e/6-on-device-pipeline-parity.txt</c>). Then a user generates an image with the
-/// page's own controls (screenshot <c>out/e2e/6-on-device-pipeline.png</c>).
+/// page's own controls (screenshot <c>out/e2e/6-on-device-pipeline.png</c>); a pipeline naming another scheduler runs DDIM
+/// on its schedule and says so, and one whose scheduler the page cannot run says why.
 /// </summary>
 [Collection(nameof(EndToEndCollection))]
 public sealed class OnDevicePipelineEndToEndTests(OnnxPipelineBundle bundle) : IClassFixture<OnnxPipelineBundle>, IAsyncLifetime
@@ -89,6 +90,27 @@ public sealed class OnDevicePipelineEndToEndTests(OnnxPipelineBundle bundle) : I
     private string Log()
     {
         lock (_serverLog) return _serverLog.ToString();
+    }
+
+    /// <summary>A zipped copy of the exported pipeline named <paramref name="name"/> beside it, its scheduler config and model_index.json edited.</summary>
+    private void CopyBundle(string name, Action<JsonObject> editScheduler, Action<JsonObject> editIndex)
+    {
+        string target = Path.Combine(bundle.Exports, name);
+        if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
+        foreach (var file in Directory.EnumerateFiles(bundle.Folder, "*", SearchOption.AllDirectories))
+        {
+            string destination = Path.Combine(target, Path.GetRelativePath(bundle.Folder, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(destination)!);
+            File.Copy(file, destination);
+        }
+        foreach (var (file, edit) in new[] { (Path.Combine(target, "scheduler", "scheduler_config.json"), editScheduler), (Path.Combine(target, "model_index.json"), editIndex) })
+        {
+            var json = JsonNode.Parse(File.ReadAllText(file))!.AsObject();
+            edit(json);
+            File.WriteAllText(file, json.ToJsonString());
+        }
+        File.Delete(Export.BundleFolders.ZipOf(target));
+        System.IO.Compression.ZipFile.CreateFromDirectory(target, Export.BundleFolders.ZipOf(target));
     }
 
     private static double[] Doubles(JsonNode? array) => array!.AsArray().Select(n => (double)n!).ToArray();
@@ -231,6 +253,18 @@ public sealed class OnDevicePipelineEndToEndTests(OnnxPipelineBundle bundle) : I
             Assert.Equal(32 * 8 + 4, (int)canvas["width"]!); // one 32 x 32 image scaled 8 times, 2-pixel frame
             Assert.True((double)canvas["std"]! > 2, $"the drawn image is flat (std {canvas["std"]})");
             await page.ScreenshotAsync(new() { Path = Path.Combine(_shots, "6-on-device-pipeline.png"), FullPage = true });
+
+            // 6. a pipeline that names another scheduler runs DDIM on that scheduler's noise schedule, and says so; one the page cannot run says why
+            CopyBundle("sd-onnx-pndm", json => json["_class_name"] = "PNDMScheduler", index => index["scheduler"] = new JsonArray("diffusers", "PNDMScheduler"));
+            await page.GotoAsync(_url + "ondevice?bundle=sd-onnx-pndm");
+            await page.WaitForSelectorAsync(".ondevice[data-ready='true'], .ondevice[data-failed='true']", new() { Timeout = 180_000 });
+            Assert.StartsWith("Ready: OnnxStableDiffusionPipeline, latents 4 x 16 x 16, DDIM on its PNDMScheduler's noise schedule, on WebAssembly.", await page.InnerTextAsync(".ondevice-status"));
+            CopyBundle("sd-onnx-thresholding", json => json["thresholding"] = true, _ => { });
+            await page.GotoAsync(_url + "ondevice?bundle=sd-onnx-thresholding");
+            await page.WaitForSelectorAsync(".ondevice[data-ready='true'], .ondevice[data-failed='true']", new() { Timeout = 180_000 });
+            Assert.Equal("The pipeline could not be loaded: scheduler_config.json: thresholding is not supported. Set \"thresholding\": false.",
+                await page.InnerTextAsync(".ondevice-status"));
+            Assert.True(await page.IsDisabledAsync(".ondevice-run"));
         }
         catch (Exception e) when (e is not Xunit.Sdk.XunitException)
         {

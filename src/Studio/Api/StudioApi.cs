@@ -43,7 +43,7 @@ public static class StudioApi
         api.MapGet("/exports", ListBundles);
         api.MapGet("/exports/{file}", BundleZip);
         api.MapGet("/exports/{name}/{file}", BundleFile);
-        api.MapGet("/exports/{name}/{component}/{file}", (string name, string component, string file, Export.BundleFolders bundles) => BundleFile(name, $"{component}/{file}", bundles));
+        api.MapGet("/exports/{name}/{component}/{file}", BundleComponentFile);
         api.MapPost("/exports/{name}/tokenize", TokenizeAsync);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
@@ -489,6 +489,10 @@ public static class StudioApi
         bundles.FileOf(name, file) is { } path
             ? Results.File(path, Path.GetExtension(path) switch { ".json" => "application/json", ".md" => "text/markdown; charset=utf-8", _ => "application/octet-stream" })
             : Problem(404, $"There is no file '{file}' in a bundle '{name}'.");
+
+    /// <summary>One file in a component folder of a pipeline bundle (e.g. <c>unet/model.onnx</c>), for the on-device page; 404 for anything not in <see cref="Export.BundleFolders.ServedPipelineFiles"/>.</summary>
+    private static IResult BundleComponentFile(string name, string component, string file, Export.BundleFolders bundles) =>
+        BundleFile(name, $"{component}/{file}", bundles);
 
     /// <summary>The longest prompt <see cref="TokenizeAsync"/> takes, in characters: CLIP reads 75 tokens, and no prompt that long needs more.</summary>
     public const int MaxPromptCharacters = 2000;
