@@ -43,6 +43,8 @@ public static class StudioApi
         api.MapGet("/exports", ListBundles);
         api.MapGet("/exports/{file}", BundleZip);
         api.MapGet("/exports/{name}/{file}", BundleFile);
+        api.MapGet("/exports/{name}/{component}/{file}", BundleComponentFile);
+        api.MapPost("/exports/{name}/tokenize", TokenizeAsync);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
         api.MapGet("/batches", ListBatches);
@@ -557,6 +559,7 @@ public static class StudioApi
             ["class_name"] = b.ClassName,
             ["parameters"] = b.Parameters,
             ["macs"] = b.Macs,
+            ["pipeline"] = b.IsPipeline,
             ["zip_bytes"] = b.ZipBytes,
             ["download"] = $"/api/exports/{b.Name}.zip",
         }).ToArray()).ToJsonString(Json), "application/json");
@@ -567,11 +570,79 @@ public static class StudioApi
             ? Results.File(bundle.Zip, "application/zip", file, enableRangeProcessing: true)
             : Problem(404, $"There is no bundle '{file}'.");
 
-    /// <summary>One file of a bundle (model.onnx, onnx_model.json, scheduler_config.json, config.json, README.md), for the on-device page.</summary>
+    /// <summary>
+    /// One file of a bundle (model.onnx, onnx_model.json, scheduler_config.json, config.json, README.md; for a pipeline,
+    /// <see cref="Export.BundleFolders.ServedPipelineFiles"/> such as unet/model.onnx), for the on-device page.
+    /// </summary>
     private static IResult BundleFile(string name, string file, Export.BundleFolders bundles) =>
         bundles.FileOf(name, file) is { } path
             ? Results.File(path, Path.GetExtension(path) switch { ".json" => "application/json", ".md" => "text/markdown; charset=utf-8", _ => "application/octet-stream" })
             : Problem(404, $"There is no file '{file}' in a bundle '{name}'.");
+
+    /// <summary>One file in a component folder of a pipeline bundle (e.g. <c>unet/model.onnx</c>), for the on-device page; 404 for anything not in <see cref="Export.BundleFolders.ServedPipelineFiles"/>.</summary>
+    private static IResult BundleComponentFile(string name, string component, string file, Export.BundleFolders bundles) =>
+        BundleFile(name, $"{component}/{file}", bundles);
+
+    /// <summary>The longest prompt <see cref="TokenizeAsync"/> takes, in characters: CLIP reads 75 tokens, and no prompt that long needs more.</summary>
+    public const int MaxPromptCharacters = 2000;
+
+    /// <summary>
+    /// <c>POST /api/exports/{name}/tokenize</c> with <c>{"prompt": "...", "negative_prompt": "..."}</c> (the negative prompt
+    /// optional, "" by default; either may be empty): both texts as the ids the pipeline bundle's text encoder takes, from
+    /// its own tokenizer files. Answers <c>input_ids</c>, <c>negative_input_ids</c>, <c>model_max_length</c>, and per text the
+    /// token count and whether it was cut. 404 for no such bundle, 400 for a bundle that is not a pipeline or bad fields.
+    /// </summary>
+    private static async Task<IResult> TokenizeAsync(string name, HttpContext context, Export.BundleFolders bundles, Export.BundleTokenizers tokenizers,
+        IOptions<StudioOptions> options)
+    {
+        if (bundles.Find(name) is not { } bundle) return Problem(404, $"There is no bundle '{name}'.");
+        try
+        {
+            if (!bundle.IsPipeline)
+                throw new ApiInputException($"Bundle '{name}' is a {bundle.ClassName ?? "weights-only"} bundle, not an {Inference.Onnx.OnnxPipelineLayout.ClassName}; " +
+                    "only a Stable Diffusion pipeline bundle has a tokenizer.");
+            var body = await ReadBodyAsync(context, options.Value.MaxJsonBodyBytes);
+            var unknown = body.Select(p => p.Key).Where(k => k is not ("prompt" or "negative_prompt")).ToList();
+            if (unknown.Count > 0)
+                throw new ApiInputException($"Unknown field(s): {string.Join(", ", unknown.Select(k => $"'{k}'"))}; give 'prompt' and, optionally, 'negative_prompt'.");
+            string Text(string key, bool required)
+            {
+                if (!body.TryGetPropertyValue(key, out var node) || node is null)
+                    return required ? throw new ApiInputException($"'{key}' is required and must be a string (it may be empty).") : "";
+                if (node is not JsonValue value || !value.TryGetValue<string>(out var text))
+                    throw new ApiInputException($"'{key}' must be a string, not {node.ToJsonString()}.");
+                if (text.Length > MaxPromptCharacters)
+                    throw new ApiInputException(string.Create(CultureInfo.InvariantCulture,
+                        $"'{key}' is {text.Length:N0} characters; at most {MaxPromptCharacters:N0} are taken (the text encoder reads only the first tokens anyway)."));
+                return text;
+            }
+            string prompt = Text("prompt", required: true), negative = Text("negative_prompt", required: false);
+            var positive = tokenizers.Tokenize(bundle, prompt);
+            var negativeIds = tokenizers.Tokenize(bundle, negative);
+            return Results.Text(new JsonObject
+            {
+                ["input_ids"] = new JsonArray(positive.InputIds.Select(i => (JsonNode)i).ToArray()),
+                ["negative_input_ids"] = new JsonArray(negativeIds.InputIds.Select(i => (JsonNode)i).ToArray()),
+                ["model_max_length"] = positive.InputIds.Length,
+                ["prompt_tokens"] = positive.Tokens,
+                ["prompt_truncated"] = positive.Truncated,
+                ["negative_prompt_tokens"] = negativeIds.Tokens,
+                ["negative_prompt_truncated"] = negativeIds.Truncated,
+            }.ToJsonString(Json), "application/json");
+        }
+        catch (ApiInputException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+        catch (Models.ModelFormatException e)
+        {
+            return Problem(409, $"Bundle '{name}' has a tokenizer that cannot be read: {e.Message} Export the pipeline again.");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return Problem(409, $"Bundle '{name}': its tokenizer files could not be read ({DiffusionPrune.Formats.Messages.OneLine(e.Message)}). Export the pipeline again.");
+        }
+    }
 
     private static IResult ListComparisons(ComparisonFolders comparisons) =>
         Results.Text(new JsonArray(comparisons.List().Select(c => (JsonNode)new JsonObject
