@@ -166,7 +166,10 @@ public sealed class PipelineJobsTests : IDisposable
         foreach (var file in new[] { "model_index.json", "unet/model.onnx", "vae_decoder/model.onnx", "text_encoder/model.onnx" })
             Assert.Contains($"{bundle}/{file}", entries);
         Assert.Equal(new FileInfo(Path.Combine(folder, "unet", "model.onnx")).Length, archive.GetEntry($"{bundle}/unet/model.onnx")!.Length);
-        Assert.Contains(bundle, new BundleFolders(Path.Combine(_samples.Root, "out", StudioOptions.ExportsFolder)).List().Select(b => b.Name));
+        // listed as one ONNX pipeline, as the On-device page finds such bundles
+        var listed = Assert.Single(new BundleFolders(Path.Combine(_samples.Root, "out", StudioOptions.ExportsFolder)).List(), b => b.Name == bundle);
+        Assert.True(listed.IsPipeline);
+        Assert.Equal("OnnxStableDiffusionPipeline", listed.ClassName);
 
         // the ONNX pipeline runs: ONNX Runtime from a prompt, finite images
         using var onnx = OnnxStableDiffusionPipeline.Open(folder);
