@@ -51,6 +51,9 @@ public static class StudioServiceCollectionExtensions
             return new Export.BundleFolders(Path.Combine(RepositoryLayout.ResolveOutputRoot(options.OutputRoot, RepositoryLayout.FindRoot()), StudioOptions.ExportsFolder));
         });
 
+        // Singleton: holds each pipeline bundle's CLIP tokenizer once loaded (thread-safe), for the tokenize endpoint.
+        services.AddSingleton<Export.BundleTokenizers>();
+
         // Singleton: stateless; reads the comparisons compare jobs write under the output root's compared/ folder.
         services.AddSingleton(provider =>
         {

@@ -163,9 +163,10 @@ public sealed class PipelineModelPageTests : MudTestContext, IDisposable
         Assert.Contains("DDIMScheduler", Row("scheduler"));
         Assert.Contains("32 x 32", page.Find(".summary-table").TextContent); // the images it makes
         Assert.Empty(page.FindAll(".model-problem"));
-        Assert.Empty(page.FindAll("button.start-evaluate")); // no FID for pipelines, and the page says why
+        Assert.True(page.Find("button.start-evaluate").HasAttribute("disabled")); // no other pipeline to evaluate against
         Assert.Contains("No FID-proxy for pipelines", page.Find(".no-pipeline-fid").TextContent);
-        Assert.Empty(page.FindAll("a.export-model"));
+        Assert.Equal("export?model=sd-small", page.Find("a.export-model").GetAttribute("href"));
+        Assert.Empty(page.FindAll("a.distill-model")); // not pruned: nothing to recover
         Assert.Equal("prune?model=sd-small", page.Find("a.prune-model").GetAttribute("href"));
 
         Assert.Equal("7.5", page.Find(".guidance-field input").GetAttribute("value"));
@@ -318,12 +319,18 @@ public sealed class PipelinePruneTests : MudTestContext, IDisposable
         var done = state.Find(job.Id)!;
         Assert.True(done.Status == JobStatus.Succeeded, done.Error);
         Assert.Contains("ecodiff: removed", done.Result);
-        Assert.Contains("no FID-proxy, because the core does not evaluate pipelines yet", done.Result);
-        Assert.Contains(QuickEvaluation.PipelinePrompt, done.Preview!.Caption);
+        Assert.Contains("SSIM to the original", done.Result);
+        Assert.Contains("no FID-proxy for pipelines", done.Result);
+        Assert.Contains("the reference | the model | 4 x their difference", done.Preview!.Caption);
         Assert.True(File.Exists(Path.Combine(output, PruneJob.QuickLookFile)));
         using (var grid = SixLabors.ImageSharp.Image.Load(Path.Combine(output, PruneJob.QuickLookFile)))
-            Assert.Equal((2 * 4 * 32 + 3 * 2, 2 * 4 * 32 + 3 * 2), (grid.Width, grid.Height)); // 2 x 2 images of 32 px enlarged 4 times, 2 px gaps
-        Assert.False(File.Exists(Path.Combine(output, ModelFolder.EvalReport)));
+            Assert.Equal((3 * 32 + 4 * 2, 2 * 32 + 3 * 2), (grid.Width, grid.Height)); // 2 rows (images) of 3 (original, pruned, difference), 32 px, 2 px gaps
+        var quickLook = JsonNode.Parse(File.ReadAllText(Path.Combine(output, ModelFolder.EvalReport)))!;
+        Assert.Equal("stable_diffusion_eval", (string?)quickLook["kind"]);
+        Assert.Equal([QuickEvaluation.PipelinePrompt], quickLook["prompts"]!.AsArray().Select(p => (string)p!));
+        Assert.InRange((double)quickLook["ssim"]!["mean"]!, -1, 1);
+        Assert.True(double.IsFinite((double)quickLook["psnr_db"]!["mean"]!));
+        Assert.DoesNotContain(_samples.Root, quickLook.ToJsonString()); // names and hashes, never local paths
         var report = JsonNode.Parse(File.ReadAllText(Path.Combine(output, ModelFolder.PruneReport)))!;
         Assert.Equal(["a red cube on a table", "a blue sky"], report["settings"]!["prompts"]!.AsArray().Select(p => (string)p!));
 
@@ -361,7 +368,7 @@ public sealed class PipelineApiTests : IDisposable
             ("""{"kind": "prune", "model": "sd-small", "method": "laptop", "target_params": 0.1, "budget": "latency"}""", "latency budget is not available"),
             ("""{"kind": "prune", "model": "sd-small", "method": "magnitude", "target_params": 0.2, "prompts": ["a cat"]}""", "reads no prompts"),
             ("""{"kind": "prune", "model": "tiny", "method": "ecodiff", "target_params": 0.2, "prompts": ["a cat"]}""", "calibrate a Stable Diffusion pipeline"),
-            ("""{"kind": "evaluate", "model": "sd-small"}""", "cannot be evaluated yet"),
+            ("""{"kind": "evaluate", "model": "sd-small"}""", "'reference' is required"),
         })
             await TestModels.AssertRefusedAsync(client, body, expected);
 

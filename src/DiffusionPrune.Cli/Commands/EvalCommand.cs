@@ -118,7 +118,9 @@ public static class EvalCommand
             GridPath = outputPath is null ? null : Path.ChangeExtension(outputPath, ".png"),
         };
         var console = CliOutput.From(parse, quiet, json);
-        var report = StableDiffusionEvaluator.Evaluate(request, CliCommon.ResolveDevice(parse.GetValue(device)!), cancellationToken: CliCommon.Interrupt);
+        using var pipeline = new DiffusionPipeline(CliCommon.ResolveDevice(parse.GetValue(device)!));
+        var report = console.Track(progress => pipeline.EvaluateStableDiffusionAsync(request, progress, CliCommon.Interrupt), _ => "sampled");
+        console.EndProgress();
         console.Pairs(StableDiffusionEvaluator.Rows(report));
         if (outputPath is not null)
         {

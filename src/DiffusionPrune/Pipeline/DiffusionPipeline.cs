@@ -19,7 +19,7 @@ public sealed record PruneStageResult(LoadedModel Model, PruneReport Report);
 
 /// <summary>
 /// The one API every face drives (<c>dprune</c>, <see cref="Batch.BatchRunner"/>, the Studio): the stages Load, Sample,
-/// Prune, Evaluate, Export and Latency as async operations over the existing typed requests, each with a
+/// Prune, Distill, Evaluate (models; Stable Diffusion pipelines against a reference), Export and Latency as async operations over the existing typed requests, each with a
 /// <see cref="CancellationToken"/> and one progress type, <see cref="StageProgress"/>.
 /// <para>
 /// A pipeline holds the models its stages load or make, keyed by folder: a request that names a folder already held
@@ -217,6 +217,39 @@ public sealed class DiffusionPipeline : IDisposable
                     ["fid_upper"] = report.Fid.Upper,
                     ["kid"] = report.Kid.Mean,
                     ["sampler_ms_per_image"] = report.SamplerMillisecondsPerImage,
+                }));
+            return report;
+        }, cancel);
+
+    /// <summary>
+    /// Evaluates a Stable Diffusion pipeline folder (pruned, distilled) against a reference pipeline, usually the one it
+    /// was pruned from (<see cref="StableDiffusionEvaluator"/>): each prompt's images from both from the same noise, paired
+    /// SSIM, PSNR and latent MSE, LD-Pruner's latent statistic, and each pipeline's U-Net cost and time per step. Reports
+    /// each prompt's images from each pipeline as a step, then the same-seed grid as a preview and the figures. Both
+    /// pipelines are loaded whole for the request and not held; U-Nets held for those folders (a pruned or distilled
+    /// student from an earlier stage) are dropped first, since the evaluator does not use them.
+    /// </summary>
+    public Task<StableDiffusionEvalReport> EvaluateStableDiffusionAsync(StableDiffusionEvalRequest request, IProgress<StageProgress>? progress = null,
+        CancellationToken cancel = default) =>
+        RunAsync(() =>
+        {
+            Forget(request.ModelPath);
+            Forget(request.ReferencePath);
+            progress?.Report(StageProgress.Note(PipelineStage.Load, $"loading {request.ModelPath} and its reference {request.ReferencePath}"));
+            var report = StableDiffusionEvaluator.Evaluate(request, Device,
+                (done, total) => progress?.Report(StageProgress.Step(PipelineStage.Evaluate, done, total,
+                    $"prompt {(done + 1) / 2} of {total / 2}, {(done % 2 == 1 ? "the reference" : "the model")} sampled")),
+                cancel,
+                grid => progress?.Report(new StageProgress(PipelineStage.Evaluate, null, "same-seed grid", Preview: grid)));
+            progress?.Report(new StageProgress(PipelineStage.Evaluate, 1, string.Create(CultureInfo.InvariantCulture,
+                $"SSIM {report.Ssim.Mean:F4}, PSNR {report.Psnr.Mean:F2} dB, latent MSE / var {report.LatentRelativeMse.Mean:F4} to the reference"),
+                new Dictionary<string, double>
+                {
+                    ["ssim"] = report.Ssim.Mean,
+                    ["psnr_db"] = report.Psnr.Mean,
+                    ["latent_relative_mse"] = report.LatentRelativeMse.Mean,
+                    ["latent_statistic_shift"] = report.LatentStatisticShift,
+                    ["ms_per_step"] = report.ModelCost.MillisecondsPerStep,
                 }));
             return report;
         }, cancel);

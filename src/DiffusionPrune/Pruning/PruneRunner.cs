@@ -646,14 +646,15 @@ public static class PruneRunner
     /// <c>unet/</c> written from the pruned U-Net (config.json with its kept structure + safetensors). The plan and report
     /// go at the pipeline root (by <see cref="Save"/>), not in unet/: the report describes the whole run (its prompts and
     /// guidance, the pipeline it came from), every tool looks for prune_report.json in the --output folder, and unet/ stays
-    /// exactly a diffusers component folder. A source that was itself a pruned pipeline does not pass its plan and report on.
+    /// exactly a diffusers component folder. A source that was itself a pruned pipeline does not pass its plan and report on,
+    /// nor does any source its evaluation report (it measured another U-Net).
     /// </summary>
     private static void WritePipeline(PrunedModel pruned, string source, string folder)
     {
         foreach (var entry in Directory.EnumerateFileSystemEntries(source))
         {
             string name = Path.GetFileName(entry);
-            if (name is "unet" or ModelFolder.PruneReport or ModelFolder.PrunePlan || name.StartsWith('.')) continue;
+            if (name is "unet" or ModelFolder.PruneReport or ModelFolder.PrunePlan or ModelFolder.EvalReport || name.StartsWith('.')) continue;
             if (Directory.Exists(entry)) FileLinks.LinkOrCopyFolder(entry, Path.Combine(folder, name));
             else FileLinks.LinkOrCopy(entry, Path.Combine(folder, name));
         }

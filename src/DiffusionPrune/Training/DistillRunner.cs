@@ -232,8 +232,8 @@ public static class DistillRunner
     }
 
     /// <summary>
-    /// Every entry of the student pipeline but unet/ (the distilled one is in place) and its prune report and plan (carried
-    /// over by <see cref="CarryOver"/>), hard-linked where the file system allows (else copied), as a pruned pipeline's are;
+    /// Every entry of the student pipeline but unet/ (the distilled one is in place), its prune report and plan (carried
+    /// over by <see cref="CarryOver"/>) and its evaluation report (it measured the student, not the distilled U-Net), hard-linked where the file system allows (else copied), as a pruned pipeline's are;
     /// written after training, so an interrupted run leaves no pipeline that would load with a missing U-Net.
     /// </summary>
     private static void LinkComponents(string studentPipeline, string output)
@@ -241,7 +241,7 @@ public static class DistillRunner
         foreach (var entry in Directory.EnumerateFileSystemEntries(studentPipeline))
         {
             string name = Path.GetFileName(entry);
-            if (name is "unet" or ModelFolder.PruneReport or ModelFolder.PrunePlan or ModelFolder.TrainingArgs or DiffusionTrainer.CheckpointFolder
+            if (name is "unet" or ModelFolder.PruneReport or ModelFolder.PrunePlan or ModelFolder.TrainingArgs or ModelFolder.EvalReport or DiffusionTrainer.CheckpointFolder
                 || name.StartsWith('.')) continue;
             string target = Path.Combine(output, name);
             if (Directory.Exists(target)) Directory.Delete(target, recursive: true); // a resumed run's earlier copy

@@ -43,6 +43,8 @@ public static class StudioApi
         api.MapGet("/exports", ListBundles);
         api.MapGet("/exports/{file}", BundleZip);
         api.MapGet("/exports/{name}/{file}", BundleFile);
+        api.MapGet("/exports/{name}/{component}/{file}", BundleComponentFile);
+        api.MapPost("/exports/{name}/tokenize", TokenizeAsync);
         api.MapGet("/comparisons", ListComparisons);
         api.MapGet("/comparisons/{name}/{file}", ComparisonFile);
         api.MapGet("/batches", ListBatches);
@@ -225,11 +227,23 @@ public static class StudioApi
         return new PruneJob(request, f.OptionalBool("evaluate") ?? false ? QuickLook(f, outputs) : null);
     }
 
+    /// <summary>
+    /// A distillation of <c>student</c> from <c>teacher</c>. Two Stable Diffusion pipelines distil without a dataset, on
+    /// the teacher's samples (<c>prompts</c>, default the built-in calibration prompts; <c>teacher_samples</c> per prompt,
+    /// default 4; <c>teacher_steps</c>, default 25; <c>teacher_guidance</c>, default 7.5), 4 latents per step unless
+    /// <c>batch</c> says otherwise; a pipeline beside a model, and those fields for models, are refused.
+    /// </summary>
     private static DistillJob DistillJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
         var student = ModelNamed(f.String("student"), models, "student");
         var teacher = ModelNamed(f.String("teacher"), models, "teacher");
         if (student.FolderPath == teacher.FolderPath) throw new ApiInputException("'teacher' must be another model than 'student'.");
+        if (student.IsPipeline && !teacher.IsPipeline)
+            throw new ApiInputException($"'teacher': {student.Name} is a Stable Diffusion pipeline, so its teacher must be one too (its text encoder makes the prompts' " +
+                $"states and its U-Net the targets); {teacher.Name} is a {teacher.ClassName}. Give the pipeline {student.Name} was pruned from.");
+        if (!student.IsPipeline && teacher.IsPipeline)
+            throw new ApiInputException($"'student': the teacher {teacher.Name} is a Stable Diffusion pipeline, so the student must be one too; {student.Name} is a " +
+                $"{student.ClassName}. Give the pruned pipeline (a prune job's output for {teacher.Name}).");
         var kd = f.OptionalEnum<KnowledgeDistillation>("kd") ?? KnowledgeDistillation.Normalized;
         int steps = f.OptionalInt("steps", 1) ?? 200;
         var request = new DistillRequest
@@ -240,12 +254,39 @@ public static class StudioApi
                 string.Create(CultureInfo.InvariantCulture, $"{student.Name}-{kd.ToString().ToLowerInvariant()}-{steps}")),
             Kd = kd,
             Steps = steps,
-            BatchSize = f.OptionalInt("batch", 1) ?? 32,
+            BatchSize = f.OptionalInt("batch", 1) ?? (student.IsPipeline ? PipelineDistillBatch : 32),
             LearningRate = f.OptionalDouble("lr") is double lr ? (lr is > 0 and < 1 ? lr : throw new ApiInputException("'lr' must be in (0, 1).")) : 1e-4,
             Seed = f.OptionalLong("seed") ?? 0,
         };
-        return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? QuickLook(f, outputs) : null);
+        var prompts = f.OptionalTexts("prompts");
+        int? teacherSamples = f.OptionalInt("teacher_samples", 1);
+        int? teacherSteps = f.OptionalInt("teacher_steps", 1);
+        double? teacherGuidance = f.OptionalDouble("teacher_guidance");
+        if (student.IsPipeline)
+        {
+            if (teacherSamples > 64) throw new ApiInputException($"'teacher_samples' (latents the teacher samples per prompt) must be from 1 to 64, not {teacherSamples}.");
+            if (teacherSteps > 1000) throw new ApiInputException($"'teacher_steps' (DDIM steps per teacher sample) must be from 1 to 1000, not {teacherSteps}.");
+            if (teacherGuidance is double g && g is < 0 or > 30)
+                throw new ApiInputException($"'teacher_guidance' must be from 0 to 30 (1 or less: the prompt alone), not {g.ToString(CultureInfo.InvariantCulture)}.");
+            var d = new DistillRequest { StudentPath = "", TeacherPath = "", OutputPath = "" };
+            request = request with
+            {
+                Prompts = prompts,
+                TeacherSamplesPerPrompt = teacherSamples ?? d.TeacherSamplesPerPrompt,
+                TeacherSampleSteps = teacherSteps ?? d.TeacherSampleSteps,
+                TeacherGuidanceScale = teacherGuidance ?? d.TeacherGuidanceScale,
+            };
+        }
+        else if (prompts is not null || teacherSamples is not null || teacherSteps is not null || teacherGuidance is not null)
+            throw new ApiInputException($"'prompts', 'teacher_samples', 'teacher_steps' and 'teacher_guidance' distil a Stable Diffusion pipeline on its teacher's samples; " +
+                $"{student.Name} is a {student.ClassName}, which distils on images. Leave them out.");
+        if (student.IsPipeline && f.OptionalString("runtime") is { } runtime && runtime != "torch")
+            throw new ApiInputException("'runtime': a pipeline's quick look runs in TorchSharp only; use \"torch\" or leave it out.");
+        return new DistillJob(request, f.OptionalBool("evaluate") ?? false ? (student.IsPipeline ? new QuickEvaluation() : QuickLook(f, outputs)) : null);
     }
+
+    /// <summary>Latents per step when a pipeline's distillation names no batch: a text-conditioned U-Net's training step is costly on a CPU.</summary>
+    internal const int PipelineDistillBatch = 4;
 
     private static CompareJob CompareJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
@@ -279,6 +320,19 @@ public static class StudioApi
     private static ExportJob ExportJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
         var model = ModelNamed(f.String("model"), models, "model");
+        if (model.IsPipeline)
+        {
+            // an ONNX pipeline (text encoder, U-Net, VAE decoder, tokenizer, scheduler), in the exports folder as every bundle
+            if (f.OptionalString("formats") is { } asked && asked.Trim() != "onnx")
+                throw new ApiInputException($"'formats': {model.Name} is a Stable Diffusion pipeline, already in diffusers' safetensors layout; it exports as an " +
+                    "ONNX pipeline only: give \"onnx\" or leave 'formats' out.");
+            return new ExportJob(new ExportRequest
+            {
+                ModelPath = model.FolderPath,
+                OutputPath = OutputNames.NewFolder(Path.Combine(outputs, StudioOptions.ExportsFolder), OutputNames.Shown(model.Name) + "-onnx"),
+                Formats = [ExportFormat.Onnx],
+            });
+        }
         if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to export.");
         IReadOnlyList<ExportFormat> formats;
         try
@@ -366,11 +420,12 @@ public static class StudioApi
         return runtime is "onnx" or "torch" ? runtime : throw new ApiInputException($"'runtime' must be onnx or torch, not '{runtime}'.");
     }
 
-    private static EvaluateJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
+    private static StudioJob EvaluateJobFrom(Fields f, IReadOnlyList<ModelSummary> models, string outputs)
     {
         var model = ModelNamed(f.String("model"), models, "model");
-        if (model.IsPipeline)
-            throw new ApiInputException($"'model': {model.Name} is a Stable Diffusion pipeline, which cannot be evaluated yet (FID-proxy measures against MNIST and has no reference images for prompts); sample it from a prompt instead.");
+        if (model.IsPipeline) return PipelineEvaluateJobFrom(f, model, models, outputs);
+        if (f.OptionalTexts("prompts") is not null || f.OptionalDouble("guidance") is not null)
+            throw new ApiInputException($"'prompts' and 'guidance' are for evaluating a Stable Diffusion pipeline; {model.Name} is a {model.ClassName}. Leave them out.");
         if (ModelFamilies.ForClass(model.ClassName) is null) throw new ApiInputException($"'model': {model.Name} is a {model.ClassName}, not a diffusion model to evaluate.");
         var reference = f.OptionalString("reference") is { } name ? ModelNamed(name, models, "reference") : null;
         if (reference?.FolderPath == model.FolderPath) throw new ApiInputException("'reference' must be another model than 'model'.");
@@ -386,6 +441,42 @@ public static class StudioApi
         };
         string report = ModelEvaluations.NewReportPath(outputs, model.Name);
         return new EvaluateJob(request, report, Runtime(f) == "onnx" ? Path.Combine(outputs, StudioOptions.OnnxCacheFolder) : null);
+    }
+
+    /// <summary>
+    /// A Stable Diffusion pipeline against a reference pipeline from the same prompts and noise (SSIM, PSNR, latent MSE and
+    /// statistic, U-Net cost; no FID-proxy). <c>reference</c> defaults to the pipeline its prune report names as its
+    /// original (also for a distilled pipeline, which carries that report) and is required when there is none;
+    /// <c>prompts</c> default to the evaluator's held-out prompts, <c>samples</c> (images per prompt) to 2, at most 16,
+    /// <c>steps</c> to 25, <c>guidance</c> to 7.5, <c>seed</c> to 0; TorchSharp only.
+    /// </summary>
+    private static PipelineEvaluateJob PipelineEvaluateJobFrom(Fields f, ModelSummary model, IReadOnlyList<ModelSummary> models, string outputs)
+    {
+        var reference = f.OptionalString("reference") is { } name
+            ? ModelNamed(name, models, "reference")
+            : ModelOrigins.PrunedFrom(model.FolderPath, models.Where(m => m.IsPipeline))
+              ?? throw new ApiInputException($"'reference' is required: {model.Name} is a Stable Diffusion pipeline, evaluated against a reference pipeline " +
+                  "from the same prompts and noise, and it has no prune report naming its original in the catalog. Name the pipeline to compare it with.");
+        if (!reference.IsPipeline)
+            throw new ApiInputException($"'reference': {model.Name} is a Stable Diffusion pipeline and is evaluated against a pipeline; {reference.Name} is a {reference.ClassName}.");
+        if (reference.FolderPath == model.FolderPath) throw new ApiInputException("'reference' must be another pipeline than 'model'.");
+        int imagesPerPrompt = f.OptionalInt("samples", 1) ?? 2;
+        if (imagesPerPrompt > 16) throw new ApiInputException($"'samples' (images per prompt, for a pipeline) must be at most 16, not {imagesPerPrompt}.");
+        double guidance = f.OptionalDouble("guidance") ?? StableDiffusionSampleRunner.DefaultGuidanceScale;
+        if (guidance is < 0 or > 30) throw new ApiInputException("'guidance' must be between 0 and 30 (1 or less: the prompt alone).");
+        if ((f.OptionalString("runtime") ?? "torch") != "torch")
+            throw new ApiInputException("'runtime': Stable Diffusion pipelines are evaluated in TorchSharp only; use \"torch\" or leave it out.");
+        var request = new StableDiffusionEvalRequest
+        {
+            ModelPath = model.FolderPath,
+            ReferencePath = reference.FolderPath,
+            Prompts = f.OptionalTexts("prompts"),
+            ImagesPerPrompt = imagesPerPrompt,
+            Steps = f.OptionalInt("steps", 1) ?? 25,
+            GuidanceScale = guidance,
+            Seed = f.OptionalLong("seed") ?? 0,
+        };
+        return new PipelineEvaluateJob(request, ModelEvaluations.NewReportPath(outputs, model.Name), model.Name, reference.Name);
     }
 
     /// <summary>
@@ -467,6 +558,7 @@ public static class StudioApi
             ["class_name"] = b.ClassName,
             ["parameters"] = b.Parameters,
             ["macs"] = b.Macs,
+            ["pipeline"] = b.IsPipeline,
             ["zip_bytes"] = b.ZipBytes,
             ["download"] = $"/api/exports/{b.Name}.zip",
         }).ToArray()).ToJsonString(Json), "application/json");
@@ -477,11 +569,79 @@ public static class StudioApi
             ? Results.File(bundle.Zip, "application/zip", file, enableRangeProcessing: true)
             : Problem(404, $"There is no bundle '{file}'.");
 
-    /// <summary>One file of a bundle (model.onnx, onnx_model.json, scheduler_config.json, config.json, README.md), for the on-device page.</summary>
+    /// <summary>
+    /// One file of a bundle (model.onnx, onnx_model.json, scheduler_config.json, config.json, README.md; for a pipeline,
+    /// <see cref="Export.BundleFolders.ServedPipelineFiles"/> such as unet/model.onnx), for the on-device page.
+    /// </summary>
     private static IResult BundleFile(string name, string file, Export.BundleFolders bundles) =>
         bundles.FileOf(name, file) is { } path
             ? Results.File(path, Path.GetExtension(path) switch { ".json" => "application/json", ".md" => "text/markdown; charset=utf-8", _ => "application/octet-stream" })
             : Problem(404, $"There is no file '{file}' in a bundle '{name}'.");
+
+    /// <summary>One file in a component folder of a pipeline bundle (e.g. <c>unet/model.onnx</c>), for the on-device page; 404 for anything not in <see cref="Export.BundleFolders.ServedPipelineFiles"/>.</summary>
+    private static IResult BundleComponentFile(string name, string component, string file, Export.BundleFolders bundles) =>
+        BundleFile(name, $"{component}/{file}", bundles);
+
+    /// <summary>The longest prompt <see cref="TokenizeAsync"/> takes, in characters: CLIP reads 75 tokens, and no prompt that long needs more.</summary>
+    public const int MaxPromptCharacters = 2000;
+
+    /// <summary>
+    /// <c>POST /api/exports/{name}/tokenize</c> with <c>{"prompt": "...", "negative_prompt": "..."}</c> (the negative prompt
+    /// optional, "" by default; either may be empty): both texts as the ids the pipeline bundle's text encoder takes, from
+    /// its own tokenizer files. Answers <c>input_ids</c>, <c>negative_input_ids</c>, <c>model_max_length</c>, and per text the
+    /// token count and whether it was cut. 404 for no such bundle, 400 for a bundle that is not a pipeline or bad fields.
+    /// </summary>
+    private static async Task<IResult> TokenizeAsync(string name, HttpContext context, Export.BundleFolders bundles, Export.BundleTokenizers tokenizers,
+        IOptions<StudioOptions> options)
+    {
+        if (bundles.Find(name) is not { } bundle) return Problem(404, $"There is no bundle '{name}'.");
+        try
+        {
+            if (!bundle.IsPipeline)
+                throw new ApiInputException($"Bundle '{name}' is a {bundle.ClassName ?? "weights-only"} bundle, not an {Inference.Onnx.OnnxPipelineLayout.ClassName}; " +
+                    "only a Stable Diffusion pipeline bundle has a tokenizer.");
+            var body = await ReadBodyAsync(context, options.Value.MaxJsonBodyBytes);
+            var unknown = body.Select(p => p.Key).Where(k => k is not ("prompt" or "negative_prompt")).ToList();
+            if (unknown.Count > 0)
+                throw new ApiInputException($"Unknown field(s): {string.Join(", ", unknown.Select(k => $"'{k}'"))}; give 'prompt' and, optionally, 'negative_prompt'.");
+            string Text(string key, bool required)
+            {
+                if (!body.TryGetPropertyValue(key, out var node) || node is null)
+                    return required ? throw new ApiInputException($"'{key}' is required and must be a string (it may be empty).") : "";
+                if (node is not JsonValue value || !value.TryGetValue<string>(out var text))
+                    throw new ApiInputException($"'{key}' must be a string, not {node.ToJsonString()}.");
+                if (text.Length > MaxPromptCharacters)
+                    throw new ApiInputException(string.Create(CultureInfo.InvariantCulture,
+                        $"'{key}' is {text.Length:N0} characters; at most {MaxPromptCharacters:N0} are taken (the text encoder reads only the first tokens anyway)."));
+                return text;
+            }
+            string prompt = Text("prompt", required: true), negative = Text("negative_prompt", required: false);
+            var positive = tokenizers.Tokenize(bundle, prompt);
+            var negativeIds = tokenizers.Tokenize(bundle, negative);
+            return Results.Text(new JsonObject
+            {
+                ["input_ids"] = new JsonArray(positive.InputIds.Select(i => (JsonNode)i).ToArray()),
+                ["negative_input_ids"] = new JsonArray(negativeIds.InputIds.Select(i => (JsonNode)i).ToArray()),
+                ["model_max_length"] = positive.InputIds.Length,
+                ["prompt_tokens"] = positive.Tokens,
+                ["prompt_truncated"] = positive.Truncated,
+                ["negative_prompt_tokens"] = negativeIds.Tokens,
+                ["negative_prompt_truncated"] = negativeIds.Truncated,
+            }.ToJsonString(Json), "application/json");
+        }
+        catch (ApiInputException e)
+        {
+            return Problem(e.StatusCode, e.Message);
+        }
+        catch (Models.ModelFormatException e)
+        {
+            return Problem(409, $"Bundle '{name}' has a tokenizer that cannot be read: {e.Message} Export the pipeline again.");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return Problem(409, $"Bundle '{name}': its tokenizer files could not be read ({DiffusionPrune.Formats.Messages.OneLine(e.Message)}). Export the pipeline again.");
+        }
+    }
 
     private static IResult ListComparisons(ComparisonFolders comparisons) =>
         Results.Text(new JsonArray(comparisons.List().Select(c => (JsonNode)new JsonObject

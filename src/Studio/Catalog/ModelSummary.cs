@@ -19,7 +19,8 @@ public sealed record ModelSummary(
 {
     /// <summary>
     /// A Stable Diffusion pipeline folder (<c>model_index.json</c>: tokenizer, text encoder, U-Net, VAE, scheduler), listed
-    /// as one model; it samples from a prompt and prunes its U-Net, but has no FID evaluation, export or distillation yet.
+    /// as one model: it samples from a prompt, prunes and distils its U-Net, exports as an ONNX pipeline and is evaluated
+    /// against a reference pipeline (paired SSIM and PSNR, no FID-proxy).
     /// </summary>
     public bool IsPipeline => ClassName == DiffusionPrune.Pipeline.StableDiffusion.StableDiffusionPipeline.ClassName;
 }

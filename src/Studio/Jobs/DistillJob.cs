@@ -1,13 +1,17 @@
 using System.Globalization;
 using DiffusionPrune.Pipeline;
+using DiffusionPrune.Pipeline.StableDiffusion;
 using DiffusionPrune.Training;
 
 namespace DiffusionPrune.Studio.Jobs;
 
 /// <summary>
 /// Distils a pruned model from its teacher through the core's <see cref="DiffusionPipeline"/> (normalized, plain or no
-/// KD), then, optionally, takes a quick look at the distilled model against the teacher from the same noise. The page
-/// sees every step's losses, images per second and ETA. Cancelling stops after the step being run.
+/// KD), then, optionally, takes a quick look at the distilled model against the teacher from the same noise. A pruned
+/// Stable Diffusion pipeline distils from its teacher pipeline without a dataset, on the teacher's samples from the
+/// request's prompts, and its quick look compares a fixed prompt's images with the teacher's (SSIM, PSNR; see
+/// <see cref="QuickEvaluation.RunPipelineAsync"/>). The page sees every step's losses, images per second and ETA.
+/// Cancelling stops after the step being run.
 /// </summary>
 public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluation = null) : StudioJob
 {
@@ -41,11 +45,16 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
     {
         using var pipeline = new DiffusionPipeline();
         var trained = await pipeline.DistillAsync(Request, PruneJob.Forward(progress, 0, DistillShare), cancellationToken);
+        bool sd = StableDiffusionPipeline.IsStableDiffusionFolder(Request.StudentPath);
+        if (sd) QuickEvaluation.DropInheritedQuickLook(Request.OutputPath);
         string result = string.Create(CultureInfo.InvariantCulture,
-            $"distilled {trained.Steps} steps of {Request.BatchSize} images ({(long)trained.Steps * Request.BatchSize:N0} images, " +
+            $"distilled {trained.Steps} steps of {Request.BatchSize} {(sd ? "latents" : "images")} ({(long)trained.Steps * Request.BatchSize:N0} {(sd ? "latents" : "images")}, " +
             $"{Request.Kd.ToString().ToLowerInvariant()} KD), final loss {trained.FinalLoss:F4}, in {trained.WallTime.TotalSeconds:F1} s; saved to {Request.OutputPath}");
-        if (Evaluation is { } quick)
-            result += ". " + await quick.RunAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
+        if (Evaluation is { } quick && sd)
+            result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
+                PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
+        else if (Evaluation is { } quick2)
+            result += ". " + await quick2.RunAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
                 PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;

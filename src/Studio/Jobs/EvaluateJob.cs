@@ -33,8 +33,8 @@ public sealed class EvaluateJob(EvalRequest request, string reportPath, string? 
     /// <inheritdoc />
     public override string? RequestJson => System.Text.Json.JsonSerializer.Serialize(new StoredEvaluate(Request, ReportPath, OnnxCache));
 
-    /// <summary>What an evaluation stores to be run again.</summary>
-    internal sealed record StoredEvaluate(EvalRequest Request, string ReportPath, string? OnnxCache = null);
+    /// <summary>What an evaluation stores to be run again: a model's <paramref name="Request"/>, or a pipeline's (<see cref="PipelineEvaluateJob"/>) in <paramref name="Pipeline"/>.</summary>
+    internal sealed record StoredEvaluate(EvalRequest? Request, string ReportPath, string? OnnxCache = null, PipelineEvaluateJob.Stored? Pipeline = null);
 
     /// <inheritdoc />
     public override string Name

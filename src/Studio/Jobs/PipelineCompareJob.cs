@@ -18,7 +18,7 @@ public sealed record PipelineCompareRequest(
 
 /// <summary>
 /// Compares Stable Diffusion pipelines (an original and its pruned copies) from a prompt, which the core's comparison
-/// (FID-proxy against MNIST, ONNX latency) cannot do yet: each pipeline draws the same images of the same prompt from the
+/// (FID-proxy against MNIST, ONNX latency) does not do (their paired figures come from an evaluation, <see cref="PipelineEvaluateJob"/>): each pipeline draws the same images of the same prompt from the
 /// same seed, so the same starting noise, in TorchSharp. The grid has one row per pipeline, reference on top; the result
 /// names each row with its U-Net's parameters and its time per step.
 /// </summary>
@@ -89,7 +89,7 @@ public sealed class PipelineCompareJob(PipelineCompareRequest request) : StudioJ
         }
         string result = string.Create(inv,
             $"Compared {Request.PipelinePaths.Count} pipelines on \"{Request.Prompt}\" ({Request.Images} images each, same seed {Request.Seed}, {Request.Steps} steps, guidance {Request.GuidanceScale}, TorchSharp): ") +
-            string.Join("; ", rows) + ". No FID-proxy or SSIM: the core does not evaluate pipelines yet.";
+            string.Join("; ", rows) + ". No FID-proxy or SSIM here: evaluate a pipeline against its original (SSIM, PSNR from the same prompts and noise) from its page.";
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;
     }

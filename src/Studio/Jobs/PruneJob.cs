@@ -46,6 +46,17 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? O
         return text;
     }
 
+    /// <summary>
+    /// Removes the quick look grid a pipeline written by the core took over from its source (the core hard-links every
+    /// component it does not write, and the grid pictured the source): it must neither describe the new pipeline nor be
+    /// written through. Removing the link leaves the source's file as it was.
+    /// </summary>
+    internal static void DropInheritedQuickLook(string pipelineFolder)
+    {
+        string inherited = Path.Combine(pipelineFolder, PruneJob.QuickLookFile);
+        if (File.Exists(inherited)) File.Delete(inherited);
+    }
+
     /// <summary>The prompt a pruned Stable Diffusion pipeline's quick look draws (diffusers' own example prompt).</summary>
     public const string PipelinePrompt = "a photograph of an astronaut riding a horse";
 
@@ -53,61 +64,36 @@ public sealed record QuickEvaluation(int Samples = 64, int Steps = 10, string? O
     public const int PipelineImages = 2;
 
     /// <summary>
-    /// The quick look of a pruned Stable Diffusion pipeline, which the core cannot evaluate yet (its FID-proxy measures
-    /// against MNIST; there are no reference images for prompts): <see cref="PipelineImages"/> images of
-    /// <see cref="PipelinePrompt"/> from the original and from the pruned pipeline, same seed (so the same starting noise),
-    /// <see cref="Steps"/> steps, guidance 7.5, in TorchSharp. The grid (original above, pruned below) becomes the job's
-    /// preview and is saved as <see cref="PruneJob.QuickLookFile"/> in the pruned pipeline's folder.
+    /// The quick look of a pruned or distilled Stable Diffusion pipeline against <paramref name="reference"/> (its original
+    /// or its teacher), through the core's evaluation of pipelines (<see cref="DiffusionPipeline.EvaluateStableDiffusionAsync"/>):
+    /// <see cref="PipelineImages"/> images of <see cref="PipelinePrompt"/> from both, same seed (so the same starting noise),
+    /// <see cref="Steps"/> steps, guidance 7.5, in TorchSharp, compared pair by pair (SSIM, PSNR, latent MSE). No
+    /// FID-proxy: it measures against MNIST, and there are no reference images for prompts. The report is saved as
+    /// <see cref="ModelFolder.EvalReport"/> and the same-seed grid (reference | model | 4 x difference, one row per image)
+    /// as <see cref="PruneJob.QuickLookFile"/> in the pipeline's folder; the grid is the job's preview.
     /// </summary>
-    public async Task<string> RunPipelineAsync(DiffusionPipeline pipeline, string model, string reference, long seed,
-        IProgress<StageProgress> originalProgress, IProgress<StageProgress> prunedProgress, CancellationToken cancellationToken)
+    public async Task<string> RunPipelineAsync(DiffusionPipeline pipeline, string model, string reference, string referenceName, long seed,
+        IProgress<StageProgress> progress, CancellationToken cancellationToken)
     {
-        string temp = Directory.CreateTempSubdirectory("dprune-quick-look-").FullName;
-        try
+        var report = await pipeline.EvaluateStableDiffusionAsync(new StableDiffusionEvalRequest
         {
-            var images = new List<TorchSharp.torch.Tensor>();
-            try
-            {
-                foreach (var (path, name, progress) in new[] { (reference, "original", originalProgress), (model, "pruned", prunedProgress) })
-                {
-                    string output = Path.Combine(temp, name + ".safetensors"); // safetensors keep the decoded images for the grid
-                    var sampled = await pipeline.SampleAsync(new SampleRequest
-                    {
-                        ModelPath = path,
-                        Prompt = PipelinePrompt,
-                        Steps = Steps,
-                        Count = PipelineImages,
-                        Seed = seed,
-                        GuidanceScale = StableDiffusionSampleRunner.DefaultGuidanceScale,
-                        OutputPath = output,
-                    }, progress, cancellationToken);
-                    sampled.Final.Dispose();
-                    sampled.Trajectory?.Dispose();
-                    using var file = SafetensorsFile.Open(output);
-                    images.Add(file.ReadFloat("image"));
-                }
-                using var both = TorchSharp.torch.cat(images, 0);
-                int scale = Math.Max(1, 128 / (int)both.shape[^1]); // tiny test pipelines are enlarged, real ones shown as they are
-                var (png, width, height) = ImageGrid.Png(both, columns: PipelineImages, scale: scale);
-                Runtime.AtomicFile.Replace(Path.Combine(model, PruneJob.QuickLookFile), path => File.WriteAllBytes(path, png));
-                string caption = string.Create(CultureInfo.InvariantCulture,
-                    $"\"{PipelinePrompt}\", seed {seed}, {Steps} steps, guidance {StableDiffusionSampleRunner.DefaultGuidanceScale}: the original above, the pruned pipeline below");
-                originalProgress.Report(new StageProgress(PipelineStage.Sample, null, "quick look", Preview: new PreviewImage(png, width, height, caption)));
-            }
-            finally
-            {
-                foreach (var image in images) image.Dispose();
-            }
-        }
-        finally
-        {
-            try { Directory.Delete(temp, recursive: true); }
-            catch (IOException) { /* a leftover temp folder harms nothing */ }
-        }
-        string guidance = StableDiffusionSampleRunner.DefaultGuidanceScale.ToString(CultureInfo.InvariantCulture);
-        return $"Quick look ({PipelineImages} images of \"{PipelinePrompt}\" from the original and the pruned pipeline, same seed, {Steps} steps, " +
-            $"guidance {guidance}, in TorchSharp): no FID-proxy, because the core does not evaluate pipelines yet " +
-            "(its FID-proxy measures against MNIST and has no reference images for prompts); compare the images instead";
+            ModelPath = model,
+            ReferencePath = reference,
+            Prompts = [PipelinePrompt],
+            ImagesPerPrompt = PipelineImages,
+            Steps = Steps,
+            GuidanceScale = StableDiffusionSampleRunner.DefaultGuidanceScale,
+            Seed = seed,
+            GridPath = Path.Combine(model, PruneJob.QuickLookFile),
+        }, progress, cancellationToken);
+        // names and hashes in the saved report, never local paths
+        (report with { Model = SourceIdentity.Describe(model), Reference = SourceIdentity.Describe(reference), Grid = PruneJob.QuickLookFile })
+            .Save(Path.Combine(model, ModelFolder.EvalReport));
+        var inv = CultureInfo.InvariantCulture;
+        return string.Create(inv,
+            $"Quick look ({PipelineImages} images of \"{PipelinePrompt}\" from {referenceName} and this pipeline, same seed, {Steps} steps, guidance {report.GuidanceScale}, in TorchSharp): ") +
+            string.Create(inv, $"SSIM to {referenceName} {report.Ssim.Mean:F3}, PSNR {report.Psnr.Mean:F1} dB, latent MSE / variance {report.LatentRelativeMse.Mean:F3}; ") +
+            "no FID-proxy for pipelines (it measures against MNIST)";
     }
 }
 
@@ -122,7 +108,7 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
     /// <summary>The request the job runs.</summary>
     public PruneRequest Request { get; } = request;
 
-    /// <summary>A pruned pipeline's quick look grid (the original above, the pruned pipeline below), beside its prune_report.json.</summary>
+    /// <summary>A pruned or distilled pipeline's quick look grid (one row per image: the original | the pipeline | 4 x their difference), beside its eval_report.json.</summary>
     public const string QuickLookFile = "quick_look.png";
 
     /// <summary>The evaluation after pruning; null skips it.</summary>
@@ -166,14 +152,11 @@ public sealed class PruneJob(PruneRequest request, QuickEvaluation? evaluation =
             if (layers.Additivity?.PearsonR is double r)
                 result += string.Create(CultureInfo.InvariantCulture, $". Additivity over {layers.Additivity.Samples.Count} random layer subsets: Pearson r {r:F3}, Spearman rho {layers.Additivity.SpearmanRho:F3}");
         }
-        if (Evaluation is { } quick && StableDiffusionPipeline.IsStableDiffusionFolder(Request.ModelPath))
-        {
-            double half = (1 - PruneShare) / 2;
-            pipeline.Forget(Request.OutputPath!); // the U-Nets held in memory: the quick look loads each whole pipeline instead
-            pipeline.Forget(Request.ModelPath);
-            result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath!, Request.ModelPath, Request.Seed,
-                Forward(progress, PruneShare, half), Forward(progress, PruneShare + half, half), cancellationToken);
-        }
+        bool sd = StableDiffusionPipeline.IsStableDiffusionFolder(Request.ModelPath);
+        if (sd && Request.OutputPath is { } written) QuickEvaluation.DropInheritedQuickLook(written);
+        if (Evaluation is { } quick && sd)
+            result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
+                Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);
         else if (Evaluation is { } quick2)
             result += ". " + await quick2.RunAsync(pipeline, Request.OutputPath!, Request.ModelPath, "the original", Request.Seed,
                 Forward(progress, PruneShare, 1 - PruneShare), cancellationToken);

@@ -43,7 +43,8 @@ public static class StudioJobs
                 case "evaluate":
                     {
                         var stored = JsonSerializer.Deserialize<EvaluateJob.StoredEvaluate>(requestJson) ?? throw new JsonException("null");
-                        return new EvaluateJob(stored.Request, stored.ReportPath, stored.OnnxCache) { Id = id };
+                        if (stored.Pipeline is { } sd) return new PipelineEvaluateJob(sd.Request, stored.ReportPath, sd.ModelName, sd.ReferenceName) { Id = id };
+                        return new EvaluateJob(stored.Request ?? throw new JsonException("no request"), stored.ReportPath, stored.OnnxCache) { Id = id };
                     }
                 case "sample":
                     {

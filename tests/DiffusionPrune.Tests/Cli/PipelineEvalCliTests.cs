@@ -50,6 +50,7 @@ public class PipelineEvalCliTests
 
         Assert.True(code == 0, stderr);
         Assert.Contains("SSIM to reference", stdout);
+        Assert.Contains("sampled 6/6", stderr); // the pipeline stage's progress: each prompt from each pipeline
         var report = JsonNode.Parse(File.ReadAllText(temp.File("eval.json")))!.AsObject();
         Assert.Equal(6, (int)report["images"]!); // 3 prompts x 2 images, the default for pipelines
         Assert.Equal(7.5, (double)report["guidance_scale"]!);
@@ -64,6 +65,38 @@ public class PipelineEvalCliTests
         using var image = SixLabors.ImageSharp.Image.Load(temp.File("eval.png"));
         Assert.Equal(3 * 32 + 4 * 2, image.Width);
         Assert.Equal(6 * 32 + 7 * 2, image.Height);
+    }
+
+    [Fact]
+    public async Task The_pipeline_stage_reports_each_prompt_from_each_pipeline_the_grid_as_a_preview_and_finite_figures_and_pruning_drops_the_sources_evaluation()
+    {
+        using var temp = Fixtures.Temp();
+        string original = StableDiffusionPipelineTests.CopyPipeline(temp);
+        string pruned = temp.File("pruned");
+        File.WriteAllText(Path.Combine(original, DiffusionPrune.Formats.ModelFolder.EvalReport), "{}"); // the original's own evaluation
+        using var pipeline = new DiffusionPrune.Pipeline.DiffusionPipeline();
+        await pipeline.PruneAsync(new DiffusionPrune.Pruning.PruneRequest { ModelPath = original, Method = "magnitude", TargetParams = 0.2, OutputPath = pruned });
+        Assert.False(File.Exists(Path.Combine(pruned, DiffusionPrune.Formats.ModelFolder.EvalReport))); // it measured another U-Net: not passed on
+        Assert.Contains(pipeline.Models, m => m.Path == pruned); // the pruned U-Net, held: the evaluation drops it and loads whole pipelines
+        var progress = new List<DiffusionPrune.Pipeline.StageProgress>();
+
+        var report = await pipeline.EvaluateStableDiffusionAsync(new StableDiffusionEvalRequest
+        {
+            ModelPath = pruned, ReferencePath = original, Prompts = ["a red cube", "a blue sphere"], ImagesPerPrompt = 1, Steps = 2, Seed = 7,
+        }, new DiffusionPrune.Pipeline.SynchronousProgress<DiffusionPrune.Pipeline.StageProgress>(progress.Add));
+
+        var steps = progress.Where(p => p.Stage == DiffusionPrune.Pipeline.PipelineStage.Evaluate && p.Done is not null).ToList();
+        Assert.Equal([1L, 2L, 3L, 4L], steps.Select(p => p.Done!.Value));
+        Assert.All(steps, p => Assert.Equal(4L, p.Total));
+        var preview = Assert.Single(progress, p => p.Preview is not null).Preview!;
+        Assert.Equal((3 * 128 + 4 * 2, 2 * 128 + 3 * 2), (preview.Width, preview.Height)); // 2 images x (reference, model, difference), 32 px enlarged 4 times
+        var last = progress[^1];
+        Assert.Equal(1.0, last.Fraction);
+        Assert.All(new[] { "ssim", "psnr_db", "latent_relative_mse", "latent_statistic_shift", "ms_per_step" },
+            name => Assert.True(double.IsFinite(last.Metrics![name]), $"{name} = {last.Metrics![name]}"));
+        Assert.InRange(report.Ssim.Mean, -1, 1);
+        Assert.DoesNotContain(pipeline.Models, m => m.Path == pruned);
+        Assert.Null(report.Grid); // no file unless asked for
     }
 
     [Fact]

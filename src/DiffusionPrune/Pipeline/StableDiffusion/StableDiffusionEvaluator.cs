@@ -106,8 +106,13 @@ public static class StableDiffusionEvaluator
         "a futuristic city skyline with flying cars",
     ];
 
+    /// <param name="progress">Called after each prompt's images from one pipeline: (done, total), total being twice the prompts.</param>
+    /// <param name="grid">
+    /// Receives the same-seed grid as a PNG (one row per image: reference | model | 4 x |difference|; images under 128
+    /// pixels enlarged) before the report is returned; the grid is made only when this or <see cref="StableDiffusionEvalRequest.GridPath"/> asks.
+    /// </param>
     public static StableDiffusionEvalReport Evaluate(StableDiffusionEvalRequest request, Device? device = null, Action<int, int>? progress = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, Action<PreviewImage>? grid = null)
     {
         var prompts = request.Prompts ?? DefaultPrompts;
         if (prompts.Count == 0) throw new ArgumentException("Give at least one prompt to evaluate on.");
@@ -173,20 +178,32 @@ public static class StableDiffusionEvaluator
             double shift = Math.Sqrt((z.mean([0]) - zRef.mean([0])).pow(2).sum().item<double>())
                            + (n > 1 ? Math.Sqrt((z.std(0) - zRef.std(0)).pow(2).sum().item<double>()) : 0);
 
-            string? grid = null;
-            if (request.GridPath is { } gridPath)
+            string? gridFile = null;
+            if (request.GridPath is not null || grid is not null)
             {
                 // one row per image: reference | model | 4 x |difference|, in [-1, 1] as the grid expects
                 var difference = ((x - y).abs() * 4).clamp(0, 1);
                 var rows = stack([y, x, difference], 1).reshape(-1, x.shape[1], x.shape[2], x.shape[3]);
-                ImageGrid.Save(gridPath, rows * 2 - 1, columns: 3);
-                grid = gridPath;
+                if (request.GridPath is { } gridPath)
+                {
+                    // written beside and renamed: a grid there may be a hard link into another pipeline's folder, which must not change
+                    Runtime.AtomicFile.Replace(gridPath, path => ImageGrid.Save(path, rows * 2 - 1, columns: 3));
+                    gridFile = gridPath;
+                }
+                if (grid is not null)
+                {
+                    int scale = Math.Max(1, 128 / (int)x.shape[^1]); // tiny pipelines are enlarged, real ones shown as they are
+                    var (png, width, height) = ImageGrid.Png(rows * 2 - 1, columns: 3, scale: scale);
+                    string sampled = prompts.Count == 1 ? $"\"{prompts[0]}\"" : string.Create(CultureInfo.InvariantCulture, $"{prompts.Count} prompts");
+                    grid(new PreviewImage(png, width, height, string.Create(CultureInfo.InvariantCulture,
+                        $"{sampled} x {request.ImagesPerPrompt}, seed {request.Seed}, {request.Steps} steps, guidance {request.GuidanceScale}: one row per image, the reference | the model | 4 x their difference")));
+                }
             }
 
             double steps = (double)prompts.Count * request.Steps;
             return new StableDiffusionEvalReport(request.ModelPath, request.ReferencePath, prompts, request.ImagesPerPrompt, request.Steps,
                 request.SchedulerName, request.GuidanceScale, request.Seed, ssim, psnr, latentMse, shift,
-                Cost(model, modelSeconds * 1000 / steps), Cost(reference, referenceSeconds * 1000 / steps), grid);
+                Cost(model, modelSeconds * 1000 / steps), Cost(reference, referenceSeconds * 1000 / steps), gridFile);
         }
         finally
         {
