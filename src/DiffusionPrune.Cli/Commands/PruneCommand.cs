@@ -49,6 +49,7 @@ public static class PruneCommand
         var ecoBatch = new Option<int>("--ecodiff-batch") { Description = "EcoDiff: calibration samples per iteration (the calibration set is cycled in batches of this size).", DefaultValueFactory = _ => 4 };
         var guidance = new Option<double>("--guidance-scale") { Description = "Classifier-free guidance of EcoDiff's calibration trajectories (class-conditional models, or a Stable Diffusion pipeline against the empty prompt; use the scale you will sample with, e.g. 7.5).", DefaultValueFactory = _ => 1.0 };
         var prompts = new Option<string?>("--prompts") { Description = "A Stable Diffusion pipeline folder: a text file of calibration prompts, one per line (blank lines skipped; default: eight built-in generic prompts), for every method that runs the model; taylor and learnable-depth calibrate on the pipeline's own samples from them." };
+        var promptEmbeddings = new Option<string?>("--prompt-embeddings") { Description = "A Stable Diffusion pipeline folder: saved prompt embeddings to calibrate on instead of --prompts: a safetensors file with diffusers' prompt_embeds [prompts, tokens, width] and optionally negative_prompt_embeds of the same shape (else the empty prompt is encoded), one calibration prompt per row." };
         var teacherSamples = new Option<int?>("--teacher-samples") { Description = "taylor and learnable-depth on a Stable Diffusion pipeline: calibration latents the pipeline samples per prompt (default: enough for --calibration, ceil(calibration / prompts))." };
         var teacherSteps = new Option<int?>("--teacher-steps") { Description = $"taylor and learnable-depth on a Stable Diffusion pipeline: DDIM steps per calibration latent (default {PruneRunner.DefaultTeacherSampleSteps})." };
         var teacherGuidance = new Option<double?>("--teacher-guidance") { Description = $"taylor and learnable-depth on a Stable Diffusion pipeline: the classifier-free guidance the calibration latents are sampled with (default {PruneRunner.DefaultTeacherGuidanceScale.ToString(System.Globalization.CultureInfo.InvariantCulture)})." };
@@ -65,7 +66,7 @@ public static class PruneCommand
         var json = CliOutput.JsonOption();
         var command = new Command("prune", "Prune a model structurally to a parameter target and save the smaller model.")
         {
-            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, prompts, teacherSamples, teacherSteps, teacherGuidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
+            model, method, target, budget, selection, additivity, latencyBatch, steps, iterations, calibration, beta, lr, regularizer, weighting, betaControl, gate, noCheckpointing, roundTo, scope, minKeep, unitTypes, regularizerMean, weightDecay, damping, initialLogit, ecoBatch, guidance, prompts, promptEmbeddings, teacherSamples, teacherSteps, teacherGuidance, data, schedulerConfig, seed, output, resume, checkpointEvery, probeMemory, estimate, device,
             quiet, json,
         };
         command.SetAction(parse => CliCommon.Run(() =>
@@ -87,6 +88,7 @@ public static class PruneCommand
                 SchedulerConfigPath = parse.GetValue(schedulerConfig),
                 Data = parse.GetValue(data),
                 Prompts = parse.GetValue(prompts) is { } promptFile ? ReadPrompts(promptFile) : null,
+                PromptEmbeddingsPath = parse.GetValue(promptEmbeddings),
                 TeacherSamplesPerPrompt = parse.GetValue(teacherSamples),
                 TeacherSampleSteps = parse.GetValue(teacherSteps),
                 TeacherGuidanceScale = parse.GetValue(teacherGuidance),

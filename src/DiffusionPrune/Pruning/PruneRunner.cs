@@ -86,6 +86,14 @@ public sealed record PruneRequest
     public IReadOnlyList<string>? Prompts { get; init; }
 
     /// <summary>
+    /// A Stable Diffusion pipeline folder: saved prompt embeddings to calibrate on instead of <see cref="Prompts"/> (CLI
+    /// <c>--prompt-embeddings FILE</c>; the format is <see cref="Pipeline.StableDiffusion.PromptEmbeddingsFile"/>): each row
+    /// is one calibration prompt's states, used as <see cref="Prompts"/>' encodings would be. Refused with
+    /// <see cref="Prompts"/>, and where prompts are.
+    /// </summary>
+    public string? PromptEmbeddingsPath { get; init; }
+
+    /// <summary>
     /// taylor and learnable-depth on a Stable Diffusion pipeline: latents the pipeline's own U-Net samples per prompt, the
     /// calibration images (<see cref="TeacherSamples"/>). Null: enough for <see cref="Calibration"/>, ceil(calibration / prompts).
     /// Refused (like the two below) for other models and methods, which sample no calibration latents.
@@ -204,8 +212,10 @@ public static class PruneRunner
     {
         string output = request.OutputPath ?? throw new ArgumentException("--output is required: the folder for the pruned model.");
         CheckOutput(request.ModelPath, output);
-        if (request.Prompts is not null && PipelineFolderOf(request) is null) // before loading: nothing else is needed to tell
-            throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, "not one"));
+        if (request.Prompts is not null && request.PromptEmbeddingsPath is not null)
+            throw new ArgumentException(BothTexts);
+        if ((request.Prompts is not null || request.PromptEmbeddingsPath is not null) && PipelineFolderOf(request) is null) // before loading: nothing else is needed to tell
+            throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, "not one", OptionOfText(request)));
         var watch = Stopwatch.StartNew();
         using var model = ModelFamilies.Load(request.ModelPath, device: device);
         string schedulerPath = SchedulerConfigOf(request);
@@ -251,6 +261,18 @@ public static class PruneRunner
         if (pipelineFolder is null)
             throw new ArgumentException($"{request.Method} on a {model.ClassName} calibrates on prompts, which need the text encoder: give the Stable " +
                 "Diffusion pipeline folder (model_index.json) rather than its unet/ alone.");
+        if (request.PromptEmbeddingsPath is { } file)
+        {
+            int width = model is Models.UNet2DConditionModel unet ? unet.Config.CrossAttentionDim[0]
+                : throw new ArgumentException($"--prompt-embeddings calibrates a UNet2DConditionModel, not a {model.ClassName}.");
+            log?.Invoke($"reading saved prompt embeddings from {file}");
+            var (embeddings, labels) = Pipeline.StableDiffusion.PromptEmbeddingsFile.Load(file, width, negative, device, count =>
+            {
+                using var empty = Pipeline.StableDiffusion.StableDiffusionPipeline.EncodePromptsOf(pipelineFolder, Enumerable.Repeat("", count).ToArray(), false, device);
+                return empty.PromptEmbeds.alias();
+            });
+            return new TextCalibration(labels, embeddings);
+        }
         var prompts = request.Prompts ?? DefaultCalibrationPrompts;
         log?.Invoke($"encoding {prompts.Count} calibration prompts{(request.Prompts is null ? " (built-in)" : "")} with the pipeline's text encoder");
         return new TextCalibration(prompts, Pipeline.StableDiffusion.StableDiffusionPipeline.EncodePromptsOf(pipelineFolder, prompts, negative, device));
@@ -261,7 +283,8 @@ public static class PruneRunner
     {
         if (text is null) return;
         settings["prompts"] = new JsonArray(text.Prompts.Select(p => (JsonNode?)p).ToArray());
-        settings["prompt_source"] = request.Prompts is null ? "built-in" : "request";
+        settings["prompt_source"] = request.PromptEmbeddingsPath is not null ? "embeddings" : request.Prompts is null ? "built-in" : "request";
+        if (request.PromptEmbeddingsPath is { } file) settings["prompt_embeddings"] = Path.GetFileName(file);
     }
 
     /// <summary>DDIM steps per calibration latent when the request gives none (the default of <c>dprune distill --teacher-steps</c>).</summary>
@@ -318,8 +341,17 @@ public static class PruneRunner
         return json;
     }
 
-    private static string PromptsNeedPipeline(string modelPath, string what) =>
-        $"--prompts calibrates the U-Net of a Stable Diffusion pipeline folder (model_index.json with a text encoder); '{modelPath}' is {what}. Leave --prompts out.";
+    private static string PromptsNeedPipeline(string modelPath, string what, string option = "--prompts") =>
+        $"{option} calibrates the U-Net of a Stable Diffusion pipeline folder (model_index.json with a text encoder); '{modelPath}' is {what}. Leave {option} out.";
+
+    private const string BothTexts = "--prompts and --prompt-embeddings both give the calibration text; give one of them.";
+
+    private static string OptionOfText(PruneRequest request) => request.PromptEmbeddingsPath is not null ? "--prompt-embeddings" : "--prompts";
+
+    /// <summary>How many calibration prompts a pipeline request has: the rows of its saved embeddings, its prompts, or the built-in ones.</summary>
+    public static int CalibrationPromptCount(PruneRequest request) =>
+        request.PromptEmbeddingsPath is { } file ? Pipeline.StableDiffusion.PromptEmbeddingsFile.ReadHeader(file).Count
+            : (request.Prompts ?? DefaultCalibrationPrompts).Count;
 
     /// <summary>
     /// Refuses, before any work, what a text-conditioned U-Net cannot be pruned with, and prompts given where nothing
@@ -329,15 +361,19 @@ public static class PruneRunner
     {
         bool text = ModelFamilies.ConditioningOf(model).Kind == ConditioningKind.TextStates;
         var entry = ImportanceCriteria.Find(request.Method);
-        if (request.Prompts is not null)
+        if (request.Prompts is not null && request.PromptEmbeddingsPath is not null)
+            throw new ArgumentException(BothTexts);
+        if (request.Prompts is not null || request.PromptEmbeddingsPath is not null)
         {
+            string option = OptionOfText(request);
             if (!text || pipelineFolder is null)
-                throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, $"a {model.ClassName}{(text ? " folder without its pipeline's text encoder" : "")}"));
+                throw new ArgumentException(PromptsNeedPipeline(request.ModelPath, $"a {model.ClassName}{(text ? " folder without its pipeline's text encoder" : "")}", option));
             if (entry is null || entry.Workload == PruneWorkload.WeightsOnly)
-                throw new ArgumentException($"--prompts is for the methods that run the model on prompts (" +
+                throw new ArgumentException($"{option} is for the methods that run the model on prompts (" +
                     $"{string.Join(", ", ImportanceCriteria.All.Where(e => e.Workload != PruneWorkload.WeightsOnly).Select(e => e.Name))}); " +
-                    $"{entry?.Name ?? request.Method} does not read them. Leave --prompts out.");
-            if (request.Prompts.Count == 0 || request.Prompts.Any(string.IsNullOrWhiteSpace))
+                    $"{entry?.Name ?? request.Method} does not read them. Leave {option} out.");
+            if (request.PromptEmbeddingsPath is { } file) _ = Pipeline.StableDiffusion.PromptEmbeddingsFile.ReadHeader(file); // a bad file refused before any work
+            else if (request.Prompts!.Count == 0 || request.Prompts.Any(string.IsNullOrWhiteSpace))
                 throw new ArgumentException("--prompts holds no prompts (or an empty one): give one prompt per line.");
         }
         bool samplesLatents = text && pipelineFolder is not null && entry is { UsesImages: true };

@@ -129,7 +129,7 @@ public static class PruneTime
     private static IEnumerable<NetworkWork> CalibrationLatents(PruneRequest request)
     {
         if (PruneRunner.PipelineFolderOf(request) is null) yield break;
-        int prompts = (request.Prompts ?? PruneRunner.DefaultCalibrationPrompts).Count;
+        int prompts = PruneRunner.CalibrationPromptCount(request);
         int perPrompt = Math.Max(1, PruneRunner.TeacherSamplesPerPromptOf(request, prompts));
         int steps = Math.Max(1, request.TeacherSampleSteps ?? PruneRunner.DefaultTeacherSampleSteps);
         bool guided = (request.TeacherGuidanceScale ?? PruneRunner.DefaultTeacherGuidanceScale) > 1;

@@ -77,6 +77,37 @@ public class PipelinePruneCliTests
     }
 
     [Fact]
+    public void EcoDiff_on_a_pipeline_calibrates_on_prompt_embeddings_saved_by_diffusers_and_writes_a_pipeline_that_samples()
+    {
+        using var temp = Fixtures.Temp();
+        string pipeline = StableDiffusionPipelineTests.CopyPipeline(temp);
+        string embeddings = Fixtures.Diffusers("sd-pipeline-small", "io.safetensors"); // diffusers' prompt_embeds / negative_prompt_embeds [2, 8, 32], beside other tensors
+
+        var (code, stdout, stderr) = Dprune("prune", "--model", pipeline, "--method", "ecodiff", "--target-params", "0.2",
+            "--prompt-embeddings", embeddings, "--guidance-scale", "5", "--steps", "2", "--iterations", "2", "--calibration", "2",
+            "--ecodiff-batch", "2", "--output", temp.File("pruned"), "--json");
+
+        Assert.True(code == 0, stderr);
+        var settings = JsonNode.Parse(stdout)!["settings"]!;
+        Assert.Equal("embeddings", (string?)settings["prompt_source"]);
+        Assert.Equal("io.safetensors", (string?)settings["prompt_embeddings"]);
+        Assert.Equal(["prompt_embeds[0]", "prompt_embeds[1]"], settings["prompts"]!.AsArray().Select(p => (string)p!).ToArray());
+
+        (code, _, stderr) = Dprune("sample", "--model", temp.File("pruned"), "--prompt", "a cat", "--steps", "2", "--seed", "1",
+            "--output", temp.File("cat.png"));
+        Assert.True(code == 0, stderr);
+        Assert.True(new FileInfo(temp.File("cat.png")).Length > 0);
+
+        File.WriteAllLines(temp.File("prompts.txt"), ["a cat"]);
+        (code, _, stderr) = Dprune("prune", "--model", pipeline, "--method", "ecodiff", "--target-params", "0.2",
+            "--prompt-embeddings", embeddings, "--prompts", temp.File("prompts.txt"), "--steps", "2", "--iterations", "2", "--calibration", "2",
+            "--ecodiff-batch", "2", "--output", temp.File("both"));
+        Assert.Equal(2, code);
+        Assert.Contains("--prompts and --prompt-embeddings both give the calibration text; give one of them", stderr);
+        Assert.False(Directory.Exists(temp.File("both")));
+    }
+
+    [Fact]
     public void Prompts_for_a_model_that_is_not_a_pipeline_are_refused_and_nothing_is_written()
     {
         using var temp = Fixtures.Temp();
