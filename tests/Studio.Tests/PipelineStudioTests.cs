@@ -365,7 +365,6 @@ public sealed class PipelineApiTests : IDisposable
             ("""{"kind": "sample", "model": "sd-small", "prompt": "a cat", "count": 17}""", "at most 16"),
             ("""{"kind": "sample", "model": "tiny", "prompt": "a cat"}""", "'prompt' is for Stable Diffusion pipelines"),
             ("""{"kind": "prune", "model": "sd-small", "method": "taylor", "target_params": 0.2, "guidance": 5}""", "for ecodiff and ecodiff-layer"),
-            ("""{"kind": "prune", "model": "sd-small", "method": "laptop", "target_params": 0.1, "budget": "latency"}""", "latency budget is not available"),
             ("""{"kind": "prune", "model": "sd-small", "method": "magnitude", "target_params": 0.2, "prompts": ["a cat"]}""", "reads no prompts"),
             ("""{"kind": "prune", "model": "tiny", "method": "ecodiff", "target_params": 0.2, "prompts": ["a cat"]}""", "calibrate a Stable Diffusion pipeline"),
             ("""{"kind": "evaluate", "model": "sd-small"}""", "'reference' is required"),

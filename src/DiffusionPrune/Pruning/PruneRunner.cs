@@ -643,9 +643,10 @@ public static class PruneRunner
         ? $"image folder ({folder.Count} images{(folder.NumClasses is int c ? $", {c} classes" : "")})"
         : data.Name;
 
-    /// <summary>The model's folder, where the latency table is cached.</summary>
+    /// <summary>The model's folder (a Stable Diffusion pipeline's unet/), where the latency table is cached.</summary>
     private static string? LatencyCacheFolder(string modelPath) =>
-        Directory.Exists(modelPath) ? modelPath : File.Exists(modelPath) ? Path.GetDirectoryName(Path.GetFullPath(modelPath)) : null;
+        Pipeline.StableDiffusion.StableDiffusionPipeline.IsStableDiffusionFolder(modelPath) ? Path.Combine(Pipeline.StableDiffusion.PipelineIndex.Load(modelPath).Folder, "unet")
+        : Directory.Exists(modelPath) ? modelPath : File.Exists(modelPath) ? Path.GetDirectoryName(Path.GetFullPath(modelPath)) : null;
 
     /// <summary>
     /// Writes the pruned model (diffusers layout), its plan, its report and the scheduler config it was calibrated with

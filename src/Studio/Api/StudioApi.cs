@@ -211,7 +211,6 @@ public static class StudioApi
         {
             // what the core refuses on a pipeline, refused here before the job is queued (taylor and learnable-depth calibrate
             // on the pipeline's own samples from the prompts, at the core's default sampling settings)
-            if (request.Budget == LayerBudget.Latency) throw new ApiInputException("'budget': a latency budget is not available for Stable Diffusion pipelines yet; use params or macs.");
             if (prompts is not null && entry.Workload == PruneWorkload.WeightsOnly)
                 throw new ApiInputException($"'prompts': {entry.Name} does not run the model, so it reads no prompts; leave 'prompts' out.");
             if (guidance is double g && (g is < 1 or > 30 || entry.Name is not ("ecodiff" or "ecodiff-layer")))

@@ -1,10 +1,13 @@
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
+using DiffusionPrune.Analysis;
+using DiffusionPrune.Families;
 using DiffusionPrune.Formats;
 using DiffusionPrune.Inference;
 using DiffusionPrune.Models;
 using DiffusionPrune.Pipeline.StableDiffusion;
 using DiffusionPrune.Pruning;
+using DiffusionPrune.Pruning.Layers;
 using DiffusionPrune.Tests.Pipeline;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
@@ -121,6 +124,29 @@ public class PipelinePruningTests(ITestOutputHelper output)
         Assert.Equal(report.Layers.Removed.Order(StringComparer.Ordinal), smaller.Unet.Structure.RemovedLayers);
         using var image = smaller.Generate("a photograph of an astronaut riding a horse", null, 1, seed: 5, new SampleOptions(2, 7.5));
         Assert.True(isfinite(image.Image).all().item<bool>());
+    }
+
+    [Fact]
+    public void A_latency_budget_on_a_pipeline_times_its_unet_on_text_states_and_caches_the_table_in_unet()
+    {
+        using var temp = Fixtures.Temp();
+        string pipeline = StableDiffusionPipelineTests.CopyPipeline(temp);
+        using (var unet = ModelFamilies.Load(pipeline))
+        {
+            var timings = TorchLatency.Measure(unet, [1, 2], new LatencyOptions { WarmupRuns = 1, TimedRuns = 2 });
+            Assert.All(timings, t => Assert.True(double.IsFinite(t.MedianMs) && t.MedianMs > 0, t.ToString()));
+        }
+        string pruned = temp.File("pruned");
+        var request = Request(pipeline, "laptop", pruned) with { Budget = LayerBudget.Latency, TargetParams = 0.05, AdditivitySubsets = 2, Prompts = ["a red cube"] };
+
+        var report = PruneRunner.Run(request, CPU, output.WriteLine);
+
+        Assert.NotEmpty(report.Layers!.Removed);
+        var settings = JsonNode.Parse(File.ReadAllText(Path.Combine(pruned, ModelFolder.PruneReport)))!["settings"]!;
+        Assert.Equal("latency", (string?)settings["budget"]);
+        Assert.True(File.Exists(Path.Combine(pipeline, "unet", LayerCosts.LatencyFile)), "the table is cached beside the U-Net it times");
+        using var smaller = StableDiffusionPipeline.Load(pruned);
+        Assert.Equal(report.ParametersAfter, smaller.Unet.ParameterCount());
     }
 
     [Fact]
