@@ -7,6 +7,7 @@
 // the two ONNX runtimes' own float error. Its twin for single-model bundles is ondevice.mjs.
 // ONNX Runtime Web is served from wwwroot/lib, copied there from its npm package when the Studio is built.
 import * as ort from '../lib/onnxruntime-web/ort.all.min.mjs';
+import { gaussianNoise } from './ondevice.mjs';
 
 ort.env.wasm.wasmPaths = new URL('../lib/onnxruntime-web/', import.meta.url).href;
 // Threads need a cross-origin-isolated page (SharedArrayBuffer); the Studio's pages are not, so one thread.
@@ -173,29 +174,10 @@ export function ddimScheduler(config) {
 
 // ---- seeded noise ------------------------------------------------------------------------------------------------
 
-/**
- * Seeded standard normal noise: mulberry32 uniforms through Box-Muller. The same seed gives the same noise in every
- * browser, but it is neither torch.randn's noise for that seed nor the C# demo's (System.Random): the same seed gives
- * different images here and in dprune sample. To reproduce another runner's image, pass its noise to generate().
- */
-export function gaussianNoise(count, seed) {
-  let a = seed >>> 0;
-  const uniform = () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i += 2) {
-    const u = 1 - uniform(), v = uniform(); // u in (0, 1]: log(u) is finite
-    const r = Math.sqrt(-2 * Math.log(u));
-    out[i] = r * Math.cos(2 * Math.PI * v);
-    if (i + 1 < count) out[i + 1] = r * Math.sin(2 * Math.PI * v);
-  }
-  return out;
-}
+// The single-model page's generator (ondevice.mjs): the same seed gives the same noise in every browser, but it is
+// neither torch.randn's noise for that seed nor the C# demo's (System.Random), so the same seed gives different images
+// here and in dprune sample. To reproduce another runner's image, pass its noise to generate().
+export { gaussianNoise };
 
 // ---- the pipeline ------------------------------------------------------------------------------------------------
 
