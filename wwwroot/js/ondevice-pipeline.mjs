@@ -7,7 +7,8 @@
 // the two ONNX runtimes' own float error. Its twin for single-model bundles is ondevice.mjs.
 // ONNX Runtime Web is served from wwwroot/lib, copied there from its npm package when the Studio is built.
 import * as ort from '../lib/onnxruntime-web/ort.all.min.mjs';
-import { gaussianNoise } from './ondevice.mjs';
+// numpy's linspace and arange in float64 and round-half-to-even, shared with the single-model page (NoiseSchedule's).
+import { gaussianNoise, numpyArange, numpyLinspace, roundHalfEven } from './ondevice.mjs';
 
 ort.env.wasm.wasmPaths = new URL('../lib/onnxruntime-web/', import.meta.url).href;
 // Threads need a cross-origin-isolated page (SharedArrayBuffer); the Studio's pages are not, so one thread.
@@ -26,34 +27,6 @@ function torchLinspace(start, end, count) {
   return values;
 }
 
-/** np.linspace in float64, the last value exactly stop (ArrayDDIMScheduler.NumpyLinspace). */
-function numpyLinspace(start, stop, num) {
-  if (num === 1) return [start];
-  const step = (stop - start) / (num - 1), y = [];
-  for (let i = 0; i < num; i++) y.push(step === 0 ? i / (num - 1) * (stop - start) + start : i * step + start);
-  y[num - 1] = stop;
-  return y;
-}
-
-/** np.arange in float64: the stride is the difference of the first two values (ArrayDDIMScheduler.NumpyArange). */
-function numpyArange(start, stop, step) {
-  const length = Math.ceil((stop - start) / step);
-  if (!(length > 0)) return [];
-  const y = [start];
-  if (length === 1) return y;
-  y.push(start + step);
-  const delta = y[1] - y[0];
-  for (let i = 2; i < length; i++) y.push(start + i * delta);
-  return y;
-}
-
-/** Math.Round(x, MidpointRounding.ToEven). */
-function roundHalfEven(x) {
-  const floor = Math.floor(x), diff = x - floor;
-  if (diff < 0.5) return floor;
-  if (diff > 0.5) return floor + 1;
-  return floor % 2 === 0 ? floor : floor + 1;
-}
 
 /** A scheduler_config.json's DDIM keys with DDIMScheduler's defaults (ArrayDDIMScheduler.ParseConfig); null keys keep the default, null flags are false. */
 export function ddimConfig(json) {

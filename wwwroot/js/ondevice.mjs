@@ -11,13 +11,13 @@ ort.env.wasm.numThreads = 1;
 const f32 = Math.fround;
 
 /** Round half to even, as numpy's round. */
-function roundHalfEven(x) {
+export function roundHalfEven(x) {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : r;
 }
 
 /** numpy.linspace(start, stop, num) as NoiseSchedule.NumpyLinspace: i * step + start, the last value exactly stop. */
-function numpyLinspace(start, stop, num) {
+export function numpyLinspace(start, stop, num) {
   if (num === 1) return [start];
   const step = (stop - start) / (num - 1), y = [];
   for (let i = 0; i < num; i++) y.push(step === 0 ? i / (num - 1) * (stop - start) + start : i * step + start);
@@ -26,7 +26,7 @@ function numpyLinspace(start, stop, num) {
 }
 
 /** numpy.arange(start, stop, step) as NoiseSchedule.NumpyArange: ceil((stop - start) / step) values of start + i * delta. */
-function numpyArange(start, stop, step) {
+export function numpyArange(start, stop, step) {
   const length = Math.ceil((stop - start) / step);
   if (!(length > 0)) return [];
   const y = [start];
