@@ -50,12 +50,13 @@ public sealed class DistillJob(DistillRequest request, QuickEvaluation? evaluati
         string result = string.Create(CultureInfo.InvariantCulture,
             $"distilled {trained.Steps} steps of {Request.BatchSize} {(sd ? "latents" : "images")} ({(long)trained.Steps * Request.BatchSize:N0} {(sd ? "latents" : "images")}, " +
             $"{Request.Kd.ToString().ToLowerInvariant()} KD), final loss {trained.FinalLoss:F4}, in {trained.WallTime.TotalSeconds:F1} s; saved to {Request.OutputPath}");
-        if (Evaluation is { } quick && sd)
-            result += ". " + await quick.RunPipelineAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
-                PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
-        else if (Evaluation is { } quick2)
-            result += ". " + await quick2.RunAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed,
-                PruneJob.Forward(progress, DistillShare, 1 - DistillShare), cancellationToken);
+        if (Evaluation is { } quick)
+        {
+            var quickProgress = PruneJob.Forward(progress, DistillShare, 1 - DistillShare);
+            result += ". " + (sd
+                ? await quick.RunPipelineAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed, quickProgress, cancellationToken)
+                : await quick.RunAsync(pipeline, Request.OutputPath, Request.TeacherPath, "the teacher", Request.Seed, quickProgress, cancellationToken));
+        }
         progress.Report(new JobProgress(1, result, Note: true));
         Result = result;
     }
