@@ -5,7 +5,8 @@
 # Usage: benchmarks/ecodiff-ablation.sh [model] [N] [eval steps] [targets...]
 #   e.g. GUIDANCE=3 benchmarks/ecodiff-ablation.sh samples/models/mnist-dit 2000 10 0.2
 # VARIANTS="ours official l1" picks variants; DPRUNE=path skips the build. Results are kept in out/ecodiff-ablation/
-# (a finished variant is not run again).
+# (a finished variant is not run again). SEED=1 prunes with another seed (calibration noise, mask initialisation,
+# random's draw); the evaluation keeps seed 0, so rows of two seeds compare on the same noise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-samples/models/mnist-dit}
@@ -15,6 +16,7 @@ shift $(( $# > 3 ? 3 : $# )) || true
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(0.1 0.2 0.3)
 g=${GUIDANCE:-1}
+seed=${SEED:-0}
 if [ -z "${DPRUNE:-}" ]; then
   dotnet build src/DiffusionPrune.Cli -c Release -v quiet >/dev/null
   dprune=src/DiffusionPrune.Cli/bin/Release/net10.0/linux-x64/dprune
@@ -45,9 +47,12 @@ read -r -a variants <<< "${VARIANTS:-ours official heads-ffn l1-layers beta-0.5 
 name=$(basename "$model")
 out=out/ecodiff-ablation/$name
 [ "$n" = 2000 ] || out=$out-n$n # results at another N are kept apart
+[ "$seed" = 0 ] || out=$out-seed$seed # and those of another prune seed
 mkdir -p "$out"
+# the original does not depend on the prune seed: take seed 0's evaluation when there is one
+[ "$seed" = 0 ] || [ -f "$out/original.json" ] || [ ! -f "${out%-seed$seed}/original.json" ] || cp "${out%-seed$seed}/original.json" "$out/"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(grep -o -w -E 'avx512[a-z_]*|avx2|fma' /proc/cpuinfo | sort -u | xargs)), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "evaluation: dprune eval --samples $n --steps $steps --seed 0 --guidance-scale $g (--reference-model $model)"
+echo "prune seed $seed; evaluation: dprune eval --samples $n --steps $steps --seed 0 --guidance-scale $g (--reference-model $model)"
 [ -f "$out/original.json" ] || "$dprune" eval --model "$model" --samples "$n" --steps "$steps" --seed 0 --guidance-scale "$g" --output "$out/original.json" >/dev/null 2>&1
 fid() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); f=r['fid_proxy']; s=r.get('ssim_to_reference'); print(f\"{f['value']:.1f} [{f['lower']:.1f}, {f['upper']:.1f}] | {'—' if s is None else format(s, '.3f')}\")" "$1"; }
 echo "original: FID-proxy $(fid "$out/original.json" | cut -d'|' -f1)"
@@ -60,7 +65,7 @@ for target in "${targets[@]}"; do
     if [ ! -f "$dir/prune_report.json" ]; then
       # shellcheck disable=SC2086
       guidance=(); [[ "${V[$v]}" == "--method ecodiff"* ]] && guidance=(--guidance-scale "$g")
-      if ! /usr/bin/time -f %M -o "$out/$v-$target.rss" "$dprune" prune --model "$model" --target-params "$target" --seed 0 \
+      if ! /usr/bin/time -f %M -o "$out/$v-$target.rss" "$dprune" prune --model "$model" --target-params "$target" --seed "$seed" \
           "${guidance[@]}" ${V[$v]} --output "$dir" > "$out/$v-$target.log" 2>&1; then
         echo "| $target | $v | refused: $(grep -v '^\s*$' "$out/$v-$target.log" | tail -1 | cut -c1-160) | | | | |"
         continue
