@@ -12,6 +12,7 @@ using DiffusionPrune.Runtime;
 using Onnx;
 using static TorchSharp.torch;
 using DataType = Onnx.TensorProto.Types.DataType;
+using static DiffusionPrune.Export.ModelCardText;
 
 namespace DiffusionPrune.Export;
 
@@ -239,7 +240,7 @@ public static class ModelExporter
         card.AppendLine(inv, $"| conditioning | {(model.NumClasses is int n ? $"{n} classes" + (model.NullClass is int nc ? $" + null class {nc}" : "") : "unconditional")} |");
         card.AppendLine(inv, $"| parameters | {cost.Parameters:N0} |");
         card.AppendLine(inv, $"| MACs per sample | {cost.Macs:N0} |");
-        card.AppendLine(inv, $"| pruned | {(s.IsEmpty ? "no" : $"{s.ResnetInnerChannels.Count + s.AttentionHeads.Count + s.FeedForwardInner.Count} layers narrowed, {s.RemovedLayers.Count} removed")} |");
+        card.AppendLine(inv, $"| pruned | {ModelCardText.Pruned(s)} |");
         card.AppendLine();
         card.AppendLine("## Files");
         card.AppendLine();
@@ -257,17 +258,7 @@ public static class ModelExporter
         card.AppendLine(inv, $"- `{ModelFolder.SchedulerConfig}`: from {schedulerSource}.");
 
         if (reports.prune is { } prune)
-        {
-            card.AppendLine();
-            card.AppendLine("## Pruning");
-            card.AppendLine();
-            card.AppendLine("| method | target removed | achieved removed | parameters before → after | MACs before → after |");
-            card.AppendLine("|---|---|---|---|---|");
-            card.AppendLine(inv, $"| {Text(prune["method"])} | {Percent(prune["target_removed_params"])} | {Percent(prune["achieved_removed_params"])} | " +
-                $"{Count(prune["params_before"])} → {Count(prune["params_after"])} | {Count(prune["macs_before"])} → {Count(prune["macs_after"])} |");
-            card.AppendLine();
-            card.AppendLine(inv, $"From `{ModelFolder.PruneReport}` beside the source model.");
-        }
+            ModelCardText.AppendPruning(card, prune, "parameters", "beside the source model");
         if (reports.distillation is { } d)
         {
             card.AppendLine();
@@ -301,15 +292,4 @@ public static class ModelExporter
         }
         return card.ToString();
     }
-
-    private static string Text(JsonNode? node) => node is JsonValue v ? v.ToString() : "—";
-
-    private static string Number(JsonNode? node, string format) =>
-        node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString(format, CultureInfo.InvariantCulture) : "—";
-
-    private static string Count(JsonNode? node) =>
-        node is JsonValue v && v.TryGetValue<double>(out var d) ? ((long)d).ToString("N0", CultureInfo.InvariantCulture) : "—";
-
-    private static string Percent(JsonNode? node) =>
-        node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString("P1", CultureInfo.InvariantCulture) : "—";
 }

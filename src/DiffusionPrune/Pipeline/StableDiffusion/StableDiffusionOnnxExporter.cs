@@ -131,7 +131,6 @@ public static class StableDiffusionOnnxExporter
             File.WriteAllText(Path.Combine(folder, ModelFolder.ModelCard), card);
             files.Add(ModelFolder.ModelCard);
         }, cancel);
-        log?.Invoke($"wrote {files.Count} files to {output}");
         return new StableDiffusionOnnxExport(output, files, components, unetCost.Parameters, unetCost.Macs, pruned);
     }
 
@@ -199,7 +198,7 @@ public static class StableDiffusionOnnxExporter
         foreach (var c in components)
             card.AppendLine(inv, $"| {c.Folder} parameters | {c.Parameters:N0} ({c.Nodes:N0} ONNX nodes) |");
         card.AppendLine(inv, $"| U-Net MACs per sample | {unetCost.Macs:N0} |");
-        card.AppendLine(inv, $"| U-Net pruned | {(s.IsEmpty ? "no" : $"{s.ResnetInnerChannels.Count + s.AttentionHeads.Count + s.FeedForwardInner.Count} layers narrowed, {s.RemovedLayers.Count} removed")} |");
+        card.AppendLine(inv, $"| U-Net pruned | {ModelCardText.Pruned(s)} |");
         card.AppendLine();
         card.AppendLine("## Files");
         card.AppendLine();
@@ -218,27 +217,9 @@ public static class StableDiffusionOnnxExporter
         card.AppendLine("diffusers' `OnnxStableDiffusionPipeline.from_pretrained(THIS_FOLDER)` also opens it (it assumes SD 1.x's scaling factor 0.18215). " +
             "There is no VAE encoder (no image-to-image or inpainting) and no safety checker: generated images are not filtered.");
         if (prune is not null)
-        {
-            card.AppendLine();
-            card.AppendLine("## Pruning");
-            card.AppendLine();
-            card.AppendLine("| method | target removed | achieved removed | U-Net parameters before → after | MACs before → after |");
-            card.AppendLine("|---|---|---|---|---|");
-            card.AppendLine(inv, $"| {Text(prune["method"])} | {Percent(prune["target_removed_params"])} | {Percent(prune["achieved_removed_params"])} | " +
-                $"{Count(prune["params_before"])} → {Count(prune["params_after"])} | {Count(prune["macs_before"])} → {Count(prune["macs_after"])} |");
-            card.AppendLine();
-            card.AppendLine(inv, $"From `{ModelFolder.PruneReport}` in the source pipeline.");
-        }
+            ModelCardText.AppendPruning(card, prune, "U-Net parameters", "in the source pipeline");
         return card.ToString();
     }
-
-    private static string Text(JsonNode? node) => node is JsonValue v ? v.ToString() : "—";
-
-    private static string Count(JsonNode? node) =>
-        node is JsonValue v && v.TryGetValue<double>(out var d) ? ((long)d).ToString("N0", CultureInfo.InvariantCulture) : "—";
-
-    private static string Percent(JsonNode? node) =>
-        node is JsonValue v && v.TryGetValue<double>(out var d) ? d.ToString("P1", CultureInfo.InvariantCulture) : "—";
 
     /// <summary>An existing folder an export may replace: an earlier ONNX pipeline (its model_index.json names the ONNX pipeline class).</summary>
     public static bool IsOnnxPipeline(string folder) => OnnxPipelineLayout.IsOnnxPipeline(folder);
