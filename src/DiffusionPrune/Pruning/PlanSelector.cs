@@ -73,12 +73,7 @@ public static class PlanSelector
             candidates.Add(new Candidate(group, values, MinimumKeep(group, minKeepFraction), roundTo));
         }
 
-        long reachable = candidates.Sum(c => c.MaxRemovableParameters);
-        if (needed > reachable)
-            throw new PruningPlanException(
-                $"Removing {targetRemovedFraction:P1} of the parameters ({needed:N0} of {total:N0}) is not possible: keeping at least " +
-                $"{minKeepFraction:P0} of every layer's units (and whole GroupNorm groups) allows at most {reachable / (double)total:P2} " +
-                $"({reachable:N0}){(roundTo > 1 ? $" with widths rounded to multiples of {roundTo}" : "")}. Lower the target or the per-layer minimum.");
+        ThrowIfUnreachable(candidates, needed, total, targetRemovedFraction, minKeepFraction, roundTo, null);
 
         // 2. greedy: take the cheapest next step until the budget is met.
         var typeUnits = candidates.GroupBy(c => c.Type).ToDictionary(t => t.Key, t => (double)t.Sum(c => c.Group.Units));
@@ -106,6 +101,36 @@ public static class PlanSelector
         if (exact != removed)
             throw new InvalidOperationException($"Parameter accounting mismatch: the selection counted {removed} removed parameters, the surgery {exact}.");
         return new PlanSelection(plan, exact, total, targetRemovedFraction);
+    }
+
+    /// <summary>
+    /// Refuses, before any scoring is paid for, a target that the groups a criterion will score cannot reach — the same
+    /// refusal <see cref="Select"/> gives after scoring (e.g. an EcoDiff run that gates only heads and feed-forward
+    /// neurons, on a U-Net whose parameters sit in its ResNet channels). <paramref name="scoredOnly"/> says in the
+    /// message which groups were counted (null: all of them).
+    /// </summary>
+    public static void CheckReachable(PrunableGroups groups, IEnumerable<UnitGroup> scored, double targetRemovedFraction, double minKeepFraction = 0.1,
+        int roundTo = 1, string? scoredOnly = null)
+    {
+        ArgumentNullException.ThrowIfNull(groups);
+        ArgumentNullException.ThrowIfNull(scored);
+        if (double.IsNaN(targetRemovedFraction) || targetRemovedFraction <= 0 || targetRemovedFraction >= 1) return; // Select says why
+        long total = groups.Model.ParameterCount();
+        var candidates = scored.Select(g => new Candidate(g, new float[g.Units], MinimumKeep(g, minKeepFraction), Math.Max(1, roundTo))).ToList();
+        ThrowIfUnreachable(candidates, (long)Math.Ceiling(targetRemovedFraction * total), total, targetRemovedFraction, minKeepFraction, roundTo, scoredOnly);
+    }
+
+    private static void ThrowIfUnreachable(List<Candidate> candidates, long needed, long total, double targetRemovedFraction, double minKeepFraction,
+        int roundTo, string? scoredOnly)
+    {
+        long reachable = candidates.Sum(c => c.MaxRemovableParameters);
+        if (needed > reachable)
+            throw new PruningPlanException(
+                $"Removing {targetRemovedFraction:P1} of the parameters ({needed:N0} of {total:N0}) is not possible: keeping at least " +
+                $"{minKeepFraction:P0} of every layer's units (and whole GroupNorm groups) allows at most {reachable / (double)total:P2} " +
+                $"({reachable:N0}){(roundTo > 1 ? $" with widths rounded to multiples of {roundTo}" : "")}" +
+                $"{(scoredOnly is null ? "" : $" when only {scoredOnly} are pruned")}. Lower the target or the per-layer minimum" +
+                $"{(scoredOnly is null ? "" : ", or prune more unit types")}.");
     }
 
     /// <summary>The fewest units <paramref name="group"/> may keep: max(1, ceil(fraction·units)), rounded up to a valid count.</summary>

@@ -422,6 +422,12 @@ public static class PruneRunner
         IImportanceCriterion criterion = ecodiff ? NewEcoDiff(model, request, onIteration)
             : ImportanceCriteria.Find(request.Method)?.Name == "taylor" ? new TaylorImportance(request.Taylor)
             : ImportanceCriteria.Create(request.Method);
+        // a target the scored groups cannot reach is refused now, not after the criterion's run (EcoDiff's can take an hour)
+        if (criterion is EcoDiffImportance { Options.UnitTypes: var types } && types != EcoDiffUnitTypes.All)
+            PlanSelector.CheckReachable(groups, groups.Units.Where(g => (types & EcoDiffObjective.UnitType(g)) != 0),
+                request.TargetParams, request.MinKeepFraction, request.RoundTo, $"the unit types {UnitTypesName(types)}");
+        else
+            PlanSelector.CheckReachable(groups, groups.Units, request.TargetParams, request.MinKeepFraction, request.RoundTo);
         var data = OpenCalibrationData(request, model, log); // null for a pipeline (its --data is refused)
         TextCalibration? text;
         if (textConditioned && ImportanceCriteria.Find(request.Method) is { UsesImages: true })

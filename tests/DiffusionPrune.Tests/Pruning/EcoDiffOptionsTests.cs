@@ -149,4 +149,36 @@ public class EcoDiffOptionsTests
         Assert.Equal(0.5, (double)settings["min_keep_fraction"]!);
         Assert.All(pruned.Report.KeptFractionPerLayer.Where(kv => !kv.Key.Contains("attentions", StringComparison.Ordinal)), kv => Assert.Equal(1.0, kv.Value));
     }
+
+    [Fact]
+    public void A_target_the_asked_unit_types_cannot_reach_is_refused_before_any_iteration_and_with_all_types_it_runs()
+    {
+        using var temp = Fixtures.Temp();
+        string folder = Fixtures.TinyEvaluableUNet(temp);
+        using var model = DiffusionPrune.Families.ModelFamilies.Load(folder);
+        var groups = PrunableGroups.Of(model);
+        double headsReach = groups.Units.OfType<AttentionHeadGroup>().Sum(g => g.ParametersPerUnit * (g.Units - PlanSelector.MinimumKeep(g, 0.1)))
+            / (double)model.ParameterCount();
+        string scheduler = Path.Combine(folder, DiffusionPrune.Formats.ModelFolder.SchedulerConfig);
+        PruneRequest Request(double target, EcoDiffUnitTypes types) => new()
+        {
+            ModelPath = folder, Method = "ecodiff", TargetParams = target, Steps = 2, Iterations = 2, Calibration = 2,
+            EcoDiff = new EcoDiffOptions { UnitTypes = types },
+        };
+
+        int iterations = 0;
+        var refused = Assert.Throws<PruningPlanException>(() =>
+            PruneRunner.Prune(model, Request(headsReach + 0.02, EcoDiffUnitTypes.Heads), scheduler, CPU, onIteration: _ => iterations++));
+        Assert.Equal(0, iterations); // refused before the mask learning, not after it
+        Assert.Contains("when only the unit types heads are pruned", refused.Message);
+        Assert.Contains($"at most {headsReach:P2}", refused.Message);
+
+        // the same target with every unit type is reachable, and the check counts what the selection can remove
+        using var pruned = PruneRunner.Prune(model, Request(headsReach + 0.02, EcoDiffUnitTypes.All), scheduler, CPU, onIteration: _ => iterations++);
+        Assert.Equal(2, iterations);
+        Assert.True(pruned.Report.AchievedParams >= headsReach + 0.02);
+        // and a target the heads alone can reach still runs with heads only
+        using var heads = PruneRunner.Prune(model, Request(headsReach / 2, EcoDiffUnitTypes.Heads), scheduler, CPU);
+        Assert.True(heads.Report.AchievedParams >= headsReach / 2);
+    }
 }
