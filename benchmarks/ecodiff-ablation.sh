@@ -39,6 +39,7 @@ declare -A V=(
   [calib-100]="--method ecodiff --steps 10 --iterations 100 --calibration 100 --beta 0.1"
   [steps-50]="--method ecodiff --steps 50 --iterations 100 --calibration 16 --beta 0.1"
   [beta-0.5+calib-100]="--method ecodiff --steps 10 --iterations 100 --calibration 100 --beta 0.5"
+  [beta-0.5+l1-layers]="--method ecodiff --steps 10 --iterations 100 --calibration 16 --beta 0.5 --regularizer l1 --regularizer-mean layers --regularizer-weighting units"
   [taylor]="--method taylor --steps 10 --calibration 16"
   [magnitude]="--method magnitude"
   [random]="--method random"
